@@ -1,2 +1,57 @@
-//! `cargo xtask`: project chores.
-fn main() {}
+//! `cargo xtask`: project chores that are code, not shell scripts.
+//!
+//! - `cargo xtask proto` regenerates `crates/micelio-wire/src/generated/` from
+//!   `proto/micelio.proto` with a pure-Rust protobuf compiler (no `protoc`);
+//! - `cargo xtask proto --check` fails when the committed code is stale.
+//!
+//! The tidy checks (layering, `//!` docs, fresh generated code) run as tests of
+//! this crate, so `cargo test --workspace` enforces them.
+
+mod codegen;
+#[cfg(test)]
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("xtask: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["proto"] => codegen::write(&project_root()),
+        ["proto", "--check"] => {
+            if codegen::is_fresh(&project_root())? {
+                Ok(())
+            } else {
+                bail!("generated protobuf code is stale: run `cargo xtask proto`")
+            }
+        }
+        _ => bail!(
+            "usage: cargo xtask <command>\n\ncommands:\n  proto [--check]  regenerate (or check) the protobuf code of micelio-wire"
+        ),
+    }
+    .context("xtask failed")
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}

@@ -1,0 +1,127 @@
+//! [`Payload`]: an envelope's payload decoded according to its type.
+
+use bytes::Bytes;
+use prost::Message as _;
+
+use crate::error::WireError;
+use crate::msg_type::MsgType;
+use crate::proto::{
+    ChatMessage, Envelope, PeerExchange, PeerHello, StateSyncRequest, StateSyncResponse,
+    StateUpdate,
+};
+
+/// The payload of an envelope, decoded according to its `msg_type`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// Type 1.
+    Hello(PeerHello),
+    /// Type 2.
+    HelloAck(PeerHello),
+    /// Type 3.
+    Chat(ChatMessage),
+    /// Type 4.
+    PeerExchange(PeerExchange),
+    /// Type 5 (its payload, if any, is ignored).
+    Keepalive,
+    /// Type 6.
+    StateUpdate(StateUpdate),
+    /// Type 7.
+    StateSyncRequest(StateSyncRequest),
+    /// Type 8.
+    StateSyncResponse(StateSyncResponse),
+    /// Any other type: the raw payload, for a plugin or for relaying.
+    Opaque(MsgType, Bytes),
+}
+
+impl Payload {
+    /// Decodes `env.payload` according to `env.msg_type`.
+    ///
+    /// # Errors
+    /// [`WireError::Decode`] when the bytes are not the message the type says.
+    pub fn decode(env: &Envelope) -> Result<Self, WireError> {
+        let bytes = env.payload.clone();
+        Ok(match env.kind() {
+            MsgType::Hello => Self::Hello(PeerHello::decode(bytes)?),
+            MsgType::HelloAck => Self::HelloAck(PeerHello::decode(bytes)?),
+            MsgType::Chat => Self::Chat(ChatMessage::decode(bytes)?),
+            MsgType::PeerExchange => Self::PeerExchange(PeerExchange::decode(bytes)?),
+            MsgType::Keepalive => Self::Keepalive,
+            MsgType::StateUpdate => Self::StateUpdate(StateUpdate::decode(bytes)?),
+            MsgType::StateSyncRequest => Self::StateSyncRequest(StateSyncRequest::decode(bytes)?),
+            MsgType::StateSyncResponse => {
+                Self::StateSyncResponse(StateSyncResponse::decode(bytes)?)
+            }
+            other => Self::Opaque(other, bytes),
+        })
+    }
+
+    /// The message type this payload travels as.
+    pub fn msg_type(&self) -> MsgType {
+        match self {
+            Self::Hello(_) => MsgType::Hello,
+            Self::HelloAck(_) => MsgType::HelloAck,
+            Self::Chat(_) => MsgType::Chat,
+            Self::PeerExchange(_) => MsgType::PeerExchange,
+            Self::Keepalive => MsgType::Keepalive,
+            Self::StateUpdate(_) => MsgType::StateUpdate,
+            Self::StateSyncRequest(_) => MsgType::StateSyncRequest,
+            Self::StateSyncResponse(_) => MsgType::StateSyncResponse,
+            Self::Opaque(t, _) => *t,
+        }
+    }
+
+    /// Encodes the payload bytes.
+    pub fn encode(&self) -> Bytes {
+        match self {
+            Self::Hello(m) | Self::HelloAck(m) => m.encode_to_vec().into(),
+            Self::Chat(m) => m.encode_to_vec().into(),
+            Self::PeerExchange(m) => m.encode_to_vec().into(),
+            Self::Keepalive => Bytes::new(),
+            Self::StateUpdate(m) => m.encode_to_vec().into(),
+            Self::StateSyncRequest(m) => m.encode_to_vec().into(),
+            Self::StateSyncResponse(m) => m.encode_to_vec().into(),
+            Self::Opaque(_, b) => b.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_each_kind() {
+        let hello = PeerHello { node_id: "n".into(), version: "0.1.0".into(), ..Default::default() };
+        let cases = [
+            Payload::Hello(hello.clone()),
+            Payload::HelloAck(hello),
+            Payload::Chat(ChatMessage { nick: "a".into(), text: "b".into(), timestamp: 9 }),
+            Payload::PeerExchange(PeerExchange::default()),
+            Payload::Keepalive,
+            Payload::StateUpdate(StateUpdate::default()),
+            Payload::StateSyncRequest(StateSyncRequest {
+                known: [("x".to_owned(), 3)].into_iter().collect(),
+            }),
+            Payload::StateSyncResponse(StateSyncResponse::default()),
+            Payload::Opaque(MsgType::Plugin(1001), Bytes::from_static(b"raw")),
+        ];
+        for p in cases {
+            let env = Envelope {
+                msg_type: p.msg_type().as_u32(),
+                payload: p.encode(),
+                ..Default::default()
+            };
+            assert_eq!(Payload::decode(&env).unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn garbage_payload_is_an_error() {
+        let env = Envelope {
+            msg_type: 3,
+            payload: Bytes::from_static(&[0xff, 0xff, 0xff]),
+            ..Default::default()
+        };
+        assert!(matches!(Payload::decode(&env), Err(WireError::Decode(_))));
+    }
+}
