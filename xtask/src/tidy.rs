@@ -1,1 +1,221 @@
-//! placeholder
+//! Tidy checks that run as tests: the crate stack is respected, and every
+//! crate and module says what it is in a `//!` doc.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+
+/// The layers, bottom to top. A crate may depend only on crates below it.
+const STACK: &[&str] = &[
+    "micelio-identity",
+    "micelio-wire",
+    "micelio-transport",
+    "micelio-gossip",
+    "micelio-state",
+    "micelio-partyline",
+    "micelio-ssh",
+    "micelio-plugins",
+];
+
+/// The binary that composes every layer; it sits on top of the stack.
+const BINARY: &str = "micelio";
+
+#[derive(Deserialize)]
+struct Metadata {
+    packages: Vec<Package>,
+    workspace_members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Package {
+    id: String,
+    name: String,
+    manifest_path: PathBuf,
+    dependencies: Vec<Dependency>,
+}
+
+#[derive(Deserialize)]
+struct Dependency {
+    name: String,
+    kind: Option<String>,
+}
+
+fn metadata() -> Metadata {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(crate::project_root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON")
+}
+
+/// The layer of a workspace crate, or `None` for a crate outside the stack.
+fn rank(name: &str) -> Option<usize> {
+    if name == BINARY {
+        return Some(STACK.len());
+    }
+    STACK.iter().position(|c| *c == name)
+}
+
+/// Every violation of the stack among `deps` (crate → its micelio deps).
+fn layering_violations(deps: &BTreeMap<String, Vec<(String, String)>>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (krate, list) in deps {
+        let Some(own) = rank(krate) else {
+            problems.push(format!(
+                "{krate} is not in the crate stack of xtask/src/tidy.rs: place it on purpose"
+            ));
+            continue;
+        };
+        for (dep, kind) in list {
+            match rank(dep) {
+                Some(r) if r < own => {}
+                Some(_) => problems.push(format!(
+                    "{krate} depends on {dep} ({kind}), which is not below it in the stack"
+                )),
+                None => problems.push(format!(
+                    "{krate} depends on {dep}, which is not in the stack"
+                )),
+            }
+        }
+    }
+    problems
+}
+
+fn workspace_micelio_deps(meta: &Metadata) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut map = BTreeMap::new();
+    for p in &meta.packages {
+        if !meta.workspace_members.contains(&p.id) || p.name == "xtask" {
+            continue;
+        }
+        let deps = p
+            .dependencies
+            .iter()
+            .filter(|d| d.name.starts_with("micelio") && d.name != p.name)
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    d.kind.clone().unwrap_or_else(|| "normal".into()),
+                )
+            })
+            .collect();
+        map.insert(p.name.clone(), deps);
+    }
+    map
+}
+
+#[test]
+fn crates_depend_only_on_layers_below() {
+    let meta = metadata();
+    let deps = workspace_micelio_deps(&meta);
+    assert!(
+        deps.contains_key("micelio-identity"),
+        "the workspace has its crates"
+    );
+    let problems = layering_violations(&deps);
+    assert!(
+        problems.is_empty(),
+        "layering broken:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn the_layering_check_catches_an_upward_dependency() {
+    let mut deps = BTreeMap::new();
+    deps.insert(
+        "micelio-wire".to_owned(),
+        vec![("micelio-gossip".to_owned(), "dev".to_owned())],
+    );
+    deps.insert("micelio-oddity".to_owned(), Vec::new());
+    deps.insert(
+        "micelio-gossip".to_owned(),
+        vec![("micelio-wire".to_owned(), "normal".to_owned())],
+    );
+    let problems = layering_violations(&deps);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].contains("micelio-oddity"));
+    assert!(problems[1].contains("micelio-wire depends on micelio-gossip"));
+}
+
+/// Whether a Rust source starts (after blank lines) with a `//!` doc.
+fn has_module_doc(source: &str) -> bool {
+    source
+        .lines()
+        .map(str::trim_start)
+        .find(|l| !l.is_empty())
+        .is_some_and(|l| l.starts_with("//!"))
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            // Generated code is documented by the module that includes it.
+            if path.file_name().is_some_and(|n| n == "generated") {
+                continue;
+            }
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_crate_and_module_has_a_doc() {
+    let meta = metadata();
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for p in &meta.packages {
+        if !meta.workspace_members.contains(&p.id) {
+            continue;
+        }
+        let Some(root) = p.manifest_path.parent() else {
+            continue;
+        };
+        let mut files = Vec::new();
+        for sub in ["src", "tests", "benches", "examples"] {
+            rust_files(&root.join(sub), &mut files);
+        }
+        for f in files {
+            checked += 1;
+            let text = fs::read_to_string(&f).expect("readable source");
+            if !has_module_doc(&text) {
+                missing.push(f.display().to_string());
+            }
+        }
+    }
+    assert!(checked > 10, "found the sources ({checked})");
+    assert!(
+        missing.is_empty(),
+        "files without a `//!` doc:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn module_doc_detection() {
+    assert!(has_module_doc("\n//! Hello\nfn x() {}"));
+    assert!(!has_module_doc("// plain comment\n//! late"));
+    assert!(!has_module_doc("fn x() {}"));
+    assert!(!has_module_doc(""));
+}

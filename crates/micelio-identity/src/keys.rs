@@ -43,8 +43,7 @@ impl Identity {
     /// [`crate::IdentityError::Random`] if the random source fails.
     pub fn generate() -> Result<Self, crate::IdentityError> {
         let mut seed = Zeroizing::new([0u8; SEED_LEN]);
-        getrandom::fill(seed.as_mut())
-            .map_err(|e| crate::IdentityError::Random(e.to_string()))?;
+        getrandom::fill(seed.as_mut()).map_err(|e| crate::IdentityError::Random(e.to_string()))?;
         Ok(Self::from_seed(*seed))
     }
 
@@ -72,8 +71,8 @@ impl Identity {
     /// [`KeyError::NotPem`], [`KeyError::WrongLabel`], [`KeyError::Malformed`]
     /// or [`KeyError::WrongAlgorithm`].
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
-        let (label, doc) = pkcs8::SecretDocument::from_pem(pem)
-            .map_err(|e| KeyError::NotPem(e.to_string()))?;
+        let (label, doc) =
+            pkcs8::SecretDocument::from_pem(pem).map_err(|e| KeyError::NotPem(e.to_string()))?;
         if label != "PRIVATE KEY" {
             return Err(KeyError::WrongLabel(label.to_owned()));
         }

@@ -43,9 +43,13 @@ fn bench_envelope(c: &mut Criterion) {
         let signed = env.signed_bytes();
         let key = VerifyingKey::from_bytes(id.public_key().as_bytes()).expect("valid key");
         let sig = Signature::from_slice(&env.signature).expect("64-byte signature");
-        group.bench_with_input(BenchmarkId::new("raw_ed25519_verify", label), &signed, |b, msg| {
-            b.iter(|| key.verify(black_box(msg), black_box(&sig)).is_ok());
-        });
+        group.bench_with_input(
+            BenchmarkId::new("raw_ed25519_verify", label),
+            &signed,
+            |b, msg| {
+                b.iter(|| key.verify(black_box(msg), black_box(&sig)).is_ok());
+            },
+        );
     }
     group.finish();
 }
@@ -63,7 +67,10 @@ fn bench_frame(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("encode_decode", label), &env, |b, env| {
             b.iter(|| {
                 encode_envelope_into(black_box(env), &mut buf).expect("fits");
-                decoder.decode_envelope(&mut buf).expect("valid").expect("whole frame")
+                decoder
+                    .decode_envelope(&mut buf)
+                    .expect("valid")
+                    .expect("whole frame")
             });
         });
     }

@@ -240,7 +240,9 @@ mod tests {
 
     #[test]
     fn each_signed_field_matters() {
-        let base = EnvelopeBuilder::gossip(MsgType::Chat, &b"x"[..]).lamport_ts(5).sign(&me());
+        let base = EnvelopeBuilder::gossip(MsgType::Chat, &b"x"[..])
+            .lamport_ts(5)
+            .sign(&me());
         let mut tampered = Vec::new();
         let mut e = base.clone();
         e.message_id.push('0');
@@ -255,7 +257,10 @@ mod tests {
         e.payload = Bytes::from_static(b"y");
         tampered.push(e);
         for e in tampered {
-            assert_eq!(e.verify_with(&me().public_key()), Err(EnvelopeError::Key(KeyError::BadSignature)));
+            assert_eq!(
+                e.verify_with(&me().public_key()),
+                Err(EnvelopeError::Key(KeyError::BadSignature))
+            );
         }
         let mut e = base.clone();
         e.sender_id = Identity::from_seed([2; 32]).node_id().to_string();
@@ -281,19 +286,28 @@ mod tests {
         ok.check_gossip_limits().unwrap();
         let mut e = ok.clone();
         e.payload = Bytes::from(vec![0; MAX_GOSSIP_PAYLOAD + 1]);
-        assert_eq!(e.check_gossip_limits(), Err(EnvelopeError::PayloadTooLarge(MAX_GOSSIP_PAYLOAD + 1)));
+        assert_eq!(
+            e.check_gossip_limits(),
+            Err(EnvelopeError::PayloadTooLarge(MAX_GOSSIP_PAYLOAD + 1))
+        );
         let mut e = ok.clone();
         e.message_id.clear();
         assert_eq!(e.check_gossip_limits(), Err(EnvelopeError::EmptyMessageId));
         let mut e = ok.clone();
         e.message_id = "m".repeat(MAX_ID_LEN + 1);
-        assert_eq!(e.check_gossip_limits(), Err(EnvelopeError::MessageIdTooLong(MAX_ID_LEN + 1)));
+        assert_eq!(
+            e.check_gossip_limits(),
+            Err(EnvelopeError::MessageIdTooLong(MAX_ID_LEN + 1))
+        );
         let mut e = ok.clone();
         e.sender_id.clear();
         assert_eq!(e.check_gossip_limits(), Err(EnvelopeError::EmptySenderId));
         let mut e = ok;
         e.sender_id = "s".repeat(MAX_ID_LEN + 1);
-        assert_eq!(e.check_gossip_limits(), Err(EnvelopeError::SenderIdTooLong(MAX_ID_LEN + 1)));
+        assert_eq!(
+            e.check_gossip_limits(),
+            Err(EnvelopeError::SenderIdTooLong(MAX_ID_LEN + 1))
+        );
         let mut e = EnvelopeBuilder::gossip(MsgType::Chat, Bytes::new()).sign(&me());
         e.message_id = "m".repeat(MAX_ID_LEN);
         e.check_gossip_limits().unwrap();

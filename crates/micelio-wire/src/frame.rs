@@ -237,21 +237,40 @@ mod tests {
                 out.push(p);
             }
         }
-        assert_eq!(out, vec![Bytes::from_static(b"one"), Bytes::new(), Bytes::from(vec![7; 300])]);
+        assert_eq!(
+            out,
+            vec![
+                Bytes::from_static(b"one"),
+                Bytes::new(),
+                Bytes::from(vec![7; 300])
+            ]
+        );
         assert!(buf.is_empty());
     }
 
     #[test]
     fn need_more_counts() {
         let f = frame(b"hello");
-        assert_eq!(decode_slice(&f[..0], MAX_FRAME_PAYLOAD), Ok(Decoded::NeedMore(8)));
-        assert_eq!(decode_slice(&f[..5], MAX_FRAME_PAYLOAD), Ok(Decoded::NeedMore(3)));
-        assert_eq!(decode_slice(&f[..9], MAX_FRAME_PAYLOAD), Ok(Decoded::NeedMore(4)));
+        assert_eq!(
+            decode_slice(&f[..0], MAX_FRAME_PAYLOAD),
+            Ok(Decoded::NeedMore(8))
+        );
+        assert_eq!(
+            decode_slice(&f[..5], MAX_FRAME_PAYLOAD),
+            Ok(Decoded::NeedMore(3))
+        );
+        assert_eq!(
+            decode_slice(&f[..9], MAX_FRAME_PAYLOAD),
+            Ok(Decoded::NeedMore(4))
+        );
     }
 
     #[test]
     fn garbage_is_refused_early() {
-        assert_eq!(check_header(b"GE", MAX_FRAME_PAYLOAD), Err(FrameError::BadMagic(0x4745)));
+        assert_eq!(
+            check_header(b"GE", MAX_FRAME_PAYLOAD),
+            Err(FrameError::BadMagic(0x4745))
+        );
         assert_eq!(
             check_header(b"MI\x00\x02", MAX_FRAME_PAYLOAD),
             Err(FrameError::BadVersion(2))
@@ -262,20 +281,35 @@ mod tests {
     #[test]
     fn length_limits() {
         let at_limit = [b"MI\x00\x01".as_slice(), &(1u32 << 20).to_be_bytes()].concat();
-        assert_eq!(check_header(&at_limit, MAX_FRAME_PAYLOAD), Ok(Some(1 << 20)));
+        assert_eq!(
+            check_header(&at_limit, MAX_FRAME_PAYLOAD),
+            Ok(Some(1 << 20))
+        );
         let over = [b"MI\x00\x01".as_slice(), &((1u32 << 20) + 1).to_be_bytes()].concat();
         assert_eq!(
             check_header(&over, MAX_FRAME_PAYLOAD),
-            Err(FrameError::TooLong { len: (1 << 20) + 1, max: MAX_FRAME_PAYLOAD })
+            Err(FrameError::TooLong {
+                len: (1 << 20) + 1,
+                max: MAX_FRAME_PAYLOAD
+            })
         );
         let huge = [b"MI\x00\x01".as_slice(), &u32::MAX.to_be_bytes()].concat();
         let mut buf = BytesMut::from(&huge[..]);
         assert!(FrameDecoder::new().decode(&mut buf).is_err());
-        assert!(buf.capacity() < 1 << 20, "no allocation on a refused length");
+        assert!(
+            buf.capacity() < 1 << 20,
+            "no allocation on a refused length"
+        );
         let small = FrameDecoder::with_max_payload(4);
         let mut buf = BytesMut::from(&frame(b"12345")[..]);
-        assert!(matches!(small.decode(&mut buf), Err(FrameError::TooLong { len: 5, max: 4 })));
-        assert_eq!(FrameDecoder::with_max_payload(usize::MAX).max_payload(), MAX_FRAME_PAYLOAD);
+        assert!(matches!(
+            small.decode(&mut buf),
+            Err(FrameError::TooLong { len: 5, max: 4 })
+        ));
+        assert_eq!(
+            FrameDecoder::with_max_payload(usize::MAX).max_payload(),
+            MAX_FRAME_PAYLOAD
+        );
     }
 
     #[test]
@@ -286,7 +320,10 @@ mod tests {
         assert!(out.is_empty());
         encode(&big[..MAX_FRAME_PAYLOAD], &mut out).unwrap();
         assert_eq!(out.len(), MAX_FRAME_PAYLOAD + FRAME_HEADER_LEN);
-        let env = Envelope { payload: Bytes::from(big), ..Default::default() };
+        let env = Envelope {
+            payload: Bytes::from(big),
+            ..Default::default()
+        };
         assert!(encode_envelope(&env).is_err());
     }
 }

@@ -91,11 +91,19 @@ mod tests {
 
     #[test]
     fn round_trip_each_kind() {
-        let hello = PeerHello { node_id: "n".into(), version: "0.1.0".into(), ..Default::default() };
+        let hello = PeerHello {
+            node_id: "n".into(),
+            version: "0.1.0".into(),
+            ..Default::default()
+        };
         let cases = [
             Payload::Hello(hello.clone()),
             Payload::HelloAck(hello),
-            Payload::Chat(ChatMessage { nick: "a".into(), text: "b".into(), timestamp: 9 }),
+            Payload::Chat(ChatMessage {
+                nick: "a".into(),
+                text: "b".into(),
+                timestamp: 9,
+            }),
             Payload::PeerExchange(PeerExchange::default()),
             Payload::Keepalive,
             Payload::StateUpdate(StateUpdate::default()),

@@ -12,7 +12,8 @@ use crate::proto::StateEntry;
 impl StateEntry {
     /// The exact bytes the entry's signature covers.
     pub fn signed_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.key.len() + self.value.len() + 8 + self.node_id.len() + 1);
+        let mut out =
+            Vec::with_capacity(self.key.len() + self.value.len() + 8 + self.node_id.len() + 1);
         out.extend_from_slice(self.key.as_bytes());
         out.extend_from_slice(&self.value);
         out.extend_from_slice(&self.lamport_ts.to_be_bytes());
@@ -85,7 +86,10 @@ mod tests {
 
         let mut e = good.clone();
         e.author_pubkey = Bytes::from_static(&[0; 5]);
-        assert_eq!(e.verify(), Err(EntryError::Key(KeyError::PublicKeyLength(5))));
+        assert_eq!(
+            e.verify(),
+            Err(EntryError::Key(KeyError::PublicKeyLength(5)))
+        );
 
         let mut e = good.clone();
         e.author_pubkey = Bytes::copy_from_slice(other.public_key().as_bytes());

@@ -106,7 +106,13 @@ fn wrong_pem_label_is_malformed() {
     write_key(&files, relabelled.as_bytes(), 0o600);
     let err = files.load().unwrap_err();
     assert!(
-        matches!(err, IdentityError::Malformed { source: KeyError::WrongLabel(_), .. }),
+        matches!(
+            err,
+            IdentityError::Malformed {
+                source: KeyError::WrongLabel(_),
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -132,7 +138,10 @@ fn non_ed25519_key_is_wrong_algorithm() {
     write_key(&files, pem("PRIVATE KEY", &der).as_bytes(), 0o600);
     let err = files.load().unwrap_err();
     match err {
-        IdentityError::WrongAlgorithm { ref found, ref path } => {
+        IdentityError::WrongAlgorithm {
+            ref found,
+            ref path,
+        } => {
             assert_eq!(found, "1.3.101.110");
             assert_eq!(*path, files.key_path());
         }
@@ -186,7 +195,10 @@ fn missing_pub_is_rewritten_and_mismatch_is_refused() {
     let other = Identity::from_seed([8; 32]);
     fs::write(files.pub_path(), other.openssh_public_line()).unwrap();
     let err = files.load().unwrap_err();
-    assert!(matches!(err, IdentityError::PublicKeyMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, IdentityError::PublicKeyMismatch { .. }),
+        "{err}"
+    );
 }
 
 #[test]

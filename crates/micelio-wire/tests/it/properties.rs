@@ -129,9 +129,15 @@ fn payload_bytes_share_the_receive_buffer() {
     let mut buf = BytesMut::from(&frame::encode_envelope(&env).unwrap()[..]);
     let start = buf.as_ptr() as usize;
     let end = start + buf.len();
-    let back = FrameDecoder::new().decode_envelope(&mut buf).unwrap().unwrap();
+    let back = FrameDecoder::new()
+        .decode_envelope(&mut buf)
+        .unwrap()
+        .unwrap();
     let payload: Bytes = back.payload.clone();
     assert_eq!(payload.len(), 4096);
     let at = payload.as_ptr() as usize;
-    assert!(at >= start && at + payload.len() <= end, "payload was copied");
+    assert!(
+        at >= start && at + payload.len() <= end,
+        "payload was copied"
+    );
 }

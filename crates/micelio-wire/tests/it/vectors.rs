@@ -10,7 +10,10 @@ use micelio_wire::{Envelope, EnvelopeBuilder, Message as _, MsgType, Payload};
 use serde_json::Value;
 
 fn reference() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/reference-v1.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/reference-v1.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -44,16 +47,31 @@ fn check_envelope(reference: &Value, v: &Value) {
     let pubkey = hx(v, "sender_pubkey_hex");
 
     // Build it with our own code, from its fields, and sign.
-    let env = EnvelopeBuilder::new(MsgType::from_u32(u(v, "msg_type") as u32), hx(v, "payload_hex"))
-        .message_id(s(v, "message_id"))
-        .lamport_ts(u(v, "lamport_ts"))
-        .hop_count(u(v, "hop_count") as u32)
-        .with_sender_pubkey(!pubkey.is_empty())
-        .sign(&id);
+    let env = EnvelopeBuilder::new(
+        MsgType::from_u32(u(v, "msg_type") as u32),
+        hx(v, "payload_hex"),
+    )
+    .message_id(s(v, "message_id"))
+    .lamport_ts(u(v, "lamport_ts"))
+    .hop_count(u(v, "hop_count") as u32)
+    .with_sender_pubkey(!pubkey.is_empty())
+    .sign(&id);
     assert_eq!(env.sender_id, s(v, "sender_id"), "{name}: sender_id");
-    assert_eq!(hex::encode(env.signed_bytes()), s(v, "signed_bytes_hex"), "{name}: signed bytes");
-    assert_eq!(hex::encode(&env.signature), s(v, "signature_hex"), "{name}: signature");
-    assert_eq!(hex::encode(&env.sender_pubkey), s(v, "sender_pubkey_hex"), "{name}: pubkey");
+    assert_eq!(
+        hex::encode(env.signed_bytes()),
+        s(v, "signed_bytes_hex"),
+        "{name}: signed bytes"
+    );
+    assert_eq!(
+        hex::encode(&env.signature),
+        s(v, "signature_hex"),
+        "{name}: signature"
+    );
+    assert_eq!(
+        hex::encode(&env.sender_pubkey),
+        s(v, "sender_pubkey_hex"),
+        "{name}: pubkey"
+    );
     assert_eq!(
         hex::encode(env.encode_to_vec()),
         s(v, "envelope_protobuf_hex"),
@@ -67,7 +85,10 @@ fn check_envelope(reference: &Value, v: &Value) {
 
     // Decode the reference's frame back to the same fields.
     let mut buf = BytesMut::from(&hx(v, "frame_hex")[..]);
-    let decoded = FrameDecoder::new().decode_envelope(&mut buf).unwrap().unwrap();
+    let decoded = FrameDecoder::new()
+        .decode_envelope(&mut buf)
+        .unwrap()
+        .unwrap();
     assert!(buf.is_empty());
     assert_eq!(decoded, env, "{name}: decoded frame");
     assert_eq!(decoded.message_id, s(v, "message_id"));
@@ -89,7 +110,10 @@ fn check_envelope(reference: &Value, v: &Value) {
     for i in [0, signed.len() / 2, signed.len() - 1] {
         let mut tampered = signed.clone();
         tampered[i] ^= 1;
-        assert!(id.public_key().verify(&tampered, &env.signature).is_err(), "{name}: byte {i}");
+        assert!(
+            id.public_key().verify(&tampered, &env.signature).is_err(),
+            "{name}: byte {i}"
+        );
     }
 }
 
@@ -114,7 +138,12 @@ fn payloads_decode_to_their_messages() {
         };
         let p = Payload::decode(&env).unwrap();
         // Our re-encoding of the decoded message is the reference's payload.
-        assert_eq!(hex::encode(p.encode()), s(v, "payload_hex"), "{}", s(v, "name"));
+        assert_eq!(
+            hex::encode(p.encode()),
+            s(v, "payload_hex"),
+            "{}",
+            s(v, "name")
+        );
         match (s(v, "name"), p) {
             ("chat", Payload::Chat(c)) => {
                 assert_eq!(c.nick, "alice");
@@ -144,9 +173,15 @@ fn payloads_decode_to_their_messages() {
 fn keepalive_frame() {
     let r = reference();
     let expected = s(&r, "keepalive_frame_hex");
-    assert_eq!(hex::encode(frame::encode_envelope(&Envelope::keepalive()).unwrap()), expected);
+    assert_eq!(
+        hex::encode(frame::encode_envelope(&Envelope::keepalive()).unwrap()),
+        expected
+    );
     let mut buf = BytesMut::from(&hex::decode(expected).unwrap()[..]);
-    let env = FrameDecoder::new().decode_envelope(&mut buf).unwrap().unwrap();
+    let env = FrameDecoder::new()
+        .decode_envelope(&mut buf)
+        .unwrap()
+        .unwrap();
     assert_eq!(env.kind(), MsgType::Keepalive);
     assert_eq!(env, Envelope::keepalive());
 }
@@ -167,13 +202,21 @@ fn state_entries_and_their_envelopes() {
         };
         entry.sign(&id);
         assert_eq!(entry.node_id, s(v, "NodeID"));
-        assert_eq!(hex::encode(&entry.signature), s(v, "SignatureHex"), "{}", s(v, "Name"));
+        assert_eq!(
+            hex::encode(&entry.signature),
+            s(v, "SignatureHex"),
+            "{}",
+            s(v, "Name")
+        );
         assert_eq!(hex::encode(&entry.author_pubkey), s(v, "AuthorPubHex"));
         assert_eq!(entry.verify().unwrap(), id.public_key());
 
         // The gossip envelope that carries it (type 6).
         let update = &v["UpdateEnvelope"];
-        let payload = StateUpdate { entry: Some(entry.clone()) }.encode_to_vec();
+        let payload = StateUpdate {
+            entry: Some(entry.clone()),
+        }
+        .encode_to_vec();
         assert_eq!(hex::encode(&payload), s(update, "payload_hex"));
         check_envelope(&r, update);
 
