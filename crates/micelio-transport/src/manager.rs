@@ -1,0 +1,859 @@
+//! The peer manager: listener, dialing, hello, the peer table, per-peer
+//! tasks, keepalive and idle timeout, peer exchange and discovery.
+//!
+//! [`PeerManager`] is a cheap-to-clone handle. Long-lived work runs in tasks
+//! tracked by one `TaskTracker` and stopped by one cancellation token:
+//!
+//! - the accept loop (when listening), which refuses connections over
+//!   `max_peers` before any handshake;
+//! - one task per bootstrap address, redialling forever with backoff;
+//! - the maintenance loop: peer exchange every `exchange_interval`,
+//!   discovery every `discovery_interval`;
+//! - per connection, a writer (bounded queue, write deadline, keepalive) and
+//!   a reader (idle timeout, dispatch).
+//!
+//! The peer table and the known-peers table sit behind `std::sync::Mutex`es
+//! held only for short, non-async critical sections (never across an
+//! `.await`), so that sending to a peer is a lock, a `try_send` and done.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use micelio_identity::{Identity, NodeId, PublicKey};
+use micelio_wire::proto::{PeerExchange, PeerInfo};
+use micelio_wire::{Envelope, EnvelopeBuilder, Message as _, MsgType, frame};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::config::{TransportConfig, is_dialable_addr};
+use crate::discovery::{KnownPeer, KnownPeers, PeerStore, jitter};
+use crate::error::{DialError, LinkError, SendError, TransportError};
+use crate::hello::{self, LocalHello, PeerHelloInfo};
+use crate::link::{Direction, FrameSink, FrameSource, Link, Listener, Transport};
+use crate::stats::{Counters, TransportStats};
+
+/// Capacity of the event stream handed to the consumer.
+const EVENT_QUEUE: usize = 4096;
+/// Grace period for tasks to stop on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pause after a failing `accept` (for example out of file descriptors).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// A connected peer, as the manager describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSummary {
+    /// The peer's NodeId.
+    pub node_id: NodeId,
+    /// Its Ed25519 key, bound to the Noise key by the hello.
+    pub public_key: PublicKey,
+    /// Who dialled.
+    pub direction: Direction,
+    /// The socket address of the connection.
+    pub remote_addr: String,
+    /// What its hello said.
+    pub hello: PeerHelloInfo,
+}
+
+/// What the manager tells its consumer (the gossip layer, the node).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum PeerEvent {
+    /// A peer completed the hello and is connected.
+    Up(PeerSummary),
+    /// A connected peer is gone.
+    Down {
+        /// The peer.
+        node_id: NodeId,
+        /// Why the connection ended.
+        reason: String,
+    },
+    /// A message from a connected peer, for any type the connection layer
+    /// does not handle itself (everything but hello, peer exchange and
+    /// keepalive).
+    Message {
+        /// The connected peer it came from (not necessarily its originator).
+        from: NodeId,
+        /// The envelope, as received.
+        envelope: Envelope,
+    },
+}
+
+struct Slot {
+    conn_id: u64,
+    tx: mpsc::Sender<Bytes>,
+    summary: PeerSummary,
+    cancel: CancellationToken,
+    drop_logged: bool,
+}
+
+#[derive(Default)]
+struct Registry {
+    peers: HashMap<NodeId, Slot>,
+    dialing: HashSet<NodeId>,
+    pending_inbound: usize,
+}
+
+struct Shared {
+    identity: Arc<Identity>,
+    config: TransportConfig,
+    transport: Arc<dyn Transport>,
+    registry: Mutex<Registry>,
+    known: Mutex<KnownPeers>,
+    store: Option<PeerStore>,
+    counters: Counters,
+    events: mpsc::Sender<PeerEvent>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    local_addr: Option<String>,
+    local_hello: LocalHello,
+    bootstrap_addrs: HashSet<String>,
+    next_conn: AtomicU64,
+    rng: Mutex<SmallRng>,
+}
+
+/// Locks a mutex, ignoring poisoning (the data stays consistent: every
+/// critical section here is a few map operations).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Handle to a running peer manager. Clones share the same manager.
+#[derive(Clone)]
+#[must_use = "dropping every handle does not stop the manager; call shutdown()"]
+pub struct PeerManager {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PeerManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerManager")
+            .field("node_id", self.shared.identity.node_id())
+            .field("local_addr", &self.shared.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerManager {
+    /// Starts a peer manager: binds the listener (if configured), loads the
+    /// known peers from `store`, and starts the accept loop, the bootstrap
+    /// dialers and the maintenance loop.
+    ///
+    /// Returns the handle and the stream of [`PeerEvent`]s; the consumer must
+    /// keep reading it (a full stream slows the peers down, never the node).
+    ///
+    /// # Errors
+    /// [`TransportError`] if the listener cannot be bound.
+    pub async fn spawn(
+        identity: Arc<Identity>,
+        transport: Arc<dyn Transport>,
+        config: TransportConfig,
+        store: Option<PeerStore>,
+    ) -> Result<(Self, mpsc::Receiver<PeerEvent>), TransportError> {
+        let listener = match &config.listen {
+            Some(addr) => Some(transport.listen(addr).await?),
+            None => None,
+        };
+        let local_addr = listener.as_ref().map(|l| l.local_addr());
+        let advertise = config
+            .advertise_addr
+            .clone()
+            .or_else(|| local_addr.clone())
+            .filter(|a| is_dialable_addr(a));
+        let mut known = KnownPeers::new(*identity.node_id());
+        if let Some(store) = &store {
+            let (infos, bad) = store.load();
+            let loaded = infos.iter().filter(|i| known.load(i)).count();
+            if bad > 0 {
+                warn!(bad, "skipped undecodable known-peer records");
+            }
+            if loaded > 0 {
+                info!(loaded, "loaded known peers");
+            }
+        }
+        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let seed = u64::from_le_bytes(
+            identity.node_id().as_bytes()[..8]
+                .try_into()
+                .unwrap_or([0; 8]),
+        ) ^ now_unix();
+        let shared = Arc::new(Shared {
+            local_hello: LocalHello {
+                tags: config.tags.clone(),
+                advertise_addr: advertise,
+            },
+            bootstrap_addrs: config.bootstrap.iter().cloned().collect(),
+            identity,
+            transport,
+            registry: Mutex::new(Registry::default()),
+            known: Mutex::new(known),
+            store,
+            counters: Counters::default(),
+            events,
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            local_addr,
+            next_conn: AtomicU64::new(1),
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            config,
+        });
+        let span = info_span!("transport", node = %shared.identity.node_id().short(12));
+        if let Some(listener) = listener {
+            info!(parent: &span, addr = shared.local_addr.as_deref().unwrap_or(""), "listening");
+            shared
+                .tracker
+                .spawn(accept_loop(shared.clone(), listener).instrument(span.clone()));
+        }
+        for addr in shared.config.bootstrap.clone() {
+            shared
+                .tracker
+                .spawn(bootstrap_loop(shared.clone(), addr).instrument(span.clone()));
+        }
+        shared
+            .tracker
+            .spawn(maintenance_loop(shared.clone()).instrument(span));
+        Ok((Self { shared }, events_rx))
+    }
+
+    /// Our NodeId.
+    pub fn node_id(&self) -> &NodeId {
+        self.shared.identity.node_id()
+    }
+
+    /// The bound listen address, if listening.
+    pub fn local_addr(&self) -> Option<&str> {
+        self.shared.local_addr.as_deref()
+    }
+
+    /// The address we advertise to peers, if any.
+    pub fn advertise_addr(&self) -> Option<&str> {
+        self.shared.local_hello.advertise_addr.as_deref()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &TransportConfig {
+        &self.shared.config
+    }
+
+    /// Dials `addr`, runs the handshake and hello, and registers the peer.
+    ///
+    /// Cancel safe: dropping the future drops the half-made connection.
+    ///
+    /// # Errors
+    /// [`DialError`]; `Duplicate` when already connected to that node.
+    pub async fn dial(&self, addr: &str) -> Result<NodeId, DialError> {
+        dial(&self.shared, addr).await
+    }
+
+    /// Queues `env` for `to`.
+    ///
+    /// # Errors
+    /// [`SendError::NotConnected`], [`SendError::QueueFull`] (dropped and
+    /// counted) or [`SendError::TooLarge`].
+    pub fn send(&self, to: &NodeId, env: &Envelope) -> Result<(), SendError> {
+        self.send_frame(to, frame::encode_envelope(env)?)
+    }
+
+    /// Queues an already encoded frame for `to` (encode once, send to many).
+    ///
+    /// # Errors
+    /// As [`PeerManager::send`].
+    pub fn send_frame(&self, to: &NodeId, frame: Bytes) -> Result<(), SendError> {
+        send_frame(&self.shared, to, frame)
+    }
+
+    /// Queues `env` for every connected peer but `except`; returns how many
+    /// peers it was queued for.
+    ///
+    /// # Errors
+    /// [`SendError::TooLarge`] if the envelope does not fit in a frame.
+    pub fn broadcast(&self, env: &Envelope, except: Option<&NodeId>) -> Result<usize, SendError> {
+        let frame = frame::encode_envelope(env)?;
+        let ids = self.peer_ids();
+        Ok(ids
+            .iter()
+            .filter(|id| Some(*id) != except)
+            .filter(|id| send_frame(&self.shared, id, frame.clone()).is_ok())
+            .count())
+    }
+
+    /// The connected peers.
+    pub fn peers(&self) -> Vec<PeerSummary> {
+        lock(&self.shared.registry)
+            .peers
+            .values()
+            .map(|s| s.summary.clone())
+            .collect()
+    }
+
+    /// The NodeIds of the connected peers.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        lock(&self.shared.registry).peers.keys().copied().collect()
+    }
+
+    /// How many peers are connected.
+    pub fn peer_count(&self) -> usize {
+        lock(&self.shared.registry).peers.len()
+    }
+
+    /// Whether `id` is connected.
+    pub fn is_connected(&self, id: &NodeId) -> bool {
+        lock(&self.shared.registry).peers.contains_key(id)
+    }
+
+    /// The known-peers table (what discovery would dial).
+    pub fn known_peers(&self) -> Vec<KnownPeer> {
+        lock(&self.shared.known).all()
+    }
+
+    /// Closes the connection to `id`, if any. Returns whether there was one.
+    pub fn disconnect(&self, id: &NodeId) -> bool {
+        match lock(&self.shared.registry).peers.get(id) {
+            Some(slot) => {
+                slot.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TransportStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Stops accepting and dialing, closes every connection, waits for the
+    /// tasks (at most a few seconds) and flushes the peer store. Idempotent.
+    pub async fn shutdown(&self) {
+        self.shared.cancel.cancel();
+        self.shared.tracker.close();
+        if timeout(SHUTDOWN_GRACE, self.shared.tracker.wait()).await.is_err() {
+            warn!("transport tasks did not stop within {SHUTDOWN_GRACE:?}");
+        }
+        if let Some(store) = &self.shared.store {
+            if let Err(e) = store.flush() {
+                warn!("flushing known peers: {e}");
+            }
+        }
+    }
+}
+
+fn send_frame(shared: &Shared, to: &NodeId, frame: Bytes) -> Result<(), SendError> {
+    let mut reg = lock(&shared.registry);
+    let slot = reg.peers.get_mut(to).ok_or(SendError::NotConnected)?;
+    match slot.tx.try_send(frame) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            shared.counters.send_queue_drops.fetch_add(1, Ordering::Relaxed);
+            if !slot.drop_logged {
+                slot.drop_logged = true;
+                warn!(peer = %to.short(12), "send queue full: dropping messages for this peer");
+            } else {
+                debug!(peer = %to.short(12), "send queue full: message dropped");
+            }
+            Err(SendError::QueueFull)
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::NotConnected),
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, mut listener: Box<dyn Listener>) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let incoming = match incoming {
+            Ok(i) => i,
+            Err(e) => {
+                warn!("accept failed: {e}");
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => break,
+                    _ = sleep(ACCEPT_ERROR_PAUSE) => continue,
+                }
+            }
+        };
+        let remote = incoming.remote_addr();
+        {
+            let mut reg = lock(&shared.registry);
+            if reg.peers.len() + reg.pending_inbound >= shared.config.max_peers {
+                drop(reg);
+                shared.counters.refused_max_peers.fetch_add(1, Ordering::Relaxed);
+                info!(remote = %remote, "refused inbound connection: max_peers reached");
+                continue;
+            }
+            reg.pending_inbound += 1;
+        }
+        let s = shared.clone();
+        shared.tracker.spawn(
+            async move {
+                let upgraded = tokio::select! {
+                    _ = s.cancel.cancelled() => None,
+                    r = incoming.upgrade() => Some(r),
+                };
+                match upgraded {
+                    Some(Ok(link)) => {
+                        let _ = establish(&s, link).await;
+                    }
+                    Some(Err(e)) => {
+                        s.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        info!(remote = %remote, "rejected inbound connection: {e}");
+                    }
+                    None => {}
+                }
+                lock(&s.registry).pending_inbound -= 1;
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+async fn dial(shared: &Arc<Shared>, addr: &str) -> Result<NodeId, DialError> {
+    if shared.cancel.is_cancelled() {
+        return Err(DialError::ShuttingDown);
+    }
+    let link = match shared.transport.dial(addr).await {
+        Ok(link) => link,
+        Err(e) => {
+            shared.counters.dial_failures.fetch_add(1, Ordering::Relaxed);
+            if matches!(e, TransportError::Handshake(_) | TransportError::HandshakeTimeout) {
+                shared.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            debug!(addr, "dial failed: {e}");
+            return Err(e.into());
+        }
+    };
+    establish(shared, link).await
+}
+
+/// Runs the hello on a fresh link and registers the peer.
+async fn establish(shared: &Arc<Shared>, mut link: Link) -> Result<NodeId, DialError> {
+    let info = tokio::select! {
+        _ = shared.cancel.cancelled() => return Err(DialError::ShuttingDown),
+        r = hello::exchange(&mut link, &shared.identity, &shared.local_hello, shared.config.hello_timeout) => r,
+    };
+    let info = match info {
+        Ok(info) => info,
+        Err(e) => {
+            shared.counters.hello_failures.fetch_add(1, Ordering::Relaxed);
+            info!(remote = %link.remote_addr, direction = %link.direction, reason = e.label(), "rejected connection: hello failed: {e}");
+            return Err(e.into());
+        }
+    };
+    if info.node_id == *shared.identity.node_id() {
+        shared.counters.self_connections.fetch_add(1, Ordering::Relaxed);
+        info!(remote = %link.remote_addr, "rejected connection: it is ourselves");
+        return Err(DialError::SelfConnection);
+    }
+    register(shared, link, info).await
+}
+
+/// Which connection to keep when two link the same pair of nodes: the one
+/// dialled by the node with the smaller NodeId. Both ends decide alike, so
+/// simultaneous dials leave exactly one connection.
+fn keep_new(me: &NodeId, peer: &NodeId, old: Direction, new: Direction) -> bool {
+    if old == new {
+        return false;
+    }
+    let initiator = |d: Direction| if d == Direction::Outbound { *me } else { *peer };
+    initiator(new) < initiator(old)
+}
+
+async fn register(shared: &Arc<Shared>, link: Link, info: PeerHelloInfo) -> Result<NodeId, DialError> {
+    let node_id = info.node_id;
+    let me = *shared.identity.node_id();
+    let Link {
+        remote_addr,
+        direction,
+        sink,
+        source,
+        ..
+    } = link;
+    let summary = PeerSummary {
+        node_id,
+        public_key: info.public_key,
+        direction,
+        remote_addr: remote_addr.clone(),
+        hello: info.clone(),
+    };
+    let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let cancel = shared.cancel.child_token();
+    let (tx, rx) = mpsc::channel(shared.config.send_queue.max(1));
+    let replaced = {
+        let mut reg = lock(&shared.registry);
+        let replaced = match reg.peers.get(&node_id) {
+            Some(old) if keep_new(&me, &node_id, old.summary.direction, direction) => {
+                old.cancel.cancel();
+                true
+            }
+            Some(_) => {
+                drop(reg);
+                shared.counters.duplicates_closed.fetch_add(1, Ordering::Relaxed);
+                info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "closed duplicate connection");
+                return Err(DialError::Duplicate(node_id));
+            }
+            None if reg.peers.len() >= shared.config.max_peers => {
+                drop(reg);
+                shared.counters.closed_max_peers.fetch_add(1, Ordering::Relaxed);
+                info!(peer = %node_id.short(12), direction = %direction, "rejected connection: max_peers reached");
+                return Err(DialError::TooManyPeers);
+            }
+            None => false,
+        };
+        reg.peers.insert(
+            node_id,
+            Slot {
+                conn_id,
+                tx,
+                summary: summary.clone(),
+                cancel: cancel.clone(),
+                drop_logged: false,
+            },
+        );
+        replaced
+    };
+    let counter = match direction {
+        Direction::Inbound => &shared.counters.connections_inbound,
+        Direction::Outbound => &shared.counters.connections_outbound,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    if replaced {
+        shared.counters.duplicates_closed.fetch_add(1, Ordering::Relaxed);
+        info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "replaced duplicate connection");
+    } else {
+        info!(peer = %node_id, direction = %direction, remote = %remote_addr, "peer connected");
+        let _ = shared.events.send(PeerEvent::Up(summary)).await;
+    }
+
+    let persist = lock(&shared.known).on_connected(&info, now_unix());
+    if let (Some(rec), Some(store)) = (persist, &shared.store) {
+        // sled writes go to its page cache; flushing happens in its own thread.
+        if let Err(e) = store.save(&rec) {
+            warn!("saving known peer: {e}");
+        }
+    }
+
+    let span = info_span!("peer", peer = %node_id.short(12), dir = %direction);
+    shared.tracker.spawn(
+        writer_task(shared.clone(), sink, rx, cancel.clone()).instrument(span.clone()),
+    );
+    shared.tracker.spawn(
+        reader_task(shared.clone(), conn_id, node_id, info.public_key, source, cancel)
+            .instrument(span),
+    );
+    send_exchange(shared, &node_id);
+    Ok(node_id)
+}
+
+async fn writer_task(
+    shared: Arc<Shared>,
+    mut sink: Box<dyn FrameSink>,
+    mut rx: mpsc::Receiver<Bytes>,
+    cancel: CancellationToken,
+) {
+    let keepalive_frame = match frame::encode_envelope(&Envelope::keepalive()) {
+        Ok(f) => f,
+        Err(_) => Bytes::new(),
+    };
+    let keepalive = shared.config.keepalive_interval;
+    let write_timeout = shared.config.write_timeout;
+    let mut last_send = Instant::now();
+    let reason = loop {
+        let (frame, is_keepalive) = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break None,
+            f = rx.recv() => match f {
+                Some(f) => (f, false),
+                None => break None,
+            },
+            _ = sleep_until(last_send + keepalive) => (keepalive_frame.clone(), true),
+        };
+        match timeout(write_timeout, sink.send(&frame)).await {
+            Ok(Ok(())) => {
+                last_send = Instant::now();
+                if is_keepalive {
+                    shared.counters.keepalives_sent.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    shared.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(Err(e)) => break Some(format!("write failed: {e}")),
+            Err(_) => break Some(format!("write timed out after {write_timeout:?}")),
+        }
+    };
+    if let Some(reason) = reason {
+        debug!("closing connection: {reason}");
+    }
+    cancel.cancel();
+    let _ = timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+async fn reader_task(
+    shared: Arc<Shared>,
+    conn_id: u64,
+    node_id: NodeId,
+    key: PublicKey,
+    mut source: Box<dyn FrameSource>,
+    cancel: CancellationToken,
+) {
+    let idle = shared.config.idle_timeout;
+    let reason = loop {
+        let received = tokio::select! {
+            _ = cancel.cancelled() => break "closed locally".to_owned(),
+            r = timeout(idle, source.recv()) => r,
+        };
+        let env = match received {
+            Err(_) => {
+                shared.counters.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                break format!("idle for {idle:?}");
+            }
+            Ok(Ok(Some(env))) => env,
+            Ok(Ok(None)) => break "closed by peer".to_owned(),
+            Ok(Err(LinkError::BadEnvelope(e))) => {
+                shared.counters.bad_envelopes.fetch_add(1, Ordering::Relaxed);
+                debug!("dropped frame with an undecodable envelope: {e}");
+                continue;
+            }
+            Ok(Err(e)) => break e.to_string(),
+        };
+        shared.counters.frames_received.fetch_add(1, Ordering::Relaxed);
+        match env.kind() {
+            MsgType::Keepalive => {}
+            MsgType::Hello | MsgType::HelloAck => {
+                shared.counters.late_hellos.fetch_add(1, Ordering::Relaxed);
+                debug!("dropped a hello received after the handshake");
+            }
+            MsgType::PeerExchange => handle_exchange(&shared, &node_id, &key, &env),
+            _ => {
+                let event = PeerEvent::Message {
+                    from: node_id,
+                    envelope: env,
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => break "closed locally".to_owned(),
+                    r = shared.events.send(event) => {
+                        if r.is_ok() {
+                            shared.counters.messages_delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    cancel.cancel();
+    let removed = {
+        let mut reg = lock(&shared.registry);
+        match reg.peers.get(&node_id) {
+            Some(slot) if slot.conn_id == conn_id => reg.peers.remove(&node_id).is_some(),
+            _ => false,
+        }
+    };
+    if removed {
+        info!(peer = %node_id, "peer disconnected: {reason}");
+        let _ = shared
+            .events
+            .send(PeerEvent::Down { node_id, reason })
+            .await;
+    }
+}
+
+fn handle_exchange(shared: &Shared, from: &NodeId, key: &PublicKey, env: &Envelope) {
+    let reject = |why: &str| {
+        shared.counters.peer_exchange_rejected.fetch_add(1, Ordering::Relaxed);
+        debug!(peer = %from.short(12), "rejected peer exchange: {why}");
+    };
+    if !from.matches_str(&env.sender_id) {
+        return reject("sender is not the connected peer");
+    }
+    if env.verify_with(key).is_err() {
+        return reject("bad signature");
+    }
+    let Ok(px) = PeerExchange::decode(env.payload.clone()) else {
+        return reject("payload does not decode");
+    };
+    let (changed, dropped) = lock(&shared.known).merge(&px.peers);
+    if !dropped.is_empty() {
+        shared
+            .counters
+            .peer_entries_dropped
+            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+        debug!(peer = %from.short(12), ?dropped, "dropped peer-exchange entries");
+    }
+    if !changed.is_empty() {
+        debug!(peer = %from.short(12), learned = changed.len(), "merged peer exchange");
+    }
+    if let Some(store) = &shared.store {
+        for rec in &changed {
+            if let Err(e) = store.save(rec) {
+                warn!("saving known peer: {e}");
+            }
+        }
+    }
+}
+
+fn send_exchange(shared: &Shared, to: &NodeId) {
+    let me = shared.local_hello.advertise_addr.as_ref().map(|addr| PeerInfo {
+        node_id: shared.identity.node_id().to_string(),
+        addr: addr.clone(),
+        reachable: true,
+        ed25519_pubkey: shared.identity.public_key().as_bytes().to_vec().into(),
+        last_seen: now_unix(),
+    });
+    let peers = lock(&shared.known).exchange_list(to, me);
+    if peers.is_empty() {
+        return;
+    }
+    let env = EnvelopeBuilder::new(MsgType::PeerExchange, PeerExchange { peers }.encode_to_vec())
+        .sign(&shared.identity);
+    match frame::encode_envelope(&env) {
+        Ok(f) => {
+            let _ = send_frame(shared, to, f);
+        }
+        Err(e) => warn!("peer exchange too large to send: {e}"),
+    }
+}
+
+async fn bootstrap_loop(shared: Arc<Shared>, addr: String) {
+    let schedule = if shared.config.bootstrap_backoff.is_empty() {
+        vec![Duration::from_secs(1)]
+    } else {
+        shared.config.bootstrap_backoff.clone()
+    };
+    let mut attempt = 0usize;
+    loop {
+        let delay = match dial(&shared, &addr).await {
+            Ok(id) | Err(DialError::Duplicate(id)) => {
+                attempt = 0;
+                let token = lock(&shared.registry).peers.get(&id).map(|s| s.cancel.clone());
+                if let Some(token) = token {
+                    tokio::select! {
+                        _ = shared.cancel.cancelled() => return,
+                        _ = token.cancelled() => {}
+                    }
+                }
+                schedule[0]
+            }
+            Err(DialError::ShuttingDown) => return,
+            Err(e) => {
+                let delay = schedule[attempt.min(schedule.len() - 1)];
+                attempt += 1;
+                info!(addr = %addr, attempt, "bootstrap dial failed: {e}; retrying in {delay:?}");
+                delay
+            }
+        };
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = sleep(delay) => {}
+        }
+    }
+}
+
+async fn maintenance_loop(shared: Arc<Shared>) {
+    let mut exchange = tokio::time::interval(shared.config.exchange_interval);
+    exchange.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut discovery = tokio::time::interval(shared.config.discovery_interval);
+    discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first ticks fire at once; peers get an exchange when they connect.
+    exchange.tick().await;
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = exchange.tick() => {
+                let ids: Vec<NodeId> = lock(&shared.registry).peers.keys().copied().collect();
+                for id in ids {
+                    send_exchange(&shared, &id);
+                }
+            }
+            _ = discovery.tick() => discovery_round(&shared),
+        }
+    }
+}
+
+fn discovery_round(shared: &Arc<Shared>) {
+    let candidates = {
+        let mut reg = lock(&shared.registry);
+        let room = shared
+            .config
+            .max_peers
+            .saturating_sub(reg.peers.len() + reg.dialing.len());
+        if room == 0 {
+            return;
+        }
+        let mut skip: HashSet<NodeId> = reg.peers.keys().copied().collect();
+        skip.extend(reg.dialing.iter().copied());
+        skip.insert(*shared.identity.node_id());
+        let mut rng = lock(&shared.rng);
+        let c = lock(&shared.known).candidates(
+            Instant::now(),
+            &skip,
+            &shared.bootstrap_addrs,
+            room.min(micelio_wire::limits::DISCOVERY_DIALS_PER_ROUND),
+            &mut *rng,
+        );
+        for p in &c {
+            reg.dialing.insert(p.node_id);
+        }
+        c
+    };
+    for peer in candidates {
+        let delay = jitter(shared.config.discovery_jitter, &mut *lock(&shared.rng));
+        let s = shared.clone();
+        shared.tracker.spawn(
+            async move {
+                tokio::select! {
+                    _ = s.cancel.cancelled() => {}
+                    _ = sleep(delay) => {
+                        match dial(&s, &peer.addr).await {
+                            Ok(_) | Err(DialError::Duplicate(_)) | Err(DialError::ShuttingDown) => {}
+                            Err(e) => {
+                                debug!(peer = %peer.node_id.short(12), addr = %peer.addr, "discovery dial failed: {e}");
+                                let rec = lock(&s.known).record_failure(&peer.node_id, Instant::now());
+                                if let (Some(rec), Some(store)) = (rec, &s.store) {
+                                    let _ = store.save(&rec);
+                                }
+                            }
+                        }
+                    }
+                }
+                lock(&s.registry).dialing.remove(&peer.node_id);
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_rule_is_symmetric() {
+        let a = *Identity::from_seed([1; 32]).node_id();
+        let b = *Identity::from_seed([2; 32]).node_id();
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        use Direction::*;
+        // On lo: its outbound (lo dialled) beats the inbound (hi dialled).
+        assert!(keep_new(&lo, &hi, Inbound, Outbound));
+        assert!(!keep_new(&lo, &hi, Outbound, Inbound));
+        // On hi: the inbound (lo dialled) beats its outbound.
+        assert!(keep_new(&hi, &lo, Outbound, Inbound));
+        assert!(!keep_new(&hi, &lo, Inbound, Outbound));
+        // Same direction twice: keep the first.
+        assert!(!keep_new(&lo, &hi, Outbound, Outbound));
+        assert!(!keep_new(&hi, &lo, Inbound, Inbound));
+    }
+}

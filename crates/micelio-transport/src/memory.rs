@@ -1,0 +1,378 @@
+//! A simulated network: the in-memory transport.
+//!
+//! Nodes of one [`MemoryNetwork`] reach each other by address without
+//! sockets. Every frame is still encoded and decoded with the real frame
+//! codec (so the frame limit holds), bytes and frames are counted, and links
+//! between two nodes can be cut (live connections close, new dials are
+//! refused) and restored. Use it for simulations and for tests that need
+//! hundreds of nodes.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use micelio_identity::Identity;
+//! use micelio_transport::Transport;
+//! use micelio_transport::memory::MemoryNetwork;
+//!
+//! let net = MemoryNetwork::new();
+//! let a = net.transport(&Identity::from_seed([1; 32]));
+//! let b = net.transport(&Identity::from_seed([2; 32]));
+//! let mut listener = b.listen("127.0.0.1:0").await?;
+//! let addr = listener.local_addr();
+//! let dialled = a.dial(&addr).await?;
+//! let accepted = listener.accept().await?.upgrade().await?;
+//! assert_eq!(dialled.remote_static, Identity::from_seed([2; 32]).x25519_public());
+//! assert_eq!(accepted.remote_static, Identity::from_seed([1; 32]).x25519_public());
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use bytes::{Bytes, BytesMut};
+use micelio_identity::{Identity, NodeId};
+use micelio_wire::frame::FrameDecoder;
+use micelio_wire::{Envelope, WireError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{LinkError, TransportError};
+use crate::link::{BoxFuture, Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport};
+
+/// Frames buffered per direction of a simulated connection.
+const LINK_BUFFER: usize = 64;
+/// Pending connections per simulated listener.
+const ACCEPT_BACKLOG: usize = 128;
+/// First port handed out for `:0` listeners.
+const FIRST_PORT: u16 = 20_000;
+
+/// A simulated network shared by any number of [`MemoryTransport`]s.
+#[derive(Clone, Default)]
+pub struct MemoryNetwork {
+    inner: Arc<Mutex<Net>>,
+    stats: Arc<NetCounters>,
+}
+
+impl std::fmt::Debug for MemoryNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryNetwork").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Net {
+    listeners: HashMap<SocketAddr, ListenerEntry>,
+    cut: HashSet<(NodeId, NodeId)>,
+    conns: Vec<Weak<ConnGuard>>,
+    next_port: u16,
+}
+
+struct ListenerEntry {
+    node_id: NodeId,
+    x25519: [u8; 32],
+    tx: mpsc::Sender<MemIncoming>,
+}
+
+#[derive(Default)]
+struct NetCounters {
+    frames: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Shared by the four halves of one simulated connection; cancelling it
+/// closes the connection in both directions.
+struct ConnGuard {
+    a: NodeId,
+    b: NodeId,
+    token: CancellationToken,
+}
+
+fn pair(a: &NodeId, b: &NodeId) -> (NodeId, NodeId) {
+    if a <= b { (*a, *b) } else { (*b, *a) }
+}
+
+impl MemoryNetwork {
+    /// An empty network.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Net> {
+        // Short critical sections only, never across an await; a poisoned
+        // lock means a panic elsewhere, and the state is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A transport for the node of `identity` on this network.
+    pub fn transport(&self, identity: &Identity) -> MemoryTransport {
+        MemoryTransport {
+            net: self.clone(),
+            node_id: *identity.node_id(),
+            x25519: identity.x25519_public(),
+        }
+    }
+
+    /// Cuts the link between two nodes: their live connections close, and
+    /// dials between them are refused until [`MemoryNetwork::restore`].
+    pub fn cut(&self, a: &NodeId, b: &NodeId) {
+        let key = pair(a, b);
+        let mut net = self.lock();
+        net.cut.insert(key);
+        net.conns.retain(|w| match w.upgrade() {
+            Some(c) => {
+                if pair(&c.a, &c.b) == key {
+                    c.token.cancel();
+                    false
+                } else {
+                    true
+                }
+            }
+            None => false,
+        });
+    }
+
+    /// Restores the link between two nodes.
+    pub fn restore(&self, a: &NodeId, b: &NodeId) {
+        self.lock().cut.remove(&pair(a, b));
+    }
+
+    /// Whether the link between two nodes is cut.
+    pub fn is_cut(&self, a: &NodeId, b: &NodeId) -> bool {
+        self.lock().cut.contains(&pair(a, b))
+    }
+
+    /// Frames sent over the whole network so far.
+    pub fn frames_sent(&self) -> u64 {
+        self.stats.frames.load(Ordering::Relaxed)
+    }
+
+    /// Frame bytes (headers included) sent over the whole network so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.stats.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Live simulated connections.
+    pub fn connection_count(&self) -> usize {
+        let mut net = self.lock();
+        net.conns.retain(|w| w.strong_count() > 0);
+        net.conns
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| !c.token.is_cancelled())
+            .count()
+    }
+}
+
+/// One node's view of a [`MemoryNetwork`].
+#[derive(Clone, Debug)]
+pub struct MemoryTransport {
+    net: MemoryNetwork,
+    node_id: NodeId,
+    x25519: [u8; 32],
+}
+
+fn parse_addr(addr: &str) -> Result<SocketAddr, TransportError> {
+    addr.parse()
+        .map_err(|_| TransportError::BadAddress(addr.to_owned()))
+}
+
+fn make_pair(
+    net: &MemoryNetwork,
+    guard: &Arc<ConnGuard>,
+) -> ((MemSink, MemSource), (MemSink, MemSource)) {
+    let (tx_ab, rx_ab) = mpsc::channel(LINK_BUFFER);
+    let (tx_ba, rx_ba) = mpsc::channel(LINK_BUFFER);
+    let end = |tx, rx| {
+        (
+            MemSink {
+                tx: Some(tx),
+                guard: guard.clone(),
+                stats: net.stats.clone(),
+            },
+            MemSource {
+                rx,
+                guard: guard.clone(),
+                buf: BytesMut::new(),
+                decoder: FrameDecoder::new(),
+            },
+        )
+    };
+    (end(tx_ab, rx_ba), end(tx_ba, rx_ab))
+}
+
+impl Transport for MemoryTransport {
+    fn listen<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<Box<dyn Listener>, TransportError>> {
+        Box::pin(async move {
+            let mut sock = parse_addr(addr)?;
+            let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
+            let mut net = self.net.lock();
+            if sock.port() == 0 {
+                loop {
+                    net.next_port = net.next_port.max(FIRST_PORT).wrapping_add(1).max(FIRST_PORT);
+                    sock.set_port(net.next_port);
+                    if !net.listeners.contains_key(&sock) {
+                        break;
+                    }
+                }
+            }
+            if net.listeners.contains_key(&sock) {
+                return Err(TransportError::Io(io::ErrorKind::AddrInUse.into()));
+            }
+            net.listeners.insert(
+                sock,
+                ListenerEntry {
+                    node_id: self.node_id,
+                    x25519: self.x25519,
+                    tx,
+                },
+            );
+            Ok(Box::new(MemListener {
+                net: self.net.clone(),
+                addr: sock,
+                rx,
+            }) as Box<dyn Listener>)
+        })
+    }
+
+    fn dial<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<Link, TransportError>> {
+        Box::pin(async move {
+            let sock = parse_addr(addr)?;
+            let refused = || TransportError::Io(io::ErrorKind::ConnectionRefused.into());
+            let mut net = self.net.lock();
+            let entry = net.listeners.get(&sock).ok_or_else(refused)?;
+            if net.cut.contains(&pair(&self.node_id, &entry.node_id)) {
+                return Err(refused());
+            }
+            let guard = Arc::new(ConnGuard {
+                a: self.node_id,
+                b: entry.node_id,
+                token: CancellationToken::new(),
+            });
+            let ((dial_sink, dial_source), (acc_sink, acc_source)) = make_pair(&self.net, &guard);
+            let incoming = MemIncoming {
+                link: Link {
+                    remote_static: self.x25519,
+                    remote_addr: format!("mem:{}", self.node_id.short(12)),
+                    direction: Direction::Inbound,
+                    sink: Box::new(acc_sink),
+                    source: Box::new(acc_source),
+                },
+            };
+            entry.tx.try_send(incoming).map_err(|_| refused())?;
+            let link = Link {
+                remote_static: entry.x25519,
+                remote_addr: sock.to_string(),
+                direction: Direction::Outbound,
+                sink: Box::new(dial_sink),
+                source: Box::new(dial_source),
+            };
+            net.conns.retain(|w| w.strong_count() > 0);
+            net.conns.push(Arc::downgrade(&guard));
+            Ok(link)
+        })
+    }
+}
+
+struct MemListener {
+    net: MemoryNetwork,
+    addr: SocketAddr,
+    rx: mpsc::Receiver<MemIncoming>,
+}
+
+impl Drop for MemListener {
+    fn drop(&mut self) {
+        self.net.lock().listeners.remove(&self.addr);
+    }
+}
+
+impl Listener for MemListener {
+    fn local_addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn accept(&mut self) -> BoxFuture<'_, Result<Box<dyn Incoming>, TransportError>> {
+        Box::pin(async move {
+            match self.rx.recv().await {
+                Some(i) => Ok(Box::new(i) as Box<dyn Incoming>),
+                None => Err(TransportError::Closed),
+            }
+        })
+    }
+}
+
+struct MemIncoming {
+    link: Link,
+}
+
+impl Incoming for MemIncoming {
+    fn remote_addr(&self) -> String {
+        self.link.remote_addr.clone()
+    }
+
+    fn upgrade(self: Box<Self>) -> BoxFuture<'static, Result<Link, TransportError>> {
+        let link = self.link;
+        Box::pin(async move { Ok(link) })
+    }
+}
+
+struct MemSink {
+    tx: Option<mpsc::Sender<Bytes>>,
+    guard: Arc<ConnGuard>,
+    stats: Arc<NetCounters>,
+}
+
+impl FrameSink for MemSink {
+    fn send<'a>(&'a mut self, frame: &'a [u8]) -> BoxFuture<'a, Result<(), LinkError>> {
+        Box::pin(async move {
+            let tx = self.tx.as_ref().ok_or(LinkError::Closed)?;
+            let bytes = Bytes::copy_from_slice(frame);
+            tokio::select! {
+                _ = self.guard.token.cancelled() => Err(LinkError::Closed),
+                r = tx.send(bytes) => {
+                    r.map_err(|_| LinkError::Closed)?;
+                    self.stats.frames.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        self.tx = None;
+        Box::pin(async {})
+    }
+}
+
+struct MemSource {
+    rx: mpsc::Receiver<Bytes>,
+    guard: Arc<ConnGuard>,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl FrameSource for MemSource {
+    fn recv(&mut self) -> BoxFuture<'_, Result<Option<Envelope>, LinkError>> {
+        Box::pin(async move {
+            loop {
+                match self.decoder.decode_envelope(&mut self.buf) {
+                    Ok(Some(env)) => return Ok(Some(env)),
+                    Ok(None) => {}
+                    Err(WireError::Frame(e)) => return Err(LinkError::Frame(e)),
+                    Err(e) => return Err(LinkError::BadEnvelope(e.to_string())),
+                }
+                tokio::select! {
+                    _ = self.guard.token.cancelled() => return Err(LinkError::Closed),
+                    chunk = self.rx.recv() => match chunk {
+                        Some(c) => self.buf.extend_from_slice(&c),
+                        None if self.buf.is_empty() => return Ok(None),
+                        None => return Err(LinkError::Io(io::ErrorKind::UnexpectedEof.into())),
+                    },
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,70 @@
+//! Transport counters, readable at any time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// Live counters (shared by the manager's tasks).
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters { $( pub(crate) $name: AtomicU64, )* }
+
+        /// A snapshot of the transport counters.
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct TransportStats { $( $(#[$doc])* pub $name: u64, )* }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> TransportStats {
+                TransportStats { $( $name: self.$name.load(Ordering::Relaxed), )* }
+            }
+        }
+
+        impl TransportStats {
+            /// Every counter as (name, value), for display.
+            pub fn entries(&self) -> Vec<(&'static str, u64)> {
+                vec![ $( (stringify!($name), self.$name), )* ]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections accepted and fully established.
+    connections_inbound,
+    /// Connections dialled and fully established.
+    connections_outbound,
+    /// Inbound connections closed before the handshake because of `max_peers`.
+    refused_max_peers,
+    /// Connections closed after the hello because `max_peers` was reached.
+    closed_max_peers,
+    /// Dials that failed (refused, timed out, handshake failed).
+    dial_failures,
+    /// Noise handshakes that failed or timed out (inbound and outbound).
+    handshake_failures,
+    /// Hello exchanges that failed a check, timed out or broke.
+    hello_failures,
+    /// Connections closed as duplicates of an existing one.
+    duplicates_closed,
+    /// Connections to ourselves, closed.
+    self_connections,
+    /// Connections closed for idleness.
+    idle_timeouts,
+    /// Frames written to peers.
+    frames_sent,
+    /// Frames read from peers.
+    frames_received,
+    /// Keepalives written.
+    keepalives_sent,
+    /// Frames dropped because a peer's send queue was full.
+    send_queue_drops,
+    /// Frames whose envelope did not decode.
+    bad_envelopes,
+    /// Hello messages received after the handshake (dropped).
+    late_hellos,
+    /// Peer exchanges refused (wrong sender, bad signature, bad payload).
+    peer_exchange_rejected,
+    /// Peer-exchange entries dropped by validation.
+    peer_entries_dropped,
+    /// Messages delivered to the consumer of the event stream.
+    messages_delivered,
+}

@@ -1,0 +1,124 @@
+//! Mesh formation through peer exchange and discovery, link cuts in the
+//! simulator, and rejoining after restarts (known peers persisted in sled).
+
+use std::time::Duration;
+
+use micelio_transport::discovery::PeerStore;
+use micelio_transport::memory::MemoryNetwork;
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(40);
+
+#[tokio::test]
+async fn four_nodes_through_one_bootstrap_form_a_full_mesh() {
+    for net in Net::both() {
+        bounded(T, async {
+            let a = TestNode::start(&net, 1, cfg(&[])).await;
+            let boot = a.addr();
+            let b = TestNode::start(&net, 2, cfg(&[&boot])).await;
+            let c = TestNode::start(&net, 3, cfg(&[&boot])).await;
+            let d = TestNode::start(&net, 4, cfg(&[&boot])).await;
+            full_mesh(&[&a, &b, &c, &d], Duration::from_secs(20)).await;
+            shutdown_all(&[&a, &b, &c, &d]).await;
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_chain_becomes_a_full_mesh() {
+    for net in Net::both() {
+        bounded(T, async {
+            let a = TestNode::start(&net, 1, cfg(&[])).await;
+            let b = TestNode::start(&net, 2, cfg(&[&a.addr()])).await;
+            let c = TestNode::start(&net, 3, cfg(&[&b.addr()])).await;
+            let d = TestNode::start(&net, 4, cfg(&[&c.addr()])).await;
+            let e = TestNode::start(&net, 5, cfg(&[&d.addr()])).await;
+            full_mesh(&[&a, &b, &c, &d, &e], Duration::from_secs(30)).await;
+            shutdown_all(&[&a, &b, &c, &d, &e]).await;
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_cut_link_goes_down_and_comes_back_when_restored() {
+    let sim = MemoryNetwork::new();
+    let net = Net::Memory(sim.clone());
+    bounded(T, async {
+        let a = TestNode::start(&net, 1, cfg(&[])).await;
+        let b = TestNode::start(&net, 2, cfg(&[&a.addr()])).await;
+        full_mesh(&[&a, &b], Duration::from_secs(5)).await;
+        sim.cut(&a.node_id(), &b.node_id());
+        eventually(Duration::from_secs(5), "both sides see the cut", || {
+            !a.pm.is_connected(&b.node_id()) && !b.pm.is_connected(&a.node_id())
+        })
+        .await;
+        assert_eq!(a.seen.lock().unwrap().downs.len(), 1);
+        // While cut, the bootstrap redials fail.
+        eventually(Duration::from_secs(5), "failed redials", || b.pm.stats().dial_failures >= 2).await;
+        assert!(!a.pm.is_connected(&b.node_id()));
+        sim.restore(&a.node_id(), &b.node_id());
+        full_mesh(&[&a, &b], Duration::from_secs(5)).await;
+        shutdown_all(&[&a, &b]).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restarted_node_rejoins_from_persisted_peers() {
+    bounded(T, async {
+        let net = Net::Tcp;
+        let dir = tempfile::tempdir().unwrap();
+        let a = TestNode::start(&net, 1, cfg(&[])).await;
+        let b = TestNode::start(&net, 2, cfg(&[&a.addr()])).await;
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let store = PeerStore::new(db.open_tree("peers").unwrap());
+            let c = TestNode::start_with_store(&net, 3, cfg(&[&a.addr()]), Some(store)).await;
+            full_mesh(&[&a, &b, &c], Duration::from_secs(20)).await;
+            eventually(Duration::from_secs(5), "c knows a and b", || c.pm.known_peers().len() == 2).await;
+            c.pm.shutdown().await;
+            drop(c);
+            db.flush().unwrap();
+        }
+        eventually(Duration::from_secs(5), "c is gone", || a.pm.peer_count() == 1 && b.pm.peer_count() == 1).await;
+
+        // Restart c with the same data dir and no bootstrap list.
+        let db = sled::open(dir.path()).unwrap();
+        let store = PeerStore::new(db.open_tree("peers").unwrap());
+        let c = TestNode::start_with_store(&net, 3, cfg(&[]), Some(store)).await;
+        assert_eq!(c.pm.known_peers().len(), 2, "loaded from sled");
+        full_mesh(&[&a, &b, &c], Duration::from_secs(20)).await;
+        shutdown_all(&[&a, &b, &c]).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn others_reconnect_with_backoff_when_the_bootstrap_node_returns() {
+    bounded(T, async {
+        let net = Net::Tcp;
+        let a = TestNode::start(&net, 1, cfg(&[])).await;
+        let boot = a.addr();
+        let b = TestNode::start(&net, 2, cfg(&[&boot])).await;
+        let c = TestNode::start(&net, 3, cfg(&[&boot])).await;
+        full_mesh(&[&a, &b, &c], Duration::from_secs(20)).await;
+        a.pm.shutdown().await;
+        drop(a);
+        eventually(Duration::from_secs(5), "a is gone", || {
+            b.pm.peer_count() == 1 && c.pm.peer_count() == 1
+        })
+        .await;
+        // The bootstrap dialers keep failing while a is down.
+        eventually(Duration::from_secs(5), "redials", || b.pm.stats().dial_failures >= 2).await;
+        // a comes back on the same address.
+        let mut ca = cfg(&[]);
+        ca.listen = Some(boot.clone());
+        let a = TestNode::start(&net, 1, ca).await;
+        full_mesh(&[&a, &b, &c], Duration::from_secs(20)).await;
+        shutdown_all(&[&a, &b, &c]).await;
+    })
+    .await;
+}
