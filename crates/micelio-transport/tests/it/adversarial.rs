@@ -1,1 +1,268 @@
-//! Hostile peers (being written).
+//! Hostile peers over real TCP: broken identity bindings, garbage, truncated
+//! or oversized input, silence. Each is closed and counted, and the honest
+//! node keeps serving: after every attack an honest peer still connects.
+//!
+//! The hostile peer speaks Noise through snow directly (not through this
+//! crate's Noise code), which also shows that an independent Noise XX
+//! implementation interoperates with ours.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use micelio_identity::Identity;
+use micelio_transport::hello::{LocalHello, build_hello};
+use micelio_wire::proto::PeerHello;
+use micelio_wire::{Envelope, EnvelopeBuilder, Message as _, MsgType, frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(30);
+const PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+
+/// A peer that does Noise by hand and then says whatever the test wants.
+struct RawPeer {
+    stream: TcpStream,
+    noise: snow::TransportState,
+}
+
+async fn write_hs(stream: &mut TcpStream, msg: &[u8]) {
+    stream.write_all(&(msg.len() as u16).to_be_bytes()).await.unwrap();
+    stream.write_all(msg).await.unwrap();
+}
+
+async fn read_hs(stream: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut msg).await.unwrap();
+    msg
+}
+
+impl RawPeer {
+    async fn connect(addr: &str, noise_identity: &Identity) -> RawPeer {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let key = noise_identity.x25519_private();
+        let mut hs = snow::Builder::new(PARAMS.parse().unwrap())
+            .local_private_key(&key[..])
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut buf = vec![0u8; 65535];
+        let mut payload = vec![0u8; 65535];
+        let n = hs.write_message(&[], &mut buf).unwrap();
+        write_hs(&mut stream, &buf[..n]).await;
+        let msg = read_hs(&mut stream).await;
+        hs.read_message(&msg, &mut payload).unwrap();
+        let n = hs.write_message(&[], &mut buf).unwrap();
+        write_hs(&mut stream, &buf[..n]).await;
+        RawPeer {
+            stream,
+            noise: hs.into_transport_mode().unwrap(),
+        }
+    }
+
+    async fn send_plain(&mut self, plaintext: &[u8]) {
+        let mut buf = vec![0u8; plaintext.len() + 16];
+        let n = self.noise.write_message(plaintext, &mut buf).unwrap();
+        self.stream.write_all(&(n as u32).to_be_bytes()).await.unwrap();
+        self.stream.write_all(&buf[..n]).await.unwrap();
+    }
+
+    async fn send_envelope(&mut self, env: &Envelope) {
+        self.send_plain(&frame::encode_envelope(env).unwrap()).await;
+    }
+
+    /// Reads one transport message and decodes the frame inside it.
+    async fn recv_envelope(&mut self) -> Envelope {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).await.unwrap();
+        let mut ct = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut ct).await.unwrap();
+        let mut pt = vec![0u8; ct.len()];
+        let n = self.noise.read_message(&ct, &mut pt).unwrap();
+        let mut b = bytes::BytesMut::from(&pt[..n]);
+        frame::FrameDecoder::new().decode_envelope(&mut b).unwrap().unwrap()
+    }
+
+    /// Sends a valid hello and returns the node's ack.
+    async fn honest_hello(&mut self, me: &Identity) -> Envelope {
+        self.send_envelope(&build_hello(me, MsgType::Hello, &LocalHello::default())).await;
+        self.recv_envelope().await
+    }
+}
+
+/// Waits until the node has closed `stream` (EOF or reset).
+async fn closed_by_node(stream: &mut TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    bounded(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// An honest peer still gets in.
+async fn still_serving(node: &TestNode, seed: u8) {
+    let honest = TestNode::start(&Net::Tcp, seed, cfg(&[])).await;
+    honest.pm.dial(&node.addr()).await.unwrap();
+    full_mesh(&[node, &honest], Duration::from_secs(5)).await;
+    honest.pm.shutdown().await;
+    eventually(Duration::from_secs(5), "honest peer gone", || node.pm.peer_count() == 0).await;
+}
+
+#[tokio::test]
+async fn each_broken_identity_binding_is_refused() {
+    bounded(T, async {
+        let node = TestNode::start(&Net::Tcp, 1, cfg(&[])).await;
+        let me = Identity::from_seed([50; 32]);
+        let other = Identity::from_seed([51; 32]);
+
+        // 1. node_id that is not the hash of the hello key.
+        let mut p = RawPeer::connect(&node.addr(), &me).await;
+        let hello = PeerHello {
+            node_id: other.node_id().to_string(),
+            version: "0.1.0".into(),
+            ed25519_pubkey: me.public_key().as_bytes().to_vec().into(),
+            ..Default::default()
+        };
+        p.send_envelope(&EnvelopeBuilder::new(MsgType::Hello, hello.encode_to_vec()).sign(&me)).await;
+        closed_by_node(&mut p.stream).await;
+
+        // 2. a consistent hello of another key than the Noise key.
+        let mut p = RawPeer::connect(&node.addr(), &me).await;
+        p.send_envelope(&build_hello(&other, MsgType::Hello, &LocalHello::default())).await;
+        closed_by_node(&mut p.stream).await;
+
+        // 3. a bad signature.
+        let mut p = RawPeer::connect(&node.addr(), &me).await;
+        let mut env = build_hello(&me, MsgType::Hello, &LocalHello::default());
+        let mut sig = env.signature.to_vec();
+        sig[10] ^= 0x40;
+        env.signature = Bytes::from(sig);
+        p.send_envelope(&env).await;
+        closed_by_node(&mut p.stream).await;
+
+        eventually(Duration::from_secs(5), "three hello failures", || node.pm.stats().hello_failures == 3).await;
+        assert_eq!(node.pm.peer_count(), 0);
+        assert!(node.seen.lock().unwrap().ups.is_empty());
+        still_serving(&node, 60).await;
+
+        // And an honest raw peer gets the node's ack, which verifies.
+        let mut p = RawPeer::connect(&node.addr(), &me).await;
+        let ack = p.honest_hello(&me).await;
+        assert_eq!(ack.kind(), MsgType::HelloAck);
+        ack.verify_with(&node.id.public_key()).unwrap();
+        eventually(Duration::from_secs(5), "raw peer registered", || node.pm.is_connected(me.node_id())).await;
+        node.pm.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn garbage_and_truncation_before_the_handshake() {
+    bounded(T, async {
+        let node = TestNode::start(&Net::Tcp, 1, cfg(&[])).await;
+        // An HTTP request instead of a handshake.
+        let mut s = TcpStream::connect(node.addr()).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        closed_by_node(&mut s).await;
+        // Random bytes with a plausible length that then stop.
+        let mut s = TcpStream::connect(node.addr()).await.unwrap();
+        s.write_all(&[0x00, 0x20, 1, 2, 3]).await.unwrap();
+        drop(s);
+        // A first handshake message cut in the middle, then silence.
+        let mut s = TcpStream::connect(node.addr()).await.unwrap();
+        let mut hs = snow::Builder::new(PARAMS.parse().unwrap())
+            .local_private_key(&Identity::from_seed([9; 32]).x25519_private()[..])
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = hs.write_message(&[], &mut buf).unwrap();
+        s.write_all(&(n as u16).to_be_bytes()).await.unwrap();
+        s.write_all(&buf[..n / 2]).await.unwrap();
+        closed_by_node(&mut s).await;
+        // A peer that connects and says nothing at all.
+        let mut s = TcpStream::connect(node.addr()).await.unwrap();
+        closed_by_node(&mut s).await;
+        eventually(Duration::from_secs(5), "handshake failures", || node.pm.stats().handshake_failures >= 3).await;
+        still_serving(&node, 61).await;
+        node.pm.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_input_after_the_handshake_closes_only_that_connection() {
+    bounded(T, async {
+        let node = TestNode::start(&Net::Tcp, 1, cfg(&[])).await;
+        let me = Identity::from_seed([70; 32]);
+
+        // A transport message length above 1 MiB + 24.
+        let mut p = RawPeer::connect(&node.addr(), &me).await;
+        p.stream.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        closed_by_node(&mut p.stream).await;
+        let mut p = RawPeer::connect(&node.addr(), &me).await;
+        let over = micelio_wire::limits::MAX_NOISE_TRANSPORT_MSG as u32 + 1;
+        p.stream.write_all(&over.to_be_bytes()).await.unwrap();
+        closed_by_node(&mut p.stream).await;
+
+        // A frame with a wrong magic, then one with a wrong version.
+        for bad in [&b"XX\x00\x01\x00\x00\x00\x00"[..], &b"MI\x00\x07\x00\x00\x00\x00"[..]] {
+            let mut p = RawPeer::connect(&node.addr(), &me).await;
+            p.send_plain(bad).await;
+            closed_by_node(&mut p.stream).await;
+        }
+
+        // A frame header declaring more than 1 MiB.
+        let mut p = RawPeer::connect(&node.addr(), &me).await;
+        p.send_plain(&[b"MI\x00\x01".as_slice(), &((1u32 << 20) + 1).to_be_bytes()].concat()).await;
+        closed_by_node(&mut p.stream).await;
+
+        // After a good hello: garbage that is not an envelope is dropped and
+        // counted, the connection stays; then a bad frame closes it.
+        let mut p = RawPeer::connect(&node.addr(), &me).await;
+        p.honest_hello(&me).await;
+        eventually(Duration::from_secs(5), "registered", || node.pm.is_connected(me.node_id())).await;
+        let mut garbage = Vec::new();
+        frame::encode(&[0xff, 0xff, 0xff, 0xff], &mut garbage).unwrap();
+        p.send_plain(&garbage).await;
+        eventually(Duration::from_secs(5), "bad envelope counted", || node.pm.stats().bad_envelopes == 1).await;
+        assert!(node.pm.is_connected(me.node_id()));
+        p.send_plain(b"MI\x00\x02\x00\x00\x00\x00").await;
+        closed_by_node(&mut p.stream).await;
+        eventually(Duration::from_secs(5), "dropped", || !node.pm.is_connected(me.node_id())).await;
+
+        still_serving(&node, 62).await;
+        node.pm.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_after_the_idle_timeout() {
+    bounded(T, async {
+        let mut c = cfg(&[]);
+        c.idle_timeout = Duration::from_millis(600);
+        let node = TestNode::start(&Net::Tcp, 1, c).await;
+        let me = Identity::from_seed([80; 32]);
+        let mut p = RawPeer::connect(&node.addr(), &me).await;
+        p.honest_hello(&me).await;
+        eventually(Duration::from_secs(5), "registered", || node.pm.is_connected(me.node_id())).await;
+        // Say nothing more: the node closes us after its idle timeout.
+        closed_by_node(&mut p.stream).await;
+        eventually(Duration::from_secs(5), "idle timeout counted", || node.pm.stats().idle_timeouts == 1).await;
+        let downs = node.seen.lock().unwrap().downs.clone();
+        assert_eq!(downs.len(), 1);
+        assert!(downs[0].1.contains("idle"), "{}", downs[0].1);
+        still_serving(&node, 63).await;
+        node.pm.shutdown().await;
+    })
+    .await;
+}
