@@ -122,7 +122,15 @@ mod tests {
         assert!(is_dialable_addr("127.0.0.1:4000"));
         assert!(is_dialable_addr("node.example:4000"));
         assert!(is_dialable_addr("[::1]:4000"));
-        for bad in ["", "127.0.0.1", "0.0.0.0:4000", "[::]:4000", ":4000", "h:0", "h:x"] {
+        for bad in [
+            "",
+            "127.0.0.1",
+            "0.0.0.0:4000",
+            "[::]:4000",
+            ":4000",
+            "h:0",
+            "h:x",
+        ] {
             assert!(!is_dialable_addr(bad), "{bad}");
         }
     }

@@ -119,12 +119,18 @@ impl KnownPeers {
 
     /// Records a peer we just completed a hello with. Returns the record to
     /// persist.
-    pub(crate) fn on_connected(&mut self, info: &PeerHelloInfo, now_unix: u64) -> Option<KnownPeer> {
+    pub(crate) fn on_connected(
+        &mut self,
+        info: &PeerHelloInfo,
+        now_unix: u64,
+    ) -> Option<KnownPeer> {
         if info.node_id == self.self_id {
             return None;
         }
         let dialable = info.reachable && is_dialable_addr(&info.listen_addr);
-        if !self.peers.contains_key(&info.node_id) && (!dialable || self.peers.len() >= MAX_KNOWN_PEERS) {
+        if !self.peers.contains_key(&info.node_id)
+            && (!dialable || self.peers.len() >= MAX_KNOWN_PEERS)
+        {
             return None;
         }
         let rec = self.peers.entry(info.node_id).or_insert_with(|| KnownPeer {
@@ -289,8 +295,10 @@ impl PeerStore {
     /// # Errors
     /// The sled error, if the write failed.
     pub fn save(&self, peer: &KnownPeer) -> Result<(), sled::Error> {
-        self.tree
-            .insert(peer.node_id.to_hex().as_bytes(), peer.to_info().encode_to_vec())?;
+        self.tree.insert(
+            peer.node_id.to_hex().as_bytes(),
+            peer.to_info().encode_to_vec(),
+        )?;
         Ok(())
     }
 
@@ -337,12 +345,19 @@ mod tests {
     #[test]
     fn validation_drops_each_bad_kind() {
         let me = *id(1).node_id();
-        assert_eq!(validate_entry(&info(1, "127.0.0.1:1", 1), &me), Err(EntryDrop::SelfEntry));
+        assert_eq!(
+            validate_entry(&info(1, "127.0.0.1:1", 1), &me),
+            Err(EntryDrop::SelfEntry)
+        );
         let mut e = info(2, "127.0.0.1:1", 1);
         e.reachable = false;
         assert_eq!(validate_entry(&e, &me), Err(EntryDrop::Unreachable));
         for bad in ["", "0.0.0.0:5", "[::]:5", "nohost"] {
-            assert_eq!(validate_entry(&info(2, bad, 1), &me), Err(EntryDrop::BadAddress), "{bad}");
+            assert_eq!(
+                validate_entry(&info(2, bad, 1), &me),
+                Err(EntryDrop::BadAddress),
+                "{bad}"
+            );
         }
         let mut e = info(2, "127.0.0.1:1", 1);
         e.node_id = id(3).node_id().to_string();
@@ -388,7 +403,11 @@ mod tests {
     #[test]
     fn candidates_respect_backoff_and_skips() {
         let mut t = KnownPeers::new(*id(1).node_id());
-        t.merge(&[info(2, "127.0.0.1:2", 1), info(3, "127.0.0.1:3", 1), info(4, "127.0.0.1:4", 1)]);
+        t.merge(&[
+            info(2, "127.0.0.1:2", 1),
+            info(3, "127.0.0.1:3", 1),
+            info(4, "127.0.0.1:4", 1),
+        ]);
         let mut rng = SmallRng::seed_from_u64(7);
         let now = Instant::now();
         let skip: HashSet<NodeId> = [*id(2).node_id()].into();
@@ -400,7 +419,11 @@ mod tests {
         assert!(t.candidates(now, &skip, &addrs, 3, &mut rng).is_empty());
         let later = now + Duration::from_secs(1);
         assert_eq!(t.candidates(later, &skip, &addrs, 3, &mut rng).len(), 1);
-        assert!(t.candidates(later, &HashSet::new(), &HashSet::new(), 2, &mut rng).len() == 2);
+        assert!(
+            t.candidates(later, &HashSet::new(), &HashSet::new(), 2, &mut rng)
+                .len()
+                == 2
+        );
     }
 
     #[test]
@@ -411,7 +434,10 @@ mod tests {
         let mut t = KnownPeers::new(*id(1).node_id());
         let (changed, _) = t.merge(&[info(2, "127.0.0.1:2", 7)]);
         store.save(&changed[0]).unwrap();
-        db.open_tree("peers").unwrap().insert(b"junk", b"\xff\xff".as_slice()).unwrap();
+        db.open_tree("peers")
+            .unwrap()
+            .insert(b"junk", b"\xff\xff".as_slice())
+            .unwrap();
         let (loaded, bad) = store.load();
         assert_eq!(bad, 1);
         let mut t2 = KnownPeers::new(*id(1).node_id());

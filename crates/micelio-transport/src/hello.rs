@@ -90,7 +90,8 @@ pub fn verify_hello(
         return Err(HelloError::NoiseKeyMismatch);
     }
     // Check 3: the envelope is signed by that key.
-    env.verify_with(&key).map_err(|_| HelloError::BadSignature)?;
+    env.verify_with(&key)
+        .map_err(|_| HelloError::BadSignature)?;
     if env.sender_id != hello.node_id {
         return Err(HelloError::SenderMismatch);
     }

@@ -104,7 +104,10 @@ pub trait Listener: Send {
 /// simulated network ([`crate::memory::MemoryNetwork`]).
 pub trait Transport: Send + Sync + 'static {
     /// Binds a listener on `addr` (`host:port`; port 0 picks one).
-    fn listen<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<Box<dyn Listener>, TransportError>>;
+    fn listen<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn Listener>, TransportError>>;
     /// Connects to `addr` and runs the initiator side of the handshake.
     fn dial<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<Link, TransportError>>;
 }

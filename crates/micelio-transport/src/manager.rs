@@ -67,7 +67,7 @@ pub struct PeerSummary {
 #[non_exhaustive]
 pub enum PeerEvent {
     /// A peer completed the hello and is connected.
-    Up(PeerSummary),
+    Up(Box<PeerSummary>),
     /// A connected peer is gone.
     Down {
         /// The peer.
@@ -341,13 +341,14 @@ impl PeerManager {
     pub async fn shutdown(&self) {
         self.shared.cancel.cancel();
         self.shared.tracker.close();
-        if timeout(SHUTDOWN_GRACE, self.shared.tracker.wait()).await.is_err() {
+        if timeout(SHUTDOWN_GRACE, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("transport tasks did not stop within {SHUTDOWN_GRACE:?}");
         }
-        if let Some(store) = &self.shared.store {
-            if let Err(e) = store.flush() {
-                warn!("flushing known peers: {e}");
-            }
+        if let Some(Err(e)) = self.shared.store.as_ref().map(PeerStore::flush) {
+            warn!("flushing known peers: {e}");
         }
     }
 }
@@ -358,7 +359,10 @@ fn send_frame(shared: &Shared, to: &NodeId, frame: Bytes) -> Result<(), SendErro
     match slot.tx.try_send(frame) {
         Ok(()) => Ok(()),
         Err(mpsc::error::TrySendError::Full(_)) => {
-            shared.counters.send_queue_drops.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .send_queue_drops
+                .fetch_add(1, Ordering::Relaxed);
             if !slot.drop_logged {
                 slot.drop_logged = true;
                 warn!(peer = %to.short(12), "send queue full: dropping messages for this peer");
@@ -392,7 +396,10 @@ async fn accept_loop(shared: Arc<Shared>, mut listener: Box<dyn Listener>) {
             let mut reg = lock(&shared.registry);
             if reg.peers.len() + reg.pending_inbound >= shared.config.max_peers {
                 drop(reg);
-                shared.counters.refused_max_peers.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .refused_max_peers
+                    .fetch_add(1, Ordering::Relaxed);
                 info!(remote = %remote, "refused inbound connection: max_peers reached");
                 continue;
             }
@@ -410,7 +417,9 @@ async fn accept_loop(shared: Arc<Shared>, mut listener: Box<dyn Listener>) {
                         let _ = establish(&s, link).await;
                     }
                     Some(Err(e)) => {
-                        s.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        s.counters
+                            .handshake_failures
+                            .fetch_add(1, Ordering::Relaxed);
                         info!(remote = %remote, "rejected inbound connection: {e}");
                     }
                     None => {}
@@ -429,9 +438,18 @@ async fn dial(shared: &Arc<Shared>, addr: &str) -> Result<NodeId, DialError> {
     let link = match shared.transport.dial(addr).await {
         Ok(link) => link,
         Err(e) => {
-            shared.counters.dial_failures.fetch_add(1, Ordering::Relaxed);
-            if matches!(e, TransportError::Handshake(_) | TransportError::HandshakeTimeout) {
-                shared.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .dial_failures
+                .fetch_add(1, Ordering::Relaxed);
+            if matches!(
+                e,
+                TransportError::Handshake(_) | TransportError::HandshakeTimeout
+            ) {
+                shared
+                    .counters
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
             }
             debug!(addr, "dial failed: {e}");
             return Err(e.into());
@@ -449,13 +467,19 @@ async fn establish(shared: &Arc<Shared>, mut link: Link) -> Result<NodeId, DialE
     let info = match info {
         Ok(info) => info,
         Err(e) => {
-            shared.counters.hello_failures.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .hello_failures
+                .fetch_add(1, Ordering::Relaxed);
             info!(remote = %link.remote_addr, direction = %link.direction, reason = e.label(), "rejected connection: hello failed: {e}");
             return Err(e.into());
         }
     };
     if info.node_id == *shared.identity.node_id() {
-        shared.counters.self_connections.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .self_connections
+            .fetch_add(1, Ordering::Relaxed);
         info!(remote = %link.remote_addr, "rejected connection: it is ourselves");
         return Err(DialError::SelfConnection);
     }
@@ -473,7 +497,11 @@ fn keep_new(me: &NodeId, peer: &NodeId, old: Direction, new: Direction) -> bool 
     initiator(new) < initiator(old)
 }
 
-async fn register(shared: &Arc<Shared>, link: Link, info: PeerHelloInfo) -> Result<NodeId, DialError> {
+async fn register(
+    shared: &Arc<Shared>,
+    link: Link,
+    info: PeerHelloInfo,
+) -> Result<NodeId, DialError> {
     let node_id = info.node_id;
     let me = *shared.identity.node_id();
     let Link {
@@ -502,13 +530,19 @@ async fn register(shared: &Arc<Shared>, link: Link, info: PeerHelloInfo) -> Resu
             }
             Some(_) => {
                 drop(reg);
-                shared.counters.duplicates_closed.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .duplicates_closed
+                    .fetch_add(1, Ordering::Relaxed);
                 info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "closed duplicate connection");
                 return Err(DialError::Duplicate(node_id));
             }
             None if reg.peers.len() >= shared.config.max_peers => {
                 drop(reg);
-                shared.counters.closed_max_peers.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .closed_max_peers
+                    .fetch_add(1, Ordering::Relaxed);
                 info!(peer = %node_id.short(12), direction = %direction, "rejected connection: max_peers reached");
                 return Err(DialError::TooManyPeers);
             }
@@ -532,11 +566,14 @@ async fn register(shared: &Arc<Shared>, link: Link, info: PeerHelloInfo) -> Resu
     };
     counter.fetch_add(1, Ordering::Relaxed);
     if replaced {
-        shared.counters.duplicates_closed.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .duplicates_closed
+            .fetch_add(1, Ordering::Relaxed);
         info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "replaced duplicate connection");
     } else {
         info!(peer = %node_id, direction = %direction, remote = %remote_addr, "peer connected");
-        let _ = shared.events.send(PeerEvent::Up(summary)).await;
+        let _ = shared.events.send(PeerEvent::Up(Box::new(summary))).await;
     }
 
     let persist = lock(&shared.known).on_connected(&info, now_unix());
@@ -548,12 +585,19 @@ async fn register(shared: &Arc<Shared>, link: Link, info: PeerHelloInfo) -> Resu
     }
 
     let span = info_span!("peer", peer = %node_id.short(12), dir = %direction);
+    shared
+        .tracker
+        .spawn(writer_task(shared.clone(), sink, rx, cancel.clone()).instrument(span.clone()));
     shared.tracker.spawn(
-        writer_task(shared.clone(), sink, rx, cancel.clone()).instrument(span.clone()),
-    );
-    shared.tracker.spawn(
-        reader_task(shared.clone(), conn_id, node_id, info.public_key, source, cancel)
-            .instrument(span),
+        reader_task(
+            shared.clone(),
+            conn_id,
+            node_id,
+            info.public_key,
+            source,
+            cancel,
+        )
+        .instrument(span),
     );
     send_exchange(shared, &node_id);
     Ok(node_id)
@@ -586,7 +630,10 @@ async fn writer_task(
             Ok(Ok(())) => {
                 last_send = Instant::now();
                 if is_keepalive {
-                    shared.counters.keepalives_sent.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .keepalives_sent
+                        .fetch_add(1, Ordering::Relaxed);
                 } else {
                     shared.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
                 }
@@ -618,19 +665,28 @@ async fn reader_task(
         };
         let env = match received {
             Err(_) => {
-                shared.counters.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .idle_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
                 break format!("idle for {idle:?}");
             }
             Ok(Ok(Some(env))) => env,
             Ok(Ok(None)) => break "closed by peer".to_owned(),
             Ok(Err(LinkError::BadEnvelope(e))) => {
-                shared.counters.bad_envelopes.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .bad_envelopes
+                    .fetch_add(1, Ordering::Relaxed);
                 debug!("dropped frame with an undecodable envelope: {e}");
                 continue;
             }
             Ok(Err(e)) => break e.to_string(),
         };
-        shared.counters.frames_received.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .frames_received
+            .fetch_add(1, Ordering::Relaxed);
         match env.kind() {
             MsgType::Keepalive => {}
             MsgType::Hello | MsgType::HelloAck => {
@@ -673,7 +729,10 @@ async fn reader_task(
 
 fn handle_exchange(shared: &Shared, from: &NodeId, key: &PublicKey, env: &Envelope) {
     let reject = |why: &str| {
-        shared.counters.peer_exchange_rejected.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .peer_exchange_rejected
+            .fetch_add(1, Ordering::Relaxed);
         debug!(peer = %from.short(12), "rejected peer exchange: {why}");
     };
     if !from.matches_str(&env.sender_id) {
@@ -706,19 +765,26 @@ fn handle_exchange(shared: &Shared, from: &NodeId, key: &PublicKey, env: &Envelo
 }
 
 fn send_exchange(shared: &Shared, to: &NodeId) {
-    let me = shared.local_hello.advertise_addr.as_ref().map(|addr| PeerInfo {
-        node_id: shared.identity.node_id().to_string(),
-        addr: addr.clone(),
-        reachable: true,
-        ed25519_pubkey: shared.identity.public_key().as_bytes().to_vec().into(),
-        last_seen: now_unix(),
-    });
+    let me = shared
+        .local_hello
+        .advertise_addr
+        .as_ref()
+        .map(|addr| PeerInfo {
+            node_id: shared.identity.node_id().to_string(),
+            addr: addr.clone(),
+            reachable: true,
+            ed25519_pubkey: shared.identity.public_key().as_bytes().to_vec().into(),
+            last_seen: now_unix(),
+        });
     let peers = lock(&shared.known).exchange_list(to, me);
     if peers.is_empty() {
         return;
     }
-    let env = EnvelopeBuilder::new(MsgType::PeerExchange, PeerExchange { peers }.encode_to_vec())
-        .sign(&shared.identity);
+    let env = EnvelopeBuilder::new(
+        MsgType::PeerExchange,
+        PeerExchange { peers }.encode_to_vec(),
+    )
+    .sign(&shared.identity);
     match frame::encode_envelope(&env) {
         Ok(f) => {
             let _ = send_frame(shared, to, f);
@@ -738,7 +804,10 @@ async fn bootstrap_loop(shared: Arc<Shared>, addr: String) {
         let delay = match dial(&shared, &addr).await {
             Ok(id) | Err(DialError::Duplicate(id)) => {
                 attempt = 0;
-                let token = lock(&shared.registry).peers.get(&id).map(|s| s.cancel.clone());
+                let token = lock(&shared.registry)
+                    .peers
+                    .get(&id)
+                    .map(|s| s.cancel.clone());
                 if let Some(token) = token {
                     tokio::select! {
                         _ = shared.cancel.cancelled() => return,

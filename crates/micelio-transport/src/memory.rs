@@ -40,7 +40,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{LinkError, TransportError};
-use crate::link::{BoxFuture, Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport};
+use crate::link::{
+    BoxFuture, Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport,
+};
 
 /// Frames buffered per direction of a simulated connection.
 const LINK_BUFFER: usize = 64;
@@ -204,14 +206,21 @@ fn make_pair(
 }
 
 impl Transport for MemoryTransport {
-    fn listen<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<Box<dyn Listener>, TransportError>> {
+    fn listen<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn Listener>, TransportError>> {
         Box::pin(async move {
             let mut sock = parse_addr(addr)?;
             let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
             let mut net = self.net.lock();
             if sock.port() == 0 {
                 loop {
-                    net.next_port = net.next_port.max(FIRST_PORT).wrapping_add(1).max(FIRST_PORT);
+                    net.next_port = net
+                        .next_port
+                        .max(FIRST_PORT)
+                        .wrapping_add(1)
+                        .max(FIRST_PORT);
                     sock.set_port(net.next_port);
                     if !net.listeners.contains_key(&sock) {
                         break;

@@ -11,7 +11,9 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::{LinkError, TransportError};
-use crate::link::{BoxFuture, Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport};
+use crate::link::{
+    BoxFuture, Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport,
+};
 use crate::noise::{self, NoiseReader, NoiseWriter, Role};
 
 /// TCP + Noise XX (`Noise_XX_25519_ChaChaPoly_BLAKE2s`), wire-compatible with
@@ -34,7 +36,11 @@ impl std::fmt::Debug for TcpTransport {
 impl TcpTransport {
     /// A transport authenticating as `identity`; `dial_timeout` bounds the TCP
     /// connect and `handshake_timeout` the Noise handshake.
-    pub fn new(identity: Arc<Identity>, dial_timeout: Duration, handshake_timeout: Duration) -> Self {
+    pub fn new(
+        identity: Arc<Identity>,
+        dial_timeout: Duration,
+        handshake_timeout: Duration,
+    ) -> Self {
         Self {
             identity,
             dial_timeout,
@@ -77,7 +83,10 @@ async fn upgrade(
 }
 
 impl Transport for TcpTransport {
-    fn listen<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<Box<dyn Listener>, TransportError>> {
+    fn listen<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn Listener>, TransportError>> {
         Box::pin(async move {
             let listener = TcpListener::bind(addr).await?;
             Ok(Box::new(TcpListenerHandle {
@@ -93,7 +102,13 @@ impl Transport for TcpTransport {
             let stream = tokio::time::timeout(self.dial_timeout, TcpStream::connect(addr))
                 .await
                 .map_err(|_| TransportError::DialTimeout)??;
-            upgrade(stream, Role::Initiator, self.identity.clone(), self.handshake_timeout).await
+            upgrade(
+                stream,
+                Role::Initiator,
+                self.identity.clone(),
+                self.handshake_timeout,
+            )
+            .await
         })
     }
 }

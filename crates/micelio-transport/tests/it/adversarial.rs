@@ -28,7 +28,10 @@ struct RawPeer {
 }
 
 async fn write_hs(stream: &mut TcpStream, msg: &[u8]) {
-    stream.write_all(&(msg.len() as u16).to_be_bytes()).await.unwrap();
+    stream
+        .write_all(&(msg.len() as u16).to_be_bytes())
+        .await
+        .unwrap();
     stream.write_all(msg).await.unwrap();
 }
 
@@ -66,7 +69,10 @@ impl RawPeer {
     async fn send_plain(&mut self, plaintext: &[u8]) {
         let mut buf = vec![0u8; plaintext.len() + 16];
         let n = self.noise.write_message(plaintext, &mut buf).unwrap();
-        self.stream.write_all(&(n as u32).to_be_bytes()).await.unwrap();
+        self.stream
+            .write_all(&(n as u32).to_be_bytes())
+            .await
+            .unwrap();
         self.stream.write_all(&buf[..n]).await.unwrap();
     }
 
@@ -83,12 +89,16 @@ impl RawPeer {
         let mut pt = vec![0u8; ct.len()];
         let n = self.noise.read_message(&ct, &mut pt).unwrap();
         let mut b = bytes::BytesMut::from(&pt[..n]);
-        frame::FrameDecoder::new().decode_envelope(&mut b).unwrap().unwrap()
+        frame::FrameDecoder::new()
+            .decode_envelope(&mut b)
+            .unwrap()
+            .unwrap()
     }
 
     /// Sends a valid hello and returns the node's ack.
     async fn honest_hello(&mut self, me: &Identity) -> Envelope {
-        self.send_envelope(&build_hello(me, MsgType::Hello, &LocalHello::default())).await;
+        self.send_envelope(&build_hello(me, MsgType::Hello, &LocalHello::default()))
+            .await;
         self.recv_envelope().await
     }
 }
@@ -113,7 +123,10 @@ async fn still_serving(node: &TestNode, seed: u8) {
     honest.pm.dial(&node.addr()).await.unwrap();
     full_mesh(&[node, &honest], Duration::from_secs(5)).await;
     honest.pm.shutdown().await;
-    eventually(Duration::from_secs(5), "honest peer gone", || node.pm.peer_count() == 0).await;
+    eventually(Duration::from_secs(5), "honest peer gone", || {
+        node.pm.peer_count() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -131,12 +144,14 @@ async fn each_broken_identity_binding_is_refused() {
             ed25519_pubkey: me.public_key().as_bytes().to_vec().into(),
             ..Default::default()
         };
-        p.send_envelope(&EnvelopeBuilder::new(MsgType::Hello, hello.encode_to_vec()).sign(&me)).await;
+        p.send_envelope(&EnvelopeBuilder::new(MsgType::Hello, hello.encode_to_vec()).sign(&me))
+            .await;
         closed_by_node(&mut p.stream).await;
 
         // 2. a consistent hello of another key than the Noise key.
         let mut p = RawPeer::connect(&node.addr(), &me).await;
-        p.send_envelope(&build_hello(&other, MsgType::Hello, &LocalHello::default())).await;
+        p.send_envelope(&build_hello(&other, MsgType::Hello, &LocalHello::default()))
+            .await;
         closed_by_node(&mut p.stream).await;
 
         // 3. a bad signature.
@@ -148,7 +163,10 @@ async fn each_broken_identity_binding_is_refused() {
         p.send_envelope(&env).await;
         closed_by_node(&mut p.stream).await;
 
-        eventually(Duration::from_secs(5), "three hello failures", || node.pm.stats().hello_failures == 3).await;
+        eventually(Duration::from_secs(5), "three hello failures", || {
+            node.pm.stats().hello_failures == 3
+        })
+        .await;
         assert_eq!(node.pm.peer_count(), 0);
         assert!(node.seen.lock().unwrap().ups.is_empty());
         still_serving(&node, 60).await;
@@ -158,7 +176,10 @@ async fn each_broken_identity_binding_is_refused() {
         let ack = p.honest_hello(&me).await;
         assert_eq!(ack.kind(), MsgType::HelloAck);
         ack.verify_with(&node.id.public_key()).unwrap();
-        eventually(Duration::from_secs(5), "raw peer registered", || node.pm.is_connected(me.node_id())).await;
+        eventually(Duration::from_secs(5), "raw peer registered", || {
+            node.pm.is_connected(me.node_id())
+        })
+        .await;
         node.pm.shutdown().await;
     })
     .await;
@@ -170,7 +191,9 @@ async fn garbage_and_truncation_before_the_handshake() {
         let node = TestNode::start(&Net::Tcp, 1, cfg(&[])).await;
         // An HTTP request instead of a handshake.
         let mut s = TcpStream::connect(node.addr()).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         closed_by_node(&mut s).await;
         // Random bytes with a plausible length that then stop.
         let mut s = TcpStream::connect(node.addr()).await.unwrap();
@@ -191,7 +214,10 @@ async fn garbage_and_truncation_before_the_handshake() {
         // A peer that connects and says nothing at all.
         let mut s = TcpStream::connect(node.addr()).await.unwrap();
         closed_by_node(&mut s).await;
-        eventually(Duration::from_secs(5), "handshake failures", || node.pm.stats().handshake_failures >= 3).await;
+        eventually(Duration::from_secs(5), "handshake failures", || {
+            node.pm.stats().handshake_failures >= 3
+        })
+        .await;
         still_serving(&node, 61).await;
         node.pm.shutdown().await;
     })
@@ -214,7 +240,10 @@ async fn bad_input_after_the_handshake_closes_only_that_connection() {
         closed_by_node(&mut p.stream).await;
 
         // A frame with a wrong magic, then one with a wrong version.
-        for bad in [&b"XX\x00\x01\x00\x00\x00\x00"[..], &b"MI\x00\x07\x00\x00\x00\x00"[..]] {
+        for bad in [
+            &b"XX\x00\x01\x00\x00\x00\x00"[..],
+            &b"MI\x00\x07\x00\x00\x00\x00"[..],
+        ] {
             let mut p = RawPeer::connect(&node.addr(), &me).await;
             p.send_plain(bad).await;
             closed_by_node(&mut p.stream).await;
@@ -222,22 +251,32 @@ async fn bad_input_after_the_handshake_closes_only_that_connection() {
 
         // A frame header declaring more than 1 MiB.
         let mut p = RawPeer::connect(&node.addr(), &me).await;
-        p.send_plain(&[b"MI\x00\x01".as_slice(), &((1u32 << 20) + 1).to_be_bytes()].concat()).await;
+        p.send_plain(&[b"MI\x00\x01".as_slice(), &((1u32 << 20) + 1).to_be_bytes()].concat())
+            .await;
         closed_by_node(&mut p.stream).await;
 
         // After a good hello: garbage that is not an envelope is dropped and
         // counted, the connection stays; then a bad frame closes it.
         let mut p = RawPeer::connect(&node.addr(), &me).await;
         p.honest_hello(&me).await;
-        eventually(Duration::from_secs(5), "registered", || node.pm.is_connected(me.node_id())).await;
+        eventually(Duration::from_secs(5), "registered", || {
+            node.pm.is_connected(me.node_id())
+        })
+        .await;
         let mut garbage = Vec::new();
         frame::encode(&[0xff, 0xff, 0xff, 0xff], &mut garbage).unwrap();
         p.send_plain(&garbage).await;
-        eventually(Duration::from_secs(5), "bad envelope counted", || node.pm.stats().bad_envelopes == 1).await;
+        eventually(Duration::from_secs(5), "bad envelope counted", || {
+            node.pm.stats().bad_envelopes == 1
+        })
+        .await;
         assert!(node.pm.is_connected(me.node_id()));
         p.send_plain(b"MI\x00\x02\x00\x00\x00\x00").await;
         closed_by_node(&mut p.stream).await;
-        eventually(Duration::from_secs(5), "dropped", || !node.pm.is_connected(me.node_id())).await;
+        eventually(Duration::from_secs(5), "dropped", || {
+            !node.pm.is_connected(me.node_id())
+        })
+        .await;
 
         still_serving(&node, 62).await;
         node.pm.shutdown().await;
@@ -254,10 +293,16 @@ async fn a_silent_peer_is_dropped_after_the_idle_timeout() {
         let me = Identity::from_seed([80; 32]);
         let mut p = RawPeer::connect(&node.addr(), &me).await;
         p.honest_hello(&me).await;
-        eventually(Duration::from_secs(5), "registered", || node.pm.is_connected(me.node_id())).await;
+        eventually(Duration::from_secs(5), "registered", || {
+            node.pm.is_connected(me.node_id())
+        })
+        .await;
         // Say nothing more: the node closes us after its idle timeout.
         closed_by_node(&mut p.stream).await;
-        eventually(Duration::from_secs(5), "idle timeout counted", || node.pm.stats().idle_timeouts == 1).await;
+        eventually(Duration::from_secs(5), "idle timeout counted", || {
+            node.pm.stats().idle_timeouts == 1
+        })
+        .await;
         let downs = node.seen.lock().unwrap().downs.clone();
         assert_eq!(downs.len(), 1);
         assert!(downs[0].1.contains("idle"), "{}", downs[0].1);

@@ -40,7 +40,8 @@ async fn links_carry_frames_both_ways_and_report_the_remote_key() {
                 let (sent, got) = tokio::join!(d.sink.send(&f), acc.source.recv());
                 sent.unwrap();
                 assert_eq!(got.unwrap().unwrap(), env, "{} {size}", net.name());
-                let back = EnvelopeBuilder::gossip(MsgType::Chat, Bytes::from(vec![9u8; size])).sign(&b);
+                let back =
+                    EnvelopeBuilder::gossip(MsgType::Chat, Bytes::from(vec![9u8; size])).sign(&b);
                 let f = frame::encode_envelope(&back).unwrap();
                 let (sent, got) = tokio::join!(acc.sink.send(&f), d.source.recv());
                 sent.unwrap();
@@ -51,7 +52,10 @@ async fn links_carry_frames_both_ways_and_report_the_remote_key() {
             d.sink.close().await;
             drop(d);
             match acc.source.recv().await {
-                Ok(None) | Err(LinkError::Closed) | Err(LinkError::Io(_)) | Err(LinkError::Noise(_)) => {}
+                Ok(None)
+                | Err(LinkError::Closed)
+                | Err(LinkError::Io(_))
+                | Err(LinkError::Noise(_)) => {}
                 other => panic!("{}: expected end of stream, got {other:?}", net.name()),
             }
         })
@@ -109,7 +113,10 @@ async fn simultaneous_dials_leave_exactly_one_connection() {
                 })
                 .await;
                 if let Net::Memory(m) = &net {
-                    eventually(Duration::from_secs(5), "one live link", || m.connection_count() == 1).await;
+                    eventually(Duration::from_secs(5), "one live link", || {
+                        m.connection_count() == 1
+                    })
+                    .await;
                 }
                 shutdown_all(&[&a, &b]).await;
             }
@@ -125,13 +132,27 @@ async fn a_900_kib_message_crosses_a_peer_connection_both_ways() {
             let a = TestNode::start(&net, 1, cfg(&[])).await;
             let b = TestNode::start(&net, 2, cfg(&[&a.addr()])).await;
             full_mesh(&[&a, &b], Duration::from_secs(10)).await;
-            let big = EnvelopeBuilder::gossip(MsgType::Plugin(1001), vec![0xab; 900 * 1024]).sign(&a.id);
+            let big =
+                EnvelopeBuilder::gossip(MsgType::Plugin(1001), vec![0xab; 900 * 1024]).sign(&a.id);
             a.pm.send(&b.node_id(), &big).unwrap();
-            let back = EnvelopeBuilder::gossip(MsgType::Plugin(1002), vec![0xcd; 900 * 1024]).sign(&b.id);
+            let back =
+                EnvelopeBuilder::gossip(MsgType::Plugin(1002), vec![0xcd; 900 * 1024]).sign(&b.id);
             b.pm.send(&a.node_id(), &back).unwrap();
             eventually(Duration::from_secs(10), "big messages", || {
-                let ga = a.seen.lock().unwrap().messages.iter().any(|(_, e)| *e == back);
-                let gb = b.seen.lock().unwrap().messages.iter().any(|(_, e)| *e == big);
+                let ga = a
+                    .seen
+                    .lock()
+                    .unwrap()
+                    .messages
+                    .iter()
+                    .any(|(_, e)| *e == back);
+                let gb = b
+                    .seen
+                    .lock()
+                    .unwrap()
+                    .messages
+                    .iter()
+                    .any(|(_, e)| *e == big);
                 ga && gb
             })
             .await;
@@ -162,7 +183,12 @@ async fn keepalives_hold_an_idle_connection_open() {
             .await;
             assert!(a.pm.is_connected(&b.node_id()));
             assert_eq!(a.pm.stats().idle_timeouts + b.pm.stats().idle_timeouts, 0);
-            assert_eq!(a.pm.stats().connections_inbound, 1, "{}: no reconnection happened", net.name());
+            assert_eq!(
+                a.pm.stats().connections_inbound,
+                1,
+                "{}: no reconnection happened",
+                net.name()
+            );
             assert_eq!(b.pm.stats().connections_outbound, 1);
             shutdown_all(&[&a, &b]).await;
         })
@@ -182,7 +208,10 @@ async fn max_peers_refuses_inbound_before_the_handshake() {
             b.pm.dial(&a.addr()).await.unwrap();
             full_mesh(&[&a, &b], Duration::from_secs(5)).await;
             assert!(d.pm.dial(&a.addr()).await.is_err());
-            eventually(Duration::from_secs(5), "refusal counted", || a.pm.stats().refused_max_peers >= 1).await;
+            eventually(Duration::from_secs(5), "refusal counted", || {
+                a.pm.stats().refused_max_peers >= 1
+            })
+            .await;
             assert_eq!(a.pm.peer_count(), 1);
             assert_eq!(a.pm.stats().hello_failures, 0, "refused before any hello");
             shutdown_all(&[&a, &b, &d]).await;

@@ -57,7 +57,10 @@ async fn a_cut_link_goes_down_and_comes_back_when_restored() {
         .await;
         assert_eq!(a.seen.lock().unwrap().downs.len(), 1);
         // While cut, the bootstrap redials fail.
-        eventually(Duration::from_secs(5), "failed redials", || b.pm.stats().dial_failures >= 2).await;
+        eventually(Duration::from_secs(5), "failed redials", || {
+            b.pm.stats().dial_failures >= 2
+        })
+        .await;
         assert!(!a.pm.is_connected(&b.node_id()));
         sim.restore(&a.node_id(), &b.node_id());
         full_mesh(&[&a, &b], Duration::from_secs(5)).await;
@@ -78,12 +81,18 @@ async fn a_restarted_node_rejoins_from_persisted_peers() {
             let store = PeerStore::new(db.open_tree("peers").unwrap());
             let c = TestNode::start_with_store(&net, 3, cfg(&[&a.addr()]), Some(store)).await;
             full_mesh(&[&a, &b, &c], Duration::from_secs(20)).await;
-            eventually(Duration::from_secs(5), "c knows a and b", || c.pm.known_peers().len() == 2).await;
+            eventually(Duration::from_secs(5), "c knows a and b", || {
+                c.pm.known_peers().len() == 2
+            })
+            .await;
             c.pm.shutdown().await;
             drop(c);
             db.flush().unwrap();
         }
-        eventually(Duration::from_secs(5), "c is gone", || a.pm.peer_count() == 1 && b.pm.peer_count() == 1).await;
+        eventually(Duration::from_secs(5), "c is gone", || {
+            a.pm.peer_count() == 1 && b.pm.peer_count() == 1
+        })
+        .await;
 
         // Restart c with the same data dir and no bootstrap list.
         let db = sled::open(dir.path()).unwrap();
@@ -112,7 +121,10 @@ async fn others_reconnect_with_backoff_when_the_bootstrap_node_returns() {
         })
         .await;
         // The bootstrap dialers keep failing while a is down.
-        eventually(Duration::from_secs(5), "redials", || b.pm.stats().dial_failures >= 2).await;
+        eventually(Duration::from_secs(5), "redials", || {
+            b.pm.stats().dial_failures >= 2
+        })
+        .await;
         // a comes back on the same address.
         let mut ca = cfg(&[]);
         ca.listen = Some(boot.clone());

@@ -22,9 +22,17 @@ impl Net {
         vec![Net::Tcp, Net::Memory(MemoryNetwork::new())]
     }
 
-    pub(crate) fn transport(&self, id: &Arc<Identity>, cfg: &TransportConfig) -> Arc<dyn Transport> {
+    pub(crate) fn transport(
+        &self,
+        id: &Arc<Identity>,
+        cfg: &TransportConfig,
+    ) -> Arc<dyn Transport> {
         match self {
-            Net::Tcp => Arc::new(TcpTransport::new(id.clone(), cfg.dial_timeout, cfg.hello_timeout)),
+            Net::Tcp => Arc::new(TcpTransport::new(
+                id.clone(),
+                cfg.dial_timeout,
+                cfg.hello_timeout,
+            )),
             Net::Memory(net) => Arc::new(net.transport(id)),
         }
     }
@@ -103,7 +111,10 @@ pub(crate) fn cfg(boot: &[&str]) -> TransportConfig {
 pub(crate) async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -124,7 +135,9 @@ pub(crate) async fn full_mesh(nodes: &[&TestNode], limit: Duration) {
 
 /// Runs `f` under a hard time limit.
 pub(crate) async fn bounded<F: Future>(limit: Duration, f: F) -> F::Output {
-    tokio::time::timeout(limit, f).await.expect("test step timed out")
+    tokio::time::timeout(limit, f)
+        .await
+        .expect("test step timed out")
 }
 
 pub(crate) async fn shutdown_all(nodes: &[&TestNode]) {

@@ -1,0 +1,527 @@
+//! The node's configuration: typed sections and their validation.
+//!
+//! Loading happens in two stages (see [`mod@load`]): figment merges defaults, the
+//! TOML file, `MICELIO_…` environment variables and command-line flags into
+//! one raw tree of loose values; then [`Config::check`] validates that tree
+//! field by field into the typed [`Config`], reporting every bad field at
+//! once ([`check::FieldError`]).
+//!
+//! Adding a section means: one struct (deriving `Serialize`, with its
+//! defaults), one `check` function reading it through a [`Section`], and one
+//! line in [`Config`] and [`Config::check`]. The serialized defaults are also
+//! the schema: a key they do not have is reported as unknown, and
+//! `docs/config.example.toml` must list exactly their keys (a test checks).
+
+pub(crate) mod check;
+pub(crate) mod load;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use self::check::{Checker, Host, Section};
+pub(crate) use self::load::{ConfigError, Overrides, Sources, load};
+
+/// The validated configuration of a node.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Config {
+    /// `[node]`: who this node is and where it keeps its data.
+    pub(crate) node: NodeConfig,
+    /// `[ssh]`: the partyline's SSH server.
+    pub(crate) ssh: SshConfig,
+    /// `[network]`: peer connections, discovery and their timeouts.
+    pub(crate) network: NetworkConfig,
+    /// `[gossip]`: message relay.
+    pub(crate) gossip: GossipConfig,
+    /// `[logging]`: level and format of the log on stderr.
+    pub(crate) logging: LoggingConfig,
+}
+
+impl Config {
+    /// The defaults, as the lowest configuration layer.
+    pub(crate) fn defaults(host: &Host) -> Self {
+        Self {
+            node: NodeConfig::defaults(host),
+            ssh: SshConfig::default(),
+            network: NetworkConfig::default(),
+            gossip: GossipConfig::default(),
+            logging: LoggingConfig::default(),
+        }
+    }
+
+    /// A configuration for tests: data in `data_dir`, SSH and peers on
+    /// `127.0.0.1:0`, no bootstrap peers, defaults otherwise.
+    #[cfg(test)]
+    pub(crate) fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Self::defaults(&Host::default());
+        config.node.name = "test-node".to_owned();
+        config.node.data_dir = data_dir.into();
+        config.ssh.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.network.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config
+    }
+
+    /// Validates the raw tree behind `checker` into a `Config`. Returns
+    /// `None` if any field is bad; the errors are in the checker.
+    pub(crate) fn check(checker: &mut Checker<'_>) -> Option<Self> {
+        let node = NodeConfig::check(&mut checker.section("node"));
+        let ssh = SshConfig::check(&mut checker.section("ssh"));
+        let network = NetworkConfig::check(&mut checker.section("network"));
+        let gossip = GossipConfig::check(&mut checker.section("gossip"));
+        let logging = LoggingConfig::check(&mut checker.section("logging"));
+
+        // Rules that span sections.
+        if let (Some(ssh), Some(Some(listen))) = (&ssh, network.as_ref().map(|n| n.listen))
+            && listen.port() != 0
+            && listen.port() == ssh.listen.port()
+            && (listen.ip() == ssh.listen.ip()
+                || listen.ip().is_unspecified()
+                || ssh.listen.ip().is_unspecified())
+        {
+            checker.error_at(
+                "network.listen",
+                format!("{listen} overlaps ssh.listen ({})", ssh.listen),
+            );
+        }
+
+        Some(Self {
+            node: node?,
+            ssh: ssh?,
+            network: network?,
+            gossip: gossip?,
+            logging: logging?,
+        })
+    }
+
+    /// The configuration as TOML, every field present; loading it back
+    /// gives the same `Config`.
+    pub(crate) fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// The longest node name, in bytes.
+pub(crate) const MAX_NAME_LEN: usize = 255;
+/// The most tags a node may carry.
+pub(crate) const MAX_TAGS: usize = 64;
+/// The longest tag, in bytes.
+pub(crate) const MAX_TAG_LEN: usize = 64;
+/// The most bootstrap addresses.
+pub(crate) const MAX_BOOTSTRAP: usize = 1000;
+/// Characters a tag may not contain besides whitespace and control
+/// characters: `,` separates tags in lists, `+`, `*` and `:` have meanings
+/// in desired-state selectors (`tag1+tag2`, `*`, `node:<name>`).
+const TAG_FORBIDDEN: &[char] = &[',', '+', '*', ':'];
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct NodeConfig {
+    /// Display name; an empty value in the sources means the host name (or
+    /// "micelio" when the machine has none).
+    pub(crate) name: String,
+    /// Tags, each non-empty, without whitespace, `,`, `+`, `*` or `:`.
+    pub(crate) tags: Vec<String>,
+    /// Where the identity, `authorized_keys` and the database live; a
+    /// leading `~` is expanded, relative paths are made absolute.
+    pub(crate) data_dir: PathBuf,
+}
+
+impl NodeConfig {
+    fn defaults(host: &Host) -> Self {
+        Self {
+            name: default_name(host),
+            tags: Vec::new(),
+            data_dir: expand_home(Path::new("~/.micelio"), host.home.as_deref())
+                .unwrap_or_else(|_| PathBuf::from("~/.micelio")),
+        }
+    }
+
+    fn check(s: &mut Section<'_, '_>) -> Option<Self> {
+        let host = s.host();
+        let name = s.parsed("name", |name| check_name(name, host));
+        let tags = s.strings("tags").and_then(|tags| match check_tags(&tags) {
+            Ok(()) => Some(tags),
+            Err(message) => {
+                s.error("tags", message);
+                None
+            }
+        });
+        let data_dir = s.parsed("data_dir", |dir| {
+            if dir.trim().is_empty() {
+                return Err("must not be empty".to_owned());
+            }
+            let dir = expand_home(Path::new(dir), host.home.as_deref())?;
+            std::path::absolute(&dir).map_err(|e| format!("cannot resolve {}: {e}", dir.display()))
+        });
+        Some(Self {
+            name: name?,
+            tags: tags?,
+            data_dir: data_dir?,
+        })
+    }
+}
+
+fn default_name(host: &Host) -> String {
+    host.hostname
+        .as_deref()
+        .filter(|name| check_name(name, &Host::default()).is_ok())
+        .unwrap_or("micelio")
+        .to_owned()
+}
+
+fn check_name(name: &str, host: &Host) -> Result<String, String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Ok(default_name(host));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "must be at most {MAX_NAME_LEN} bytes, got {}",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{name:?} contains control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+fn check_tags(tags: &[String]) -> Result<(), String> {
+    if tags.len() > MAX_TAGS {
+        return Err(format!("at most {MAX_TAGS} tags, got {}", tags.len()));
+    }
+    for (i, tag) in tags.iter().enumerate() {
+        if tag.len() > MAX_TAG_LEN {
+            return Err(format!("{tag:?} is longer than {MAX_TAG_LEN} bytes"));
+        }
+        if tag
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || TAG_FORBIDDEN.contains(&c))
+        {
+            return Err(format!(
+                "{tag:?} may not contain whitespace, control characters, or any of , + * :"
+            ));
+        }
+        if tags[..i].contains(tag) {
+            return Err(format!("{tag:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// Expands a leading `~` or `~/` to `home`.
+fn expand_home(path: &Path, home: Option<&Path>) -> Result<PathBuf, String> {
+    let Some(text) = path.to_str() else {
+        return Ok(path.to_owned());
+    };
+    let rest = match text.strip_prefix('~') {
+        None => return Ok(path.to_owned()),
+        Some("") => "",
+        Some(rest) => match rest.strip_prefix('/') {
+            Some(rest) => rest,
+            None => return Err(format!("{text:?}: only a leading \"~/\" can be expanded")),
+        },
+    };
+    let home = home.ok_or_else(|| {
+        format!("{text:?}: cannot expand \"~\", the home directory is unknown (set HOME)")
+    })?;
+    Ok(if rest.is_empty() {
+        home.to_owned()
+    } else {
+        home.join(rest)
+    })
+}
+
+/// `[ssh]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct SshConfig {
+    /// Address of the SSH partyline server.
+    pub(crate) listen: SocketAddr,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 2222)),
+        }
+    }
+}
+
+impl SshConfig {
+    fn check(s: &mut Section<'_, '_>) -> Option<Self> {
+        let listen = s.parsed("listen", check::parse_listen_addr);
+        Some(Self { listen: listen? })
+    }
+}
+
+/// `[network]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct NetworkConfig {
+    /// Address for peer connections; `None` (empty in the sources) makes
+    /// the node outbound-only.
+    #[serde(serialize_with = "display_or_empty")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// `host:port` told to peers instead of the bound address; never a
+    /// wildcard. Requires `listen`.
+    #[serde(serialize_with = "display_or_empty")]
+    pub(crate) advertise_addr: Option<String>,
+    /// `host:port` addresses (IPs or DNS names) dialled at start and
+    /// redialled forever.
+    pub(crate) bootstrap: Vec<String>,
+    /// Most peers connected at once, inbound and outbound together.
+    pub(crate) max_peers: usize,
+    /// Period of peer exchange.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) exchange_interval: Duration,
+    /// Period of the discovery scan.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) discovery_interval: Duration,
+    /// Deadline for a TCP connect.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) dial_timeout: Duration,
+    /// Deadline for the whole Noise handshake and hello exchange.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) hello_timeout: Duration,
+    /// A keepalive is sent after this long without sending.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) keepalive_interval: Duration,
+    /// A connection is closed after this long without receiving; always
+    /// longer than `keepalive_interval`.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) idle_timeout: Duration,
+    /// Deadline for each write to a peer.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) write_timeout: Duration,
+    /// Length of each peer's bounded send queue; messages beyond it are
+    /// dropped and counted.
+    pub(crate) send_queue: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            advertise_addr: None,
+            bootstrap: Vec::new(),
+            max_peers: 15,
+            exchange_interval: Duration::from_secs(30),
+            discovery_interval: Duration::from_secs(10),
+            dial_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            send_queue: 256,
+        }
+    }
+}
+
+impl NetworkConfig {
+    fn check(s: &mut Section<'_, '_>) -> Option<Self> {
+        let listen = s.parsed("listen", |text| {
+            if text.trim().is_empty() {
+                Ok(None)
+            } else {
+                check::parse_listen_addr(text).map(Some)
+            }
+        });
+        let advertise_addr = s.parsed("advertise_addr", |text| {
+            if text.trim().is_empty() {
+                return Ok(None);
+            }
+            let addr = check::parse_host_port(text)?;
+            if check::is_wildcard_host(&addr) {
+                return Err(format!(
+                    "{addr:?} is a wildcard address, which peers cannot dial"
+                ));
+            }
+            Ok(Some(addr))
+        });
+        if let (Some(None), Some(Some(_))) = (listen, &advertise_addr) {
+            s.error(
+                "advertise_addr",
+                "is set but network.listen is empty (an outbound-only node has nothing to advertise)",
+            );
+        }
+        let bootstrap = s
+            .strings("bootstrap")
+            .and_then(|list| match check_bootstrap(list) {
+                Ok(list) => Some(list),
+                Err(message) => {
+                    s.error("bootstrap", message);
+                    None
+                }
+            });
+        let max_peers = s.number("max_peers", 1, 1000);
+        let exchange_interval = s.duration("exchange_interval");
+        let discovery_interval = s.duration("discovery_interval");
+        let dial_timeout = s.duration("dial_timeout");
+        let hello_timeout = s.duration("hello_timeout");
+        let keepalive_interval = s.duration("keepalive_interval");
+        let idle_timeout = s.duration("idle_timeout");
+        if let (Some(keepalive), Some(idle)) = (keepalive_interval, idle_timeout)
+            && idle <= keepalive
+        {
+            s.error(
+                "idle_timeout",
+                format!(
+                    "must be longer than network.keepalive_interval ({}), got {}",
+                    humantime::format_duration(keepalive),
+                    humantime::format_duration(idle)
+                ),
+            );
+        }
+        let write_timeout = s.duration("write_timeout");
+        let send_queue = s.number("send_queue", 1, 65_536);
+        Some(Self {
+            listen: listen?,
+            advertise_addr: advertise_addr?,
+            bootstrap: bootstrap?,
+            max_peers: max_peers?,
+            exchange_interval: exchange_interval?,
+            discovery_interval: discovery_interval?,
+            dial_timeout: dial_timeout?,
+            hello_timeout: hello_timeout?,
+            keepalive_interval: keepalive_interval?,
+            idle_timeout: idle_timeout.filter(|idle| Some(*idle) > keepalive_interval)?,
+            write_timeout: write_timeout?,
+            send_queue: send_queue?,
+        })
+    }
+}
+
+fn check_bootstrap(list: Vec<String>) -> Result<Vec<String>, String> {
+    if list.len() > MAX_BOOTSTRAP {
+        return Err(format!(
+            "at most {MAX_BOOTSTRAP} addresses, got {}",
+            list.len()
+        ));
+    }
+    let mut problems = Vec::new();
+    let mut checked: Vec<String> = Vec::with_capacity(list.len());
+    for text in &list {
+        match check::parse_host_port(text) {
+            Ok(addr) if checked.contains(&addr) => {
+                problems.push(format!("{addr:?} is listed twice"))
+            }
+            Ok(addr) => checked.push(addr),
+            Err(message) => problems.push(message),
+        }
+    }
+    if problems.is_empty() {
+        Ok(checked)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// `[gossip]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct GossipConfig {
+    /// Peers each relayed message is forwarded to.
+    pub(crate) fanout: usize,
+    /// Hop count of originated messages.
+    pub(crate) max_hops: u32,
+    /// How long a message id is remembered for deduplication.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) seen_ttl: Duration,
+    /// Sustained messages per second accepted from one sender.
+    pub(crate) rate_per_sec: u32,
+    /// Burst of messages accepted from one sender.
+    pub(crate) rate_burst: u32,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        Self {
+            fanout: 3,
+            max_hops: 10,
+            seen_ttl: Duration::from_secs(5 * 60),
+            rate_per_sec: 10,
+            rate_burst: 20,
+        }
+    }
+}
+
+impl GossipConfig {
+    fn check(s: &mut Section<'_, '_>) -> Option<Self> {
+        let fanout = s.number("fanout", 1, 100);
+        let max_hops = s.number("max_hops", 1, 255);
+        let seen_ttl = s.duration("seen_ttl");
+        let rate_per_sec = s.number("rate_per_sec", 1, 1_000_000);
+        let rate_burst = s.number("rate_burst", 1, 1_000_000);
+        Some(Self {
+            fanout: fanout?,
+            max_hops: max_hops?,
+            seen_ttl: seen_ttl?,
+            rate_per_sec: rate_per_sec?,
+            rate_burst: rate_burst?,
+        })
+    }
+}
+
+/// Format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct LoggingConfig {
+    /// A level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or a
+    /// tracing filter such as `info,micelio_transport=debug`; checked to
+    /// parse.
+    pub(crate) level: String,
+    /// `text` or `json`.
+    pub(crate) format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl LoggingConfig {
+    fn check(s: &mut Section<'_, '_>) -> Option<Self> {
+        let level = s.parsed("level", crate::logging::parse_filter);
+        let format = s.parsed("format", |text| match text.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("must be \"text\" or \"json\", got {other:?}")),
+        });
+        Some(Self {
+            level: level?,
+            format: format?,
+        })
+    }
+}
+
+fn humantime_str<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+fn display_or_empty<S, T>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error>
+where
+    S: Serializer,
+    T: std::fmt::Display,
+{
+    match value {
+        Some(value) => s.collect_str(value),
+        None => s.serialize_str(""),
+    }
+}
+
+#[cfg(test)]
+mod tests;

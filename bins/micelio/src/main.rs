@@ -1,0 +1,84 @@
+//! The `micelio` binary: a peer-to-peer mesh node with an SSH partyline.
+//!
+//! `main` stays thin: parse the command line, load and validate the
+//! configuration, initialise logging, open the data dir and the identity,
+//! then run the node on a multi-thread tokio runtime until SIGINT or
+//! SIGTERM. The node itself is composed in [`node::run`].
+//!
+//! Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on a
+//! usage or configuration error (see `docs/operations.md`).
+
+mod cli;
+mod commands;
+mod config;
+mod logging;
+mod node;
+mod shutdown;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command, ConfigCommand, GlobalArgs};
+use crate::commands::Failure;
+
+/// Exit status of a usage or configuration error.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.global),
+        Command::Id => commands::id(&cli.global),
+        Command::Config(ConfigCommand::Check) => commands::config_check(&cli.global),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => report(&failure),
+    }
+}
+
+/// `micelio run`.
+fn run(args: &GlobalArgs) -> Result<(), Failure> {
+    let config = commands::load_config(args)?;
+    logging::init(&config.logging)?;
+    commands::open_data_dir(&config.node.data_dir)?;
+    let identity = commands::open_identity(&config.node.data_dir)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("micelio")
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let result = runtime.block_on(async {
+        // Signals are handled from here on, so once the banner is out a
+        // supervisor (or a test) may send SIGTERM.
+        let signals = shutdown::listen_for_signals()?;
+        commands::print_banner(&config, &identity)?;
+        shutdown::supervise(
+            |token| node::run(config, identity, token),
+            signals,
+            shutdown::GRACE_PERIOD,
+        )
+        .await
+    });
+    // Tasks the node failed to stop must not hold the process open.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(result?)
+}
+
+#[allow(clippy::print_stderr, reason = "reporting the failure is the purpose")]
+fn report(failure: &Failure) -> ExitCode {
+    match failure {
+        Failure::Config(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Failure::Other(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The composition point: where the binary builds and runs the node.
+//!
+//! [`run`] is the one place that knows every layer. Today it opens storage
+//! (`<data_dir>/data.db`, sled), starts the transport (TCP + Noise, peer
+//! manager, discovery) and drains its events; gossip, state, plugins and the
+//! SSH partyline join here as they are built. Everything stops, in order,
+//! when `shutdown` is cancelled.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use micelio_identity::Identity;
+use micelio_transport::discovery::PeerStore;
+use micelio_transport::{PeerEvent, PeerManager, TcpTransport, TransportConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::commands::write_stdout;
+use crate::config::Config;
+
+/// The sled database inside the data dir.
+const DB_DIR: &str = "data.db";
+/// The sled tree of known peers.
+const PEERS_TREE: &str = "peers";
+
+/// Maps the validated configuration onto the transport's.
+fn transport_config(config: &Config) -> TransportConfig {
+    let net = &config.network;
+    let mut t = TransportConfig::new(net.listen.map(|a| a.to_string()));
+    t.advertise_addr = net.advertise_addr.clone();
+    t.bootstrap = net.bootstrap.clone();
+    t.tags = config.node.tags.clone();
+    t.max_peers = net.max_peers;
+    t.dial_timeout = net.dial_timeout;
+    t.hello_timeout = net.hello_timeout;
+    t.keepalive_interval = net.keepalive_interval;
+    t.idle_timeout = net.idle_timeout;
+    t.write_timeout = net.write_timeout;
+    t.send_queue = net.send_queue;
+    t.exchange_interval = net.exchange_interval;
+    t.discovery_interval = net.discovery_interval;
+    t
+}
+
+/// Runs the node until `shutdown` is cancelled, then stops it.
+///
+/// This is the composition point of the binary: everything the node is made
+/// of is built and wired here, and nowhere else. It returns promptly (well
+/// within the grace period of `main`, 5 s) once `shutdown` is cancelled,
+/// having stopped accepting, closed peers and flushed storage.
+///
+/// Cancel safety: not meant to be dropped mid-way; cancel `shutdown` and
+/// await the returned future instead.
+///
+/// # Errors
+/// Any failure that stops the node (a listener that cannot bind, storage
+/// that cannot be opened, …).
+pub(crate) async fn run(
+    config: Config,
+    identity: Identity,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let identity = Arc::new(identity);
+    let db_path = config.node.data_dir.join(DB_DIR);
+    let db = {
+        let path = db_path.clone();
+        tokio::task::spawn_blocking(move || sled::open(path))
+            .await
+            .context("opening storage")?
+            .with_context(|| format!("cannot open storage {}", db_path.display()))?
+    };
+    let store = PeerStore::new(
+        db.open_tree(PEERS_TREE)
+            .with_context(|| format!("cannot open the peers tree in {}", db_path.display()))?,
+    );
+
+    let tcfg = transport_config(&config);
+    let transport = TcpTransport::new(identity.clone(), tcfg.dial_timeout, tcfg.hello_timeout);
+    let (peers, mut events) =
+        PeerManager::spawn(identity.clone(), Arc::new(transport), tcfg, Some(store))
+            .await
+            .context("cannot start the peer transport")?;
+    let listening = match (peers.local_addr(), peers.advertise_addr()) {
+        (Some(addr), Some(adv)) if adv != addr => format!("{addr} (advertised as {adv})"),
+        (Some(addr), _) => addr.to_owned(),
+        (None, _) => "none (outbound only)".to_owned(),
+    };
+    write_stdout(&format!("peers       {listening}\n"))?;
+    info!(
+        node_id = %identity.node_id(),
+        name = %config.node.name,
+        peers = %listening,
+        "node started"
+    );
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            event = events.recv() => match event {
+                Some(PeerEvent::Message { from, envelope }) => {
+                    debug!(peer = %from.short(12), kind = %envelope.kind(), "message (no handler yet)");
+                }
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+
+    info!("stopping");
+    peers.shutdown().await;
+    db.flush_async().await.context("flushing storage")?;
+    info!(node_id = %identity.node_id(), "node stopped");
+    Ok(())
+}

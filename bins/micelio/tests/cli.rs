@@ -1,0 +1,434 @@
+//! End-to-end tests of the `micelio` binary: each runs the built executable
+//! in a temporary home and data dir, with bounded waits, and kills every
+//! child it starts.
+
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Longest a command that should finish promptly may run.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the node may take to exit after SIGTERM or SIGINT.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// A temporary home directory and the commands run in it.
+struct Env {
+    home: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.home.path().join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `micelio ARGS` with HOME pointing here and no `MICELIO_` variables
+    /// inherited from the test's environment.
+    fn micelio(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_micelio"));
+        cmd.args(args)
+            .env("HOME", self.home.path())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("MICELIO_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd
+    }
+}
+
+/// The result of a finished command.
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Kills the child when dropped, so that no failed assertion leaves it.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Waits for the child to exit, killing it after `timeout`.
+fn wait(guard: &mut Guard, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = guard.0.kill();
+            let _ = guard.0.wait();
+            panic!("micelio did not exit within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_all(mut pipe: impl std::io::Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
+}
+
+/// Runs `cmd` to completion within [`COMMAND_TIMEOUT`].
+fn run(mut cmd: Command) -> Output {
+    let mut guard = Guard(cmd.spawn().unwrap());
+    let stdout = read_all(guard.0.stdout.take().unwrap());
+    let stderr = read_all(guard.0.stderr.take().unwrap());
+    let status = wait(&mut guard, COMMAND_TIMEOUT);
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+#[track_caller]
+fn success(cmd: Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
+fn is_node_id(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn id_creates_the_identity_and_prints_the_same_values_each_time() {
+    let env = Env::new();
+    let data = env.path("data");
+    let data = data.to_str().unwrap();
+
+    let first = success(env.micelio(&["id", "--data-dir", data]));
+    let lines: Vec<&str> = first.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", first.stdout);
+    assert!(is_node_id(lines[0]), "{:?}", lines[0]);
+    assert!(lines[1].starts_with("ssh-ed25519 AAAA"), "{:?}", lines[1]);
+
+    let key = env.path("data/identity/node.key");
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(mode(&env.path("data/identity")), 0o700);
+    assert_eq!(mode(&env.path("data")), 0o700);
+    let pub_line = std::fs::read_to_string(env.path("data/identity/node.pub")).unwrap();
+    assert_eq!(pub_line.trim_end(), lines[1]);
+
+    // The flag also works before the subcommand.
+    let second = success(env.micelio(&["--data-dir", data, "id"]));
+    assert_eq!(second.stdout, first.stdout);
+}
+
+#[test]
+fn id_refuses_a_key_readable_by_others() {
+    let env = Env::new();
+    let data = env.path("data");
+    success(env.micelio(&["id", "--data-dir", data.to_str().unwrap()]));
+    let key = env.path("data/identity/node.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(env.micelio(&["id", "--data-dir", data.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("node.key"), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+}
+
+const BAD_CONFIG: &str = r#"
+[network]
+listen = "nope"
+max_peers = -3
+max_peer = 4
+
+[logging]
+format = "xml"
+"#;
+
+#[test]
+fn every_bad_field_is_reported_by_config_check_and_run() {
+    let env = Env::new();
+    let file = env.write("bad.toml", BAD_CONFIG);
+    let file = file.to_str().unwrap();
+    let data = env.path("data");
+    let data = data.to_str().unwrap();
+
+    for args in [
+        &["config", "check", "--config", file][..],
+        &["run", "--config", file, "--data-dir", data],
+        &["--config", file, "--data-dir", data],
+    ] {
+        let out = run(env.micelio(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+        for field in [
+            "network.listen:",
+            "network.max_peers: must be between 1 and 1000, got -3",
+            "network.max_peer: unknown key",
+            "logging.format:",
+        ] {
+            assert!(
+                out.stderr.contains(field),
+                "{args:?}: {field} not in\n{}",
+                out.stderr
+            );
+        }
+        assert!(
+            out.stderr.contains(file),
+            "the file is named: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+    }
+    assert!(
+        !env.path("data").exists(),
+        "a bad config must not create the data dir"
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_an_error() {
+    let env = Env::new();
+    let out = run(env.micelio(&["config", "check", "--config", "/nonexistent/m.toml"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stderr.contains("/nonexistent/m.toml"), "{}", out.stderr);
+}
+
+/// `micelio config check` output, parsed.
+fn effective(mut cmd: Command) -> toml::Table {
+    cmd.arg("config").arg("check");
+    toml::from_str(&success(cmd).stdout).unwrap()
+}
+
+fn get<'t>(table: &'t toml::Table, path: &str) -> &'t toml::Value {
+    let (section, key) = path.split_once('.').unwrap();
+    &table[section][key]
+}
+
+#[test]
+fn precedence_is_defaults_then_file_then_env_then_flags() {
+    let env = Env::new();
+    let file = env.write(
+        "m.toml",
+        "[node]\nname = \"from-file\"\n[network]\nmax_peers = 20\nlisten = \"127.0.0.1:4001\"\n",
+    );
+    let file = file.to_str().unwrap();
+
+    let defaults = effective(env.micelio(&[]));
+    assert_ne!(get(&defaults, "node.name").as_str(), Some("from-file"));
+    assert_eq!(get(&defaults, "network.max_peers").as_integer(), Some(15));
+    assert_eq!(get(&defaults, "network.listen").as_str(), Some(""));
+    let home_data = env.path(".micelio");
+    assert_eq!(get(&defaults, "node.data_dir").as_str(), home_data.to_str());
+
+    let from_file = effective(env.micelio(&["--config", file]));
+    assert_eq!(get(&from_file, "node.name").as_str(), Some("from-file"));
+    assert_eq!(get(&from_file, "network.max_peers").as_integer(), Some(20));
+
+    let with_env = |args: &[&str]| {
+        let mut cmd = env.micelio(args);
+        cmd.env("MICELIO_CONFIG", file)
+            .env("MICELIO_NODE__NAME", "from-env")
+            .env("MICELIO_NETWORK__MAX_PEERS", "30");
+        cmd
+    };
+    let from_env = effective(with_env(&[]));
+    assert_eq!(get(&from_env, "node.name").as_str(), Some("from-env"));
+    assert_eq!(get(&from_env, "network.max_peers").as_integer(), Some(30));
+    assert_eq!(
+        get(&from_env, "network.listen").as_str(),
+        Some("127.0.0.1:4001")
+    );
+
+    let from_flags = effective(with_env(&[
+        "--name",
+        "from-flag",
+        "--listen",
+        "127.0.0.1:4002",
+    ]));
+    assert_eq!(get(&from_flags, "node.name").as_str(), Some("from-flag"));
+    assert_eq!(
+        get(&from_flags, "network.listen").as_str(),
+        Some("127.0.0.1:4002")
+    );
+    assert_eq!(get(&from_flags, "network.max_peers").as_integer(), Some(30));
+}
+
+#[test]
+fn the_default_config_file_is_read_from_the_home_directory() {
+    let env = Env::new();
+    std::fs::create_dir(env.path(".micelio")).unwrap();
+    env.write(".micelio/config.toml", "[gossip]\nfanout = 5\n");
+    let config = effective(env.micelio(&[]));
+    assert_eq!(get(&config, "gossip.fanout").as_integer(), Some(5));
+}
+
+#[test]
+fn the_example_config_passes_config_check() {
+    let env = Env::new();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/config.example.toml"
+    );
+    let config = effective(env.micelio(&["--config", example]));
+    assert_eq!(get(&config, "network.max_peers").as_integer(), Some(15));
+}
+
+/// A running node whose stdout lines arrive on a channel.
+struct Node {
+    guard: Guard,
+    lines: mpsc::Receiver<String>,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl Node {
+    fn start(env: &Env, args: &[&str]) -> Self {
+        let mut guard = Guard(env.micelio(args).spawn().unwrap());
+        let stdout = guard.0.stdout.take().unwrap();
+        let stderr = read_all(guard.0.stderr.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            guard,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The NodeId the node prints when it starts.
+    fn node_id(&self) -> String {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .expect("the node printed its NodeId");
+            if let Some(id) = line.split_whitespace().find(|word| is_node_id(word)) {
+                return id.to_owned();
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.guard.0.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit, returning its status and everything on stderr.
+    fn exit(mut self) -> (ExitStatus, String) {
+        let started = Instant::now();
+        let status = wait(&mut self.guard, SHUTDOWN_TIMEOUT);
+        assert!(started.elapsed() < SHUTDOWN_TIMEOUT);
+        (status, self.stderr.join().unwrap())
+    }
+}
+
+#[test]
+fn sigterm_stops_the_node_cleanly() {
+    let env = Env::new();
+    let data = env.path("data");
+    let data = data.to_str().unwrap();
+    let node = Node::start(
+        &env,
+        &[
+            "--data-dir",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--ssh-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let id = node.node_id();
+    // The same identity is on disk.
+    let printed = success(env.micelio(&["id", "--data-dir", data]));
+    assert_eq!(printed.stdout.lines().next(), Some(id.as_str()));
+
+    // Signals are handled once the NodeId is printed.
+    node.signal("TERM");
+    let (status, stderr) = node.exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("node started"), "{stderr}");
+    assert!(
+        stderr.contains("micelio::node"),
+        "lines carry the target: {stderr}"
+    );
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+}
+
+#[test]
+fn sigint_stops_the_node_and_json_logs_go_to_stderr() {
+    let env = Env::new();
+    let data = env.path("data");
+    let node = Node::start(
+        &env,
+        &[
+            "run",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--ssh-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+    );
+    node.node_id();
+    node.signal("INT");
+    let (status, stderr) = node.exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let mut started = false;
+    for line in stderr.lines() {
+        assert!(
+            line.starts_with('{') && line.ends_with('}'),
+            "not JSON: {line}"
+        );
+        started |=
+            line.contains("\"node started\"") && line.contains("\"target\":\"micelio::node\"");
+    }
+    assert!(started, "{stderr}");
+}
