@@ -585,20 +585,25 @@ async fn register(
     }
 
     let span = info_span!("peer", peer = %node_id.short(12), dir = %direction);
-    shared
-        .tracker
-        .spawn(writer_task(shared.clone(), sink, rx, cancel.clone()).instrument(span.clone()));
-    shared.tracker.spawn(
-        reader_task(
-            shared.clone(),
-            conn_id,
-            node_id,
-            info.public_key,
-            source,
-            cancel,
-        )
-        .instrument(span),
+    let close_reason = Arc::new(Mutex::new(None));
+    let writer = writer_task(
+        shared.clone(),
+        sink,
+        rx,
+        cancel.clone(),
+        close_reason.clone(),
     );
+    shared.tracker.spawn(writer.instrument(span.clone()));
+    let reader = reader_task(
+        shared.clone(),
+        conn_id,
+        node_id,
+        info.public_key,
+        source,
+        cancel,
+        close_reason,
+    );
+    shared.tracker.spawn(reader.instrument(span));
     send_exchange(shared, &node_id);
     Ok(node_id)
 }
@@ -608,6 +613,7 @@ async fn writer_task(
     mut sink: Box<dyn FrameSink>,
     mut rx: mpsc::Receiver<Bytes>,
     cancel: CancellationToken,
+    close_reason: Arc<Mutex<Option<String>>>,
 ) {
     let keepalive_frame = match frame::encode_envelope(&Envelope::keepalive()) {
         Ok(f) => f,
@@ -644,6 +650,7 @@ async fn writer_task(
     };
     if let Some(reason) = reason {
         debug!("closing connection: {reason}");
+        lock(&close_reason).get_or_insert(reason);
     }
     cancel.cancel();
     let _ = timeout(Duration::from_secs(1), sink.close()).await;
@@ -656,11 +663,21 @@ async fn reader_task(
     key: PublicKey,
     mut source: Box<dyn FrameSource>,
     cancel: CancellationToken,
+    close_reason: Arc<Mutex<Option<String>>>,
 ) {
     let idle = shared.config.idle_timeout;
+    let local_reason = || {
+        lock(&close_reason).clone().unwrap_or_else(|| {
+            if shared.cancel.is_cancelled() {
+                "shutting down".to_owned()
+            } else {
+                "closed locally".to_owned()
+            }
+        })
+    };
     let reason = loop {
         let received = tokio::select! {
-            _ = cancel.cancelled() => break "closed locally".to_owned(),
+            _ = cancel.cancelled() => break local_reason(),
             r = timeout(idle, source.recv()) => r,
         };
         let env = match received {
@@ -700,7 +717,7 @@ async fn reader_task(
                     envelope: env,
                 };
                 tokio::select! {
-                    _ = cancel.cancelled() => break "closed locally".to_owned(),
+                    _ = cancel.cancelled() => break local_reason(),
                     r = shared.events.send(event) => {
                         if r.is_ok() {
                             shared.counters.messages_delivered.fetch_add(1, Ordering::Relaxed);

@@ -311,3 +311,54 @@ async fn a_silent_peer_is_dropped_after_the_idle_timeout() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_loses_messages_and_never_stalls_the_node() {
+    bounded(T, async {
+        let mut c = cfg(&[]);
+        c.send_queue = 8;
+        c.write_timeout = Duration::from_millis(500);
+        c.idle_timeout = Duration::from_secs(20);
+        let node = TestNode::start(&Net::Tcp, 1, c).await;
+        let me = Identity::from_seed([90; 32]);
+        let mut p = RawPeer::connect(&node.addr(), &me).await;
+        p.honest_hello(&me).await;
+        eventually(Duration::from_secs(5), "registered", || {
+            node.pm.is_connected(me.node_id())
+        })
+        .await;
+        // The raw peer never reads again. Queue far more than socket buffers,
+        // the send queue and the write deadline allow.
+        let big =
+            EnvelopeBuilder::gossip(MsgType::Plugin(1001), vec![1u8; 60 * 1024]).sign(&node.id);
+        // Keep sending (as gossip would) until the node gives up on the peer:
+        // the queue fills and drops, the socket buffers fill, and the stuck
+        // write hits its deadline. Each send returns at once.
+        let mut full = 0u32;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while node.pm.is_connected(me.node_id()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "slow peer never dropped"
+            );
+            let started = std::time::Instant::now();
+            if node.pm.send(me.node_id(), &big).is_err() {
+                full += 1;
+            }
+            assert!(
+                started.elapsed() < Duration::from_millis(100),
+                "send blocked"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(full > 0, "the bounded queue refused some messages");
+        assert!(node.pm.stats().send_queue_drops > 0);
+        let downs = node.seen.lock().unwrap().downs.clone();
+        assert_eq!(downs.len(), 1, "{downs:?}");
+        assert!(downs[0].1.contains("write timed out"), "{downs:?}");
+        still_serving(&node, 64).await;
+        drop(p);
+        node.pm.shutdown().await;
+    })
+    .await;
+}
