@@ -41,6 +41,19 @@ pub struct KnownPeer {
 }
 
 impl KnownPeer {
+    /// A fresh record of a validated, reachable entry.
+    fn reachable(node_id: NodeId, public_key: PublicKey, info: &PeerInfo) -> Self {
+        Self {
+            node_id,
+            public_key,
+            addr: info.addr.clone(),
+            reachable: true,
+            last_seen: info.last_seen,
+            fails: 0,
+            last_fail: None,
+        }
+    }
+
     /// The wire form, as sent in a peer exchange and persisted.
     pub fn to_info(&self) -> PeerInfo {
         PeerInfo {
@@ -156,18 +169,8 @@ impl KnownPeers {
     pub(crate) fn load(&mut self, info: &PeerInfo) -> bool {
         match validate_entry(info, &self.self_id) {
             Ok((node_id, public_key)) if self.peers.len() < MAX_KNOWN_PEERS => {
-                self.peers.insert(
-                    node_id,
-                    KnownPeer {
-                        node_id,
-                        public_key,
-                        addr: info.addr.clone(),
-                        reachable: true,
-                        last_seen: info.last_seen,
-                        fails: 0,
-                        last_fail: None,
-                    },
-                );
+                self.peers
+                    .insert(node_id, KnownPeer::reachable(node_id, public_key, info));
                 true
             }
             _ => false,
@@ -199,15 +202,7 @@ impl KnownPeers {
                 }
                 None if full => dropped.push(EntryDrop::TableFull),
                 None => {
-                    let rec = KnownPeer {
-                        node_id,
-                        public_key,
-                        addr: info.addr.clone(),
-                        reachable: true,
-                        last_seen: info.last_seen,
-                        fails: 0,
-                        last_fail: None,
-                    };
+                    let rec = KnownPeer::reachable(node_id, public_key, info);
                     self.peers.insert(node_id, rec.clone());
                     changed.push(rec);
                 }

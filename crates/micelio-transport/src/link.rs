@@ -10,7 +10,9 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
-use micelio_wire::Envelope;
+use bytes::BytesMut;
+use micelio_wire::frame::FrameDecoder;
+use micelio_wire::{Envelope, WireError};
 
 use crate::error::{LinkError, TransportError};
 
@@ -110,4 +112,17 @@ pub trait Transport: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Box<dyn Listener>, TransportError>>;
     /// Connects to `addr` and runs the initiator side of the handshake.
     fn dial<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<Link, TransportError>>;
+}
+
+/// Takes the next whole envelope off a receive buffer, the step every
+/// [`FrameSource`] shares: `Ok(None)` means "read more bytes".
+pub(crate) fn next_envelope(
+    decoder: &FrameDecoder,
+    buf: &mut BytesMut,
+) -> Result<Option<Envelope>, LinkError> {
+    match decoder.decode_envelope(buf) {
+        Ok(env) => Ok(env),
+        Err(WireError::Frame(e)) => Err(LinkError::Frame(e)),
+        Err(e) => Err(LinkError::BadEnvelope(e.to_string())),
+    }
 }

@@ -34,14 +34,15 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::{Bytes, BytesMut};
 use micelio_identity::{Identity, NodeId};
+use micelio_wire::Envelope;
 use micelio_wire::frame::FrameDecoder;
-use micelio_wire::{Envelope, WireError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{LinkError, TransportError};
 use crate::link::{
     BoxFuture, Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport,
+    next_envelope,
 };
 
 /// Frames buffered per direction of a simulated connection.
@@ -367,11 +368,8 @@ impl FrameSource for MemSource {
     fn recv(&mut self) -> BoxFuture<'_, Result<Option<Envelope>, LinkError>> {
         Box::pin(async move {
             loop {
-                match self.decoder.decode_envelope(&mut self.buf) {
-                    Ok(Some(env)) => return Ok(Some(env)),
-                    Ok(None) => {}
-                    Err(WireError::Frame(e)) => return Err(LinkError::Frame(e)),
-                    Err(e) => return Err(LinkError::BadEnvelope(e.to_string())),
+                if let Some(env) = next_envelope(&self.decoder, &mut self.buf)? {
+                    return Ok(Some(env));
                 }
                 tokio::select! {
                     _ = self.guard.token.cancelled() => return Err(LinkError::Closed),

@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use micelio_identity::Identity;
+use micelio_wire::Envelope;
 use micelio_wire::frame::FrameDecoder;
-use micelio_wire::{Envelope, WireError};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::{LinkError, TransportError};
 use crate::link::{
     BoxFuture, Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport,
+    next_envelope,
 };
 use crate::noise::{self, NoiseReader, NoiseWriter, Role};
 
@@ -189,11 +190,8 @@ impl FrameSource for TcpSource {
     fn recv(&mut self) -> BoxFuture<'_, Result<Option<Envelope>, LinkError>> {
         Box::pin(async move {
             loop {
-                match self.decoder.decode_envelope(&mut self.buf) {
-                    Ok(Some(env)) => return Ok(Some(env)),
-                    Ok(None) => {}
-                    Err(WireError::Frame(e)) => return Err(LinkError::Frame(e)),
-                    Err(e) => return Err(LinkError::BadEnvelope(e.to_string())),
+                if let Some(env) = next_envelope(&self.decoder, &mut self.buf)? {
+                    return Ok(Some(env));
                 }
                 if !self.reader.read_into(&mut self.buf).await? {
                     return if self.buf.is_empty() {
