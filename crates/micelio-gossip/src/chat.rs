@@ -1,0 +1,67 @@
+//! Chat over gossip (type 3): what the partyline sends and receives.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use micelio_identity::NodeId;
+use micelio_wire::proto::ChatMessage;
+use micelio_wire::{Message as _, MsgType};
+
+use crate::engine::Delivered;
+use crate::service::{Gossip, GossipError};
+
+/// A chat line, as delivered to every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatLine {
+    /// The node the line was typed on (verified originator).
+    pub node: NodeId,
+    /// The author's nick.
+    pub nick: String,
+    /// The text.
+    pub text: String,
+    /// Unix seconds, as stamped by the author's node.
+    pub timestamp: u64,
+    /// The gossip message id.
+    pub message_id: String,
+}
+
+impl ChatLine {
+    /// Decodes a delivered type-3 message; `None` if it is not a valid
+    /// `ChatMessage`.
+    pub fn from_delivered(d: &Delivered) -> Option<Self> {
+        if d.msg_type != MsgType::Chat {
+            return None;
+        }
+        let m = ChatMessage::decode(d.envelope.payload.clone()).ok()?;
+        Some(Self {
+            node: d.sender,
+            nick: m.nick,
+            text: m.text,
+            timestamp: m.timestamp,
+            message_id: d.envelope.message_id.clone(),
+        })
+    }
+}
+
+/// The current time in unix seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Gossip {
+    /// Originates a chat line from `nick`; returns the message id.
+    ///
+    /// # Errors
+    /// As [`Gossip::originate`].
+    pub async fn say(&self, nick: &str, text: &str) -> Result<String, GossipError> {
+        let msg = ChatMessage {
+            nick: nick.to_owned(),
+            text: text.to_owned(),
+            timestamp: unix_now(),
+        };
+        self.originate(MsgType::Chat, msg.encode_to_vec().into())
+            .await
+    }
+}

@@ -1,0 +1,374 @@
+//! The gossip engine: a synchronous state machine, no sockets, no clock.
+//!
+//! Feed it what happens (`peer_up`, `peer_down`, `handle` for a received
+//! envelope, `originate` for a local message, `expire` now and then) with the
+//! current time; it answers with [`Action`]s for the caller to carry out.
+//!
+//! Receiving follows protocol v1 exactly: drop if `message_id` or `sender_id`
+//! is empty or over 128 bytes, or the payload is over 64 KiB; drop if
+//! already seen; find the sender's key (direct, or learned from
+//! `sender_pubkey` if it hashes to `sender_id`; never overwriting a direct
+//! key); verify; apply the sender's token bucket; only then mark seen;
+//! deliver to the local handler of the type, if any; if `hop_count` > 1,
+//! decrement and forward to up to `fanout` random peers other than the one
+//! it came from.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use micelio_identity::{Identity, NodeId, PublicKey};
+use micelio_wire::{Envelope, EnvelopeBuilder, EnvelopeError, MsgType};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rand::seq::IndexedRandom;
+
+use crate::parts::{KeyRing, RateLimiter, SeenCache, Trust};
+
+/// Default cap on the seen cache (ids), far above what 5 minutes of traffic
+/// at the default rate limits produce.
+pub const DEFAULT_SEEN_CAP: usize = 1_000_000;
+
+/// Configuration of the gossip engine.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct GossipConfig {
+    /// Peers each relayed message is forwarded to.
+    pub fanout: usize,
+    /// Hop budget of originated messages.
+    pub max_hops: u32,
+    /// How long a message id is remembered.
+    pub seen_ttl: Duration,
+    /// Most message ids remembered.
+    pub seen_cap: usize,
+    /// Per-sender sustained rate, messages per second.
+    pub rate_per_sec: u32,
+    /// Per-sender burst.
+    pub rate_burst: u32,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        use micelio_wire::limits;
+        Self {
+            fanout: limits::DEFAULT_FANOUT,
+            max_hops: limits::DEFAULT_MAX_HOPS,
+            seen_ttl: limits::DEFAULT_SEEN_TTL,
+            seen_cap: DEFAULT_SEEN_CAP,
+            rate_per_sec: limits::DEFAULT_RATE_PER_SEC,
+            rate_burst: limits::DEFAULT_RATE_BURST,
+        }
+    }
+}
+
+/// Why a received envelope was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// `message_id` empty.
+    EmptyMessageId,
+    /// `message_id` over 128 bytes.
+    MessageIdTooLong,
+    /// `sender_id` empty.
+    EmptySenderId,
+    /// `sender_id` over 128 bytes.
+    SenderIdTooLong,
+    /// Payload over 64 KiB.
+    PayloadTooLarge,
+    /// Already seen.
+    Duplicate,
+    /// No key for the sender, and none learnable from the envelope.
+    UnknownSender,
+    /// `sender_pubkey` present but not hashing to `sender_id`.
+    SenderKeyMismatch,
+    /// The signature does not verify.
+    BadSignature,
+    /// The sender is over its rate.
+    RateLimited,
+    /// A type that does not travel by gossip (hello, keepalive, …).
+    NotGossip,
+    /// A message that claims to come from this node.
+    FromSelf,
+}
+
+impl DropReason {
+    /// A short stable label, for counters and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::EmptyMessageId => "empty_message_id",
+            Self::MessageIdTooLong => "message_id_too_long",
+            Self::EmptySenderId => "empty_sender_id",
+            Self::SenderIdTooLong => "sender_id_too_long",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::Duplicate => "duplicate",
+            Self::UnknownSender => "unknown_sender",
+            Self::SenderKeyMismatch => "sender_key_mismatch",
+            Self::BadSignature => "bad_signature",
+            Self::RateLimited => "rate_limited",
+            Self::NotGossip => "not_gossip",
+            Self::FromSelf => "from_self",
+        }
+    }
+}
+
+/// What the engine asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Hand the message to the local handler of its type.
+    Deliver(Delivered),
+    /// Send this envelope to each of these peers.
+    Send {
+        /// Connected peers to send to.
+        to: Vec<NodeId>,
+        /// The envelope (hop count already decremented when relaying).
+        envelope: Envelope,
+    },
+}
+
+/// A message delivered to a local handler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    /// Its type.
+    pub msg_type: MsgType,
+    /// Its originator (verified).
+    pub sender: NodeId,
+    /// The connected peer it arrived from.
+    pub from_peer: NodeId,
+    /// The envelope as received.
+    pub envelope: Envelope,
+}
+
+/// Engine counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GossipStats {
+    /// Envelopes received from peers.
+    pub received: u64,
+    /// Messages handed to local handlers.
+    pub delivered: u64,
+    /// Messages originated here.
+    pub originated: u64,
+    /// Frames sent when relaying (one per target peer).
+    pub forwarded: u64,
+    /// Frames sent when originating (one per peer).
+    pub sent_originated: u64,
+    /// Accepted messages of a type with no local handler (relayed only).
+    pub unhandled: u64,
+    /// Drops, by reason.
+    pub dropped: BTreeMap<DropReason, u64>,
+    /// Keys held in the keyring.
+    pub keys: u64,
+    /// Ids held in the seen cache.
+    pub seen: u64,
+}
+
+impl GossipStats {
+    /// Total drops, all reasons.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.values().sum()
+    }
+
+    /// Drops for one reason.
+    pub fn dropped_for(&self, reason: DropReason) -> u64 {
+        self.dropped.get(&reason).copied().unwrap_or(0)
+    }
+}
+
+/// The gossip state machine of one node.
+#[derive(Debug)]
+pub struct Engine {
+    identity: Arc<Identity>,
+    config: GossipConfig,
+    keyring: KeyRing,
+    seen: SeenCache,
+    limiter: RateLimiter,
+    peers: Vec<NodeId>,
+    handlers: HashSet<MsgType>,
+    stats: GossipStats,
+    rng: SmallRng,
+}
+
+impl Engine {
+    /// A new engine for `identity`; `seed` seeds the fanout choice (fix it in
+    /// tests for reproducible runs).
+    pub fn new(identity: Arc<Identity>, config: GossipConfig, seed: u64) -> Self {
+        Self {
+            keyring: KeyRing::new(),
+            seen: SeenCache::new(config.seen_ttl, config.seen_cap),
+            limiter: RateLimiter::new(config.rate_per_sec, config.rate_burst),
+            peers: Vec::new(),
+            handlers: HashSet::new(),
+            stats: GossipStats::default(),
+            rng: SmallRng::seed_from_u64(seed),
+            identity,
+            config,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GossipConfig {
+        &self.config
+    }
+
+    /// Registers a local handler for `msg_type`: accepted messages of that
+    /// type are delivered. Types without a handler are still relayed.
+    pub fn register(&mut self, msg_type: MsgType) {
+        self.handlers.insert(msg_type);
+    }
+
+    /// A peer connected, having proved `key` in its hello (direct trust).
+    pub fn peer_up(&mut self, id: NodeId, key: PublicKey) {
+        self.keyring.add(id, key, Trust::Direct);
+        if !self.peers.contains(&id) {
+            self.peers.push(id);
+        }
+    }
+
+    /// A peer disconnected (its key stays known).
+    pub fn peer_down(&mut self, id: &NodeId) {
+        self.peers.retain(|p| p != id);
+    }
+
+    /// Learns a key from elsewhere (for example a peer exchange), with
+    /// gossip-learned trust.
+    pub fn learn_key(&mut self, id: NodeId, key: PublicKey) -> bool {
+        self.keyring.add(id, key, Trust::GossipLearned)
+    }
+
+    /// The keyring.
+    pub fn keyring(&self) -> &KeyRing {
+        &self.keyring
+    }
+
+    /// Connected peers, as the engine knows them.
+    pub fn peers(&self) -> &[NodeId] {
+        &self.peers
+    }
+
+    /// Originates a message: a new id, the full hop budget, our signature
+    /// and key, marked seen, sent to every connected peer.
+    pub fn originate(
+        &mut self,
+        now: Instant,
+        msg_type: MsgType,
+        payload: Bytes,
+    ) -> (Envelope, Vec<Action>) {
+        let env = EnvelopeBuilder::gossip(msg_type, payload)
+            .hop_count(self.config.max_hops)
+            .sign(&self.identity);
+        self.seen.insert(&env.message_id, now);
+        self.stats.originated += 1;
+        let mut actions = Vec::new();
+        if !self.peers.is_empty() {
+            self.stats.sent_originated += self.peers.len() as u64;
+            actions.push(Action::Send {
+                to: self.peers.clone(),
+                envelope: env.clone(),
+            });
+        }
+        (env, actions)
+    }
+
+    fn drop_for(&mut self, reason: DropReason) -> DropReason {
+        *self.stats.dropped.entry(reason).or_insert(0) += 1;
+        reason
+    }
+
+    /// Handles an envelope received from connected peer `from`.
+    ///
+    /// # Errors
+    /// The [`DropReason`] when the envelope is dropped (and counted).
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        mut env: Envelope,
+    ) -> Result<Vec<Action>, DropReason> {
+        self.stats.received += 1;
+        if env.kind().routing() != micelio_wire::Routing::Gossip {
+            return Err(self.drop_for(DropReason::NotGossip));
+        }
+        if let Err(e) = env.check_gossip_limits() {
+            let reason = match e {
+                EnvelopeError::EmptyMessageId => DropReason::EmptyMessageId,
+                EnvelopeError::MessageIdTooLong(_) => DropReason::MessageIdTooLong,
+                EnvelopeError::EmptySenderId => DropReason::EmptySenderId,
+                EnvelopeError::SenderIdTooLong(_) => DropReason::SenderIdTooLong,
+                _ => DropReason::PayloadTooLarge,
+            };
+            return Err(self.drop_for(reason));
+        }
+        if self.seen.contains(&env.message_id, now) {
+            return Err(self.drop_for(DropReason::Duplicate));
+        }
+        let Ok(sender) = env.sender_id.parse::<NodeId>() else {
+            return Err(self.drop_for(DropReason::UnknownSender));
+        };
+        if sender == *self.identity.node_id() {
+            return Err(self.drop_for(DropReason::FromSelf));
+        }
+        let key = match self.keyring.get(&sender) {
+            Some((key, _)) => key,
+            None => match env.embedded_sender_key() {
+                Ok(key) => key,
+                Err(EnvelopeError::SenderKeyMismatch) => {
+                    return Err(self.drop_for(DropReason::SenderKeyMismatch));
+                }
+                Err(_) => return Err(self.drop_for(DropReason::UnknownSender)),
+            },
+        };
+        if env.verify_with(&key).is_err() {
+            return Err(self.drop_for(DropReason::BadSignature));
+        }
+        // The key is learned only once a signature made with it verified.
+        self.keyring.add(sender, key, Trust::GossipLearned);
+        if !self.limiter.allow(sender, now) {
+            return Err(self.drop_for(DropReason::RateLimited));
+        }
+        self.seen.insert(&env.message_id, now);
+
+        let mut actions = Vec::with_capacity(2);
+        let msg_type = env.kind();
+        let forward = env.hop_count > 1;
+        if self.handlers.contains(&msg_type) {
+            self.stats.delivered += 1;
+            actions.push(Action::Deliver(Delivered {
+                msg_type,
+                sender,
+                from_peer: from,
+                envelope: env.clone(),
+            }));
+        } else {
+            self.stats.unhandled += 1;
+        }
+        if forward {
+            env.hop_count -= 1;
+            let candidates: Vec<NodeId> =
+                self.peers.iter().copied().filter(|p| *p != from).collect();
+            let to: Vec<NodeId> = candidates
+                .choose_multiple(&mut self.rng, self.config.fanout)
+                .copied()
+                .collect();
+            if !to.is_empty() {
+                self.stats.forwarded += to.len() as u64;
+                actions.push(Action::Send { to, envelope: env });
+            }
+        }
+        Ok(actions)
+    }
+
+    /// Forgets expired seen ids and idle rate buckets.
+    pub fn expire(&mut self, now: Instant) {
+        self.seen.expire(now);
+        self.limiter.expire(now);
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> GossipStats {
+        let mut s = self.stats.clone();
+        s.keys = self.keyring.len() as u64;
+        s.seen = self.seen.len() as u64;
+        s
+    }
+}

@@ -1,0 +1,48 @@
+//! Signed gossip relay for micelio.
+//!
+//! A message originated anywhere reaches every node of a connected mesh,
+//! exactly once, verified, within a hop budget, with floods contained.
+//!
+//! - [`Engine`]: the sans-IO core (`handle(now, from, envelope) -> actions`,
+//!   `originate(now, type, payload) -> actions`) with the seen cache, the
+//!   [`KeyRing`] and its [`Trust`] levels, signature verification, per-sender
+//!   token buckets, hop handling, random fanout, the handler registry and
+//!   [`GossipStats`];
+//! - [`Gossip`]: the tokio task that drives an engine over a
+//!   [`micelio_transport::PeerManager`];
+//! - [`chat`]: chat lines (type 3) for the partyline.
+//!
+//! The crate knows nothing of SSH, state or plugins: they subscribe to
+//! message types.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Instant;
+//! use micelio_gossip::{Action, Engine, GossipConfig};
+//! use micelio_identity::Identity;
+//! use micelio_wire::MsgType;
+//!
+//! let (a, b) = (Arc::new(Identity::from_seed([1; 32])), Arc::new(Identity::from_seed([2; 32])));
+//! let mut ea = Engine::new(a.clone(), GossipConfig::default(), 1);
+//! let mut eb = Engine::new(b.clone(), GossipConfig::default(), 2);
+//! ea.peer_up(*b.node_id(), b.public_key());
+//! eb.register(MsgType::Chat);
+//! let now = Instant::now();
+//! let (env, _) = ea.originate(now, MsgType::Chat, "hi".into());
+//! let actions = eb.handle(now, *a.node_id(), env.clone()).unwrap();
+//! assert!(matches!(&actions[0], Action::Deliver(d) if d.sender == *a.node_id()));
+//! // The same message again is a duplicate.
+//! assert!(eb.handle(now, *a.node_id(), env).is_err());
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod chat;
+mod engine;
+mod parts;
+mod service;
+
+pub use engine::{
+    Action, DEFAULT_SEEN_CAP, Delivered, DropReason, Engine, GossipConfig, GossipStats,
+};
+pub use parts::{KeyRing, RateLimiter, SeenCache, Trust};
+pub use service::{Gossip, GossipError};

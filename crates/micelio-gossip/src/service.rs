@@ -1,0 +1,310 @@
+//! The gossip service: one tokio task that owns an [`Engine`] and connects
+//! it to a [`PeerManager`], behind a cheap-clone [`Gossip`] handle.
+//!
+//! The task reads the transport's [`PeerEvent`]s and the handle's commands
+//! from bounded channels, carries out the engine's actions (encoding each
+//! envelope once and queueing the frame for every target peer without ever
+//! waiting on a slow one), expires the seen cache every second, and stops on
+//! its cancellation token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use micelio_identity::{Identity, NodeId};
+use micelio_transport::{PeerEvent, PeerManager};
+use micelio_wire::{Envelope, MsgType, Routing, frame};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, info_span, warn};
+
+use crate::engine::{Action, Delivered, Engine, GossipConfig, GossipStats};
+
+/// Commands queued to the task.
+const COMMAND_QUEUE: usize = 1024;
+/// Deliveries buffered per subscriber before further ones are dropped.
+const SUBSCRIBER_QUEUE: usize = 1024;
+/// Period of seen-cache and rate-bucket expiry.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a gossip call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GossipError {
+    /// The service has stopped.
+    #[error("gossip service stopped")]
+    Stopped,
+    /// The type does not travel by gossip.
+    #[error("{0} is not a gossip message type")]
+    NotGossip(MsgType),
+    /// The payload is over 64 KiB.
+    #[error("payload of {0} bytes exceeds the gossip limit")]
+    TooLarge(usize),
+}
+
+enum Command {
+    Originate {
+        msg_type: MsgType,
+        payload: Bytes,
+        reply: oneshot::Sender<String>,
+    },
+    Subscribe {
+        msg_type: MsgType,
+        reply: oneshot::Sender<mpsc::Receiver<Delivered>>,
+    },
+    Stats(oneshot::Sender<GossipStats>),
+}
+
+/// Handle to a running gossip service. Clones share it.
+#[derive(Clone, Debug)]
+pub struct Gossip {
+    tx: mpsc::Sender<Command>,
+    cancel: CancellationToken,
+    task: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
+    node_id: NodeId,
+}
+
+impl Gossip {
+    /// Starts the service over `peers`, consuming its event stream.
+    ///
+    /// Messages the connection layer hands up that are not gossip (state
+    /// sync requests and responses) are delivered, unverified and
+    /// unrelayed, to the subscribers of their type, so that the layer above
+    /// can answer them.
+    pub fn spawn(
+        identity: Arc<Identity>,
+        config: GossipConfig,
+        peers: PeerManager,
+        events: mpsc::Receiver<PeerEvent>,
+    ) -> Gossip {
+        let seed = u64::from_le_bytes(
+            identity.node_id().as_bytes()[..8]
+                .try_into()
+                .unwrap_or([0; 8]),
+        ) ^ u64::from(std::process::id());
+        let node_id = *identity.node_id();
+        let engine = Engine::new(identity, config, seed);
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let cancel = CancellationToken::new();
+        let span = info_span!("gossip", node = %node_id.short(12));
+        let task = tokio::spawn(
+            Service {
+                engine,
+                peers,
+                subscribers: HashMap::new(),
+                full_logged: HashMap::new(),
+            }
+            .run(rx, events, cancel.clone())
+            .instrument(span),
+        );
+        Gossip {
+            tx,
+            cancel,
+            task: Arc::new(tokio::sync::Mutex::new(Some(task))),
+            node_id,
+        }
+    }
+
+    /// Our NodeId.
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    /// Originates a message of `msg_type` and returns its id.
+    ///
+    /// Cancel safe: if dropped before the service took it, nothing is sent.
+    ///
+    /// # Errors
+    /// [`GossipError::NotGossip`], [`GossipError::TooLarge`] or
+    /// [`GossipError::Stopped`].
+    pub async fn originate(
+        &self,
+        msg_type: MsgType,
+        payload: Bytes,
+    ) -> Result<String, GossipError> {
+        if msg_type.routing() != Routing::Gossip {
+            return Err(GossipError::NotGossip(msg_type));
+        }
+        if payload.len() > micelio_wire::limits::MAX_GOSSIP_PAYLOAD {
+            return Err(GossipError::TooLarge(payload.len()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Originate {
+                msg_type,
+                payload,
+                reply,
+            })
+            .await
+            .map_err(|_| GossipError::Stopped)?;
+        rx.await.map_err(|_| GossipError::Stopped)
+    }
+
+    /// Registers a handler for `msg_type` and returns the stream of its
+    /// deliveries (each message once). A subscriber that falls more than
+    /// 1024 deliveries behind loses messages (counted and logged).
+    ///
+    /// # Errors
+    /// [`GossipError::Stopped`].
+    pub async fn subscribe(
+        &self,
+        msg_type: MsgType,
+    ) -> Result<mpsc::Receiver<Delivered>, GossipError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Subscribe { msg_type, reply })
+            .await
+            .map_err(|_| GossipError::Stopped)?;
+        rx.await.map_err(|_| GossipError::Stopped)
+    }
+
+    /// The engine's counters.
+    ///
+    /// # Errors
+    /// [`GossipError::Stopped`].
+    pub async fn stats(&self) -> Result<GossipStats, GossipError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Stats(reply))
+            .await
+            .map_err(|_| GossipError::Stopped)?;
+        rx.await.map_err(|_| GossipError::Stopped)
+    }
+
+    /// Stops the task and waits for it. Idempotent. The peer manager is not
+    /// stopped: its owner does that.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Service {
+    engine: Engine,
+    peers: PeerManager,
+    subscribers: HashMap<MsgType, Vec<mpsc::Sender<Delivered>>>,
+    full_logged: HashMap<MsgType, bool>,
+}
+
+impl Service {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut events: mpsc::Receiver<PeerEvent>,
+        cancel: CancellationToken,
+    ) {
+        let mut expire = tokio::time::interval(EXPIRE_EVERY);
+        expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => break,
+                },
+                ev = events.recv() => match ev {
+                    Some(ev) => self.event(ev),
+                    None => break,
+                },
+                _ = expire.tick() => self.engine.expire(Instant::now().into_std()),
+            }
+        }
+        debug!("gossip service stopped");
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Originate {
+                msg_type,
+                payload,
+                reply,
+            } => {
+                let (env, actions) =
+                    self.engine
+                        .originate(Instant::now().into_std(), msg_type, payload);
+                self.execute(actions);
+                let _ = reply.send(env.message_id);
+            }
+            Command::Subscribe { msg_type, reply } => {
+                let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+                self.engine.register(msg_type);
+                self.subscribers.entry(msg_type).or_default().push(tx);
+                let _ = reply.send(rx);
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.engine.stats());
+            }
+        }
+    }
+
+    fn event(&mut self, ev: PeerEvent) {
+        match ev {
+            PeerEvent::Up(peer) => self.engine.peer_up(peer.node_id, peer.public_key),
+            PeerEvent::Down { node_id, .. } => self.engine.peer_down(&node_id),
+            PeerEvent::Message { from, envelope } => self.message(from, envelope),
+            _ => {}
+        }
+    }
+
+    fn message(&mut self, from: NodeId, envelope: Envelope) {
+        let kind = envelope.kind();
+        if kind.routing() != Routing::Gossip {
+            // Point-to-point messages for the layers above (state sync).
+            let sender = envelope.sender_id.parse().unwrap_or(from);
+            self.deliver(Delivered {
+                msg_type: kind,
+                sender,
+                from_peer: from,
+                envelope,
+            });
+            return;
+        }
+        match self
+            .engine
+            .handle(Instant::now().into_std(), from, envelope)
+        {
+            Ok(actions) => self.execute(actions),
+            Err(reason) => {
+                debug!(peer = %from.short(12), %kind, reason = reason.label(), "dropped gossip message");
+            }
+        }
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Deliver(d) => self.deliver(d),
+                Action::Send { to, envelope } => match frame::encode_envelope(&envelope) {
+                    Ok(frame) => {
+                        for peer in to {
+                            // Never waits: a full queue drops (the transport counts it).
+                            let _ = self.peers.send_frame(&peer, frame.clone());
+                        }
+                    }
+                    Err(e) => warn!("envelope too large to frame: {e}"),
+                },
+            }
+        }
+    }
+
+    fn deliver(&mut self, d: Delivered) {
+        let Some(subs) = self.subscribers.get_mut(&d.msg_type) else {
+            return;
+        };
+        subs.retain(|s| !s.is_closed());
+        for s in subs.iter() {
+            if s.try_send(d.clone()).is_err() {
+                let logged = self.full_logged.entry(d.msg_type).or_insert(false);
+                if !*logged {
+                    *logged = true;
+                    warn!(kind = %d.msg_type, "a subscriber is not keeping up: deliveries dropped");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Every drop rule of the engine, each broken on purpose: dropped, counted,
+//! never delivered, never forwarded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use micelio_gossip::{Action, DropReason, Engine, GossipConfig, Trust};
+use micelio_identity::{Identity, NodeId};
+use micelio_wire::{Envelope, EnvelopeBuilder, MsgType};
+
+fn id(n: u8) -> Arc<Identity> {
+    Arc::new(Identity::from_seed([n; 32]))
+}
+
+/// A receiving engine (seed 1) connected to peers 2, 3, 4 and 5, with a chat
+/// handler.
+fn receiver(config: GossipConfig) -> Engine {
+    let mut e = Engine::new(id(1), config, 7);
+    for n in 2..=5 {
+        let p = id(n);
+        e.peer_up(*p.node_id(), p.public_key());
+    }
+    e.register(MsgType::Chat);
+    e
+}
+
+fn chat_from(n: u8) -> Envelope {
+    EnvelopeBuilder::gossip(MsgType::Chat, &b"hello"[..]).sign(&id(n))
+}
+
+fn peer(n: u8) -> NodeId {
+    *id(n).node_id()
+}
+
+#[track_caller]
+fn dropped(e: &mut Engine, env: Envelope, reason: DropReason) {
+    let before = e.stats();
+    assert_eq!(e.handle(Instant::now(), peer(2), env), Err(reason));
+    let after = e.stats();
+    assert_eq!(after.dropped_for(reason), before.dropped_for(reason) + 1);
+    assert_eq!(after.delivered, before.delivered, "never delivered");
+    assert_eq!(after.forwarded, before.forwarded, "never forwarded");
+}
+
+#[test]
+fn an_honest_message_is_delivered_once_and_forwarded_to_fanout_peers() {
+    let mut e = receiver(GossipConfig::default());
+    let env = chat_from(9);
+    let actions = e.handle(Instant::now(), peer(2), env.clone()).unwrap();
+    assert_eq!(actions.len(), 2);
+    match &actions[0] {
+        Action::Deliver(d) => {
+            assert_eq!(d.sender, peer(9));
+            assert_eq!(d.from_peer, peer(2));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &actions[1] {
+        Action::Send { to, envelope } => {
+            assert_eq!(to.len(), 3, "fanout");
+            assert!(!to.contains(&peer(2)), "not back to the sender");
+            assert_eq!(envelope.hop_count, env.hop_count - 1);
+            envelope.verify_embedded().unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+    dropped(&mut e, env, DropReason::Duplicate);
+}
+
+#[test]
+fn a_forged_signature_is_dropped() {
+    let mut e = receiver(GossipConfig::default());
+    let mut env = chat_from(9);
+    env.payload = Bytes::from_static(b"changed");
+    dropped(&mut e, env.clone(), DropReason::BadSignature);
+    // Not marked seen: the genuine message is still accepted afterwards.
+    assert!(e.handle(Instant::now(), peer(2), chat_from(9)).is_ok());
+}
+
+#[test]
+fn a_sender_id_that_does_not_hash_from_the_key_is_dropped() {
+    let mut e = receiver(GossipConfig::default());
+    let mut env = chat_from(9);
+    env.sender_id = peer(8).to_string();
+    dropped(&mut e, env, DropReason::SenderKeyMismatch);
+    let mut env = chat_from(9);
+    env.sender_pubkey = Bytes::new();
+    dropped(&mut e, env, DropReason::UnknownSender);
+    let mut env = chat_from(9);
+    env.sender_id = "not-a-node-id".into();
+    dropped(&mut e, env, DropReason::UnknownSender);
+}
+
+#[test]
+fn oversized_payloads_and_bad_ids_are_dropped() {
+    let mut e = receiver(GossipConfig::default());
+    let big = EnvelopeBuilder::gossip(MsgType::Chat, vec![0; 64 * 1024 + 1]).sign(&id(9));
+    dropped(&mut e, big, DropReason::PayloadTooLarge);
+    let mut env = chat_from(9);
+    env.message_id.clear();
+    dropped(&mut e, env, DropReason::EmptyMessageId);
+    let mut env = chat_from(9);
+    env.message_id = "m".repeat(129);
+    dropped(&mut e, env, DropReason::MessageIdTooLong);
+    let mut env = chat_from(9);
+    env.sender_id.clear();
+    dropped(&mut e, env, DropReason::EmptySenderId);
+    let mut env = chat_from(9);
+    env.sender_id = "s".repeat(129);
+    dropped(&mut e, env, DropReason::SenderIdTooLong);
+    // The limit itself is fine.
+    let at = EnvelopeBuilder::gossip(MsgType::Chat, vec![0; 64 * 1024]).sign(&id(9));
+    assert!(e.handle(Instant::now(), peer(2), at).is_ok());
+}
+
+#[test]
+fn a_replay_after_relay_is_dropped_and_point_to_point_types_are_refused() {
+    let mut e = receiver(GossipConfig::default());
+    let env = chat_from(9);
+    e.handle(Instant::now(), peer(2), env.clone()).unwrap();
+    let mut replay = env;
+    replay.hop_count = 10;
+    dropped(&mut e, replay, DropReason::Duplicate);
+    let hello = EnvelopeBuilder::new(MsgType::Hello, Bytes::new()).sign(&id(9));
+    dropped(&mut e, hello, DropReason::NotGossip);
+    dropped(
+        &mut e,
+        EnvelopeBuilder::gossip(MsgType::Chat, Bytes::new()).sign(&id(1)),
+        DropReason::FromSelf,
+    );
+}
+
+#[test]
+fn a_direct_key_is_never_overwritten_by_a_gossip_learned_one() {
+    let mut e = receiver(GossipConfig::default());
+    assert_eq!(e.keyring().get(&peer(2)).unwrap().1, Trust::Direct);
+    // A message from peer 2, relayed by peer 3, carrying peer 2's key.
+    e.handle(Instant::now(), peer(3), chat_from(2)).unwrap();
+    assert_eq!(e.keyring().get(&peer(2)).unwrap().1, Trust::Direct);
+    assert!(!e.learn_key(peer(2), id(2).public_key()));
+    assert_eq!(e.keyring().get(&peer(2)).unwrap().1, Trust::Direct);
+    // An unknown sender is learned with gossip trust, after verification.
+    e.handle(Instant::now(), peer(3), chat_from(9)).unwrap();
+    assert_eq!(e.keyring().get(&peer(9)).unwrap().1, Trust::GossipLearned);
+    // A later hello upgrades it.
+    e.peer_up(peer(9), id(9).public_key());
+    assert_eq!(e.keyring().get(&peer(9)).unwrap().1, Trust::Direct);
+}
+
+#[test]
+fn a_sender_over_its_rate_is_cut_and_recovers_when_tokens_return() {
+    let mut config = GossipConfig::default();
+    config.rate_per_sec = 10;
+    config.rate_burst = 20;
+    let mut e = receiver(config);
+    let t0 = Instant::now();
+    let msgs: Vec<Envelope> = (0..30).map(|_| chat_from(9)).collect();
+    let accepted = msgs
+        .iter()
+        .filter(|m| e.handle(t0, peer(2), (*m).clone()).is_ok())
+        .count();
+    assert_eq!(accepted, 20, "the burst");
+    assert_eq!(e.stats().dropped_for(DropReason::RateLimited), 10);
+    // Rate-limited messages were not marked seen: after 1 s (10 tokens)
+    // ten of them are accepted on a retry.
+    let later = t0 + Duration::from_secs(1);
+    let retried = msgs[20..]
+        .iter()
+        .filter(|m| e.handle(later, peer(2), (*m).clone()).is_ok())
+        .count();
+    assert_eq!(retried, 10);
+    // Another sender is not affected.
+    assert!(e.handle(later, peer(2), chat_from(8)).is_ok());
+}
+
+#[test]
+fn an_unknown_type_is_relayed_without_a_handler_and_delivered_with_one() {
+    let mut e = receiver(GossipConfig::default());
+    let env = EnvelopeBuilder::gossip(MsgType::Plugin(1001), &b"x"[..]).sign(&id(9));
+    let actions = e.handle(Instant::now(), peer(2), env.clone()).unwrap();
+    assert_eq!(actions.len(), 1);
+    assert!(matches!(&actions[0], Action::Send { to, .. } if to.len() == 3));
+    assert_eq!(e.stats().unhandled, 1);
+    let mut with = receiver(GossipConfig::default());
+    with.register(MsgType::Plugin(1001));
+    let actions = with.handle(Instant::now(), peer(2), env).unwrap();
+    assert!(matches!(&actions[0], Action::Deliver(d) if d.msg_type == MsgType::Plugin(1001)));
+}
+
+#[test]
+fn the_hop_budget_is_respected() {
+    let mut e = receiver(GossipConfig::default());
+    let last = EnvelopeBuilder::gossip(MsgType::Chat, Bytes::new())
+        .hop_count(1)
+        .sign(&id(9));
+    let actions = e.handle(Instant::now(), peer(2), last).unwrap();
+    assert_eq!(actions.len(), 1, "delivered, not forwarded");
+    let zero = EnvelopeBuilder::gossip(MsgType::Chat, Bytes::new())
+        .hop_count(0)
+        .sign(&id(9));
+    assert_eq!(e.handle(Instant::now(), peer(2), zero).unwrap().len(), 1);
+}
+
+#[test]
+fn seen_ids_expire_after_the_ttl() {
+    let mut config = GossipConfig::default();
+    config.seen_ttl = Duration::from_secs(300);
+    let mut e = receiver(config);
+    let t0 = Instant::now();
+    let env = chat_from(9);
+    e.handle(t0, peer(2), env.clone()).unwrap();
+    assert_eq!(
+        e.handle(t0 + Duration::from_secs(299), peer(2), env.clone()),
+        Err(DropReason::Duplicate)
+    );
+    e.expire(t0 + Duration::from_secs(301));
+    assert_eq!(e.stats().seen, 0);
+    assert!(
+        e.handle(t0 + Duration::from_secs(301), peer(2), env)
+            .is_ok()
+    );
+}

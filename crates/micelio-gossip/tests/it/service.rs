@@ -1,0 +1,205 @@
+//! The gossip service over real peer managers on the in-memory transport:
+//! star, chain, bridge and full-mesh topologies; every node gets every
+//! message exactly once, chat included.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use micelio_gossip::chat::ChatLine;
+use micelio_gossip::{Delivered, Gossip, GossipConfig};
+use micelio_identity::{Identity, NodeId};
+use micelio_transport::memory::MemoryNetwork;
+use micelio_transport::{PeerManager, TransportConfig};
+use micelio_wire::MsgType;
+use tokio::sync::mpsc;
+
+struct Node {
+    id: NodeId,
+    pm: PeerManager,
+    gossip: Gossip,
+    chat: mpsc::Receiver<Delivered>,
+    got: Vec<ChatLine>,
+}
+
+async fn node(net: &MemoryNetwork, seed: u8, listen: bool) -> Node {
+    let identity = Arc::new(Identity::from_seed([seed; 32]));
+    let mut cfg = TransportConfig::for_tests();
+    // Topologies are built by explicit dials and must stay as built.
+    cfg.discovery_interval = Duration::from_secs(3600);
+    cfg.listen = listen.then(|| format!("127.0.3.{seed}:4000"));
+    let (pm, events) = PeerManager::spawn(
+        identity.clone(),
+        Arc::new(net.transport(&identity)),
+        cfg,
+        None,
+    )
+    .await
+    .unwrap();
+    let gossip = Gossip::spawn(
+        identity.clone(),
+        GossipConfig::default(),
+        pm.clone(),
+        events,
+    );
+    let chat = gossip.subscribe(MsgType::Chat).await.unwrap();
+    Node {
+        id: *identity.node_id(),
+        pm,
+        gossip,
+        chat,
+        got: Vec::new(),
+    }
+}
+
+async fn link(a: &Node, b: &Node) {
+    a.pm.dial(b.pm.local_addr().unwrap()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !(b.pm.is_connected(&a.id) && a.pm.is_connected(&b.id)) {
+        assert!(tokio::time::Instant::now() < deadline, "link never came up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Each node says one line; waits until every other node has every line,
+/// then checks nothing arrived twice.
+async fn everyone_hears_everyone_once(nodes: &mut [Node]) {
+    // Give the gossip tasks the Up events before originating.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for n in nodes.iter() {
+        let expected = n.pm.peer_count();
+        loop {
+            let known = n.gossip.stats().await.unwrap().keys as usize;
+            if known >= expected {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gossip never saw its peers"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mut ids = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        ids.push(
+            n.gossip
+                .say(&format!("user{i}"), &format!("line from {i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    let total = nodes.len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        for n in nodes.iter_mut() {
+            while let Ok(d) = n.chat.try_recv() {
+                n.got.push(ChatLine::from_delivered(&d).unwrap());
+            }
+        }
+        if nodes.iter().all(|n| n.got.len() >= total - 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every line arrived: {:?}",
+            nodes.iter().map(|n| n.got.len()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A duplicate would have been delivered by now: every relay finished
+    // before the last first delivery plus the queue drain below.
+    for n in nodes.iter() {
+        let s = n.gossip.stats().await.unwrap();
+        assert_eq!(s.delivered as usize, total - 1, "delivered once each");
+    }
+    let node_ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        while let Ok(d) = n.chat.try_recv() {
+            n.got.push(ChatLine::from_delivered(&d).unwrap());
+        }
+        assert_eq!(
+            n.got.len(),
+            total - 1,
+            "node {i} got a line twice or missed one"
+        );
+        let mut seen: Vec<&str> = n.got.iter().map(|l| l.message_id.as_str()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), total - 1);
+        for l in &n.got {
+            let origin = ids.iter().position(|m| *m == l.message_id).unwrap();
+            assert_ne!(origin, i, "own line delivered back");
+            assert_eq!(l.nick, format!("user{origin}"));
+            assert_eq!(l.text, format!("line from {origin}"));
+            assert_eq!(l.node, node_ids[origin], "verified originator");
+        }
+    }
+    for n in nodes.iter() {
+        n.gossip.shutdown().await;
+        n.pm.shutdown().await;
+    }
+}
+
+async fn build(net: &MemoryNetwork, n: u8, listen: impl Fn(u8) -> bool) -> Vec<Node> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.push(node(net, 100 + i, listen(i)).await);
+    }
+    v
+}
+
+#[tokio::test]
+async fn star() {
+    let net = MemoryNetwork::new();
+    let mut n = build(&net, 5, |_| true).await;
+    for leaf in 1..5 {
+        link(&n[leaf], &n[0]).await;
+    }
+    everyone_hears_everyone_once(&mut n).await;
+}
+
+#[tokio::test]
+async fn chain() {
+    let net = MemoryNetwork::new();
+    let mut n = build(&net, 6, |_| true).await;
+    for i in 1..6 {
+        link(&n[i], &n[i - 1]).await;
+    }
+    everyone_hears_everyone_once(&mut n).await;
+}
+
+#[tokio::test]
+async fn full_mesh() {
+    let net = MemoryNetwork::new();
+    let mut n = build(&net, 6, |_| true).await;
+    for a in 0..6 {
+        for b in a + 1..6 {
+            link(&n[a], &n[b]).await;
+        }
+    }
+    everyone_hears_everyone_once(&mut n).await;
+}
+
+#[tokio::test]
+async fn an_outbound_only_bridge_joins_two_meshes() {
+    let net = MemoryNetwork::new();
+    // 0,1,2 and 3,4,5 are two meshes; 6 listens nowhere and dials 1 and 4.
+    let mut n = build(&net, 7, |i| i != 6).await;
+    for (a, b) in [
+        (0, 1),
+        (1, 2),
+        (0, 2),
+        (3, 4),
+        (4, 5),
+        (3, 5),
+        (6, 1),
+        (6, 4),
+    ] {
+        link(&n[a], &n[b]).await;
+    }
+    assert!(
+        !n[1].pm.is_connected(&n[4].id),
+        "the meshes meet only through the bridge"
+    );
+    everyone_hears_everyone_once(&mut n).await;
+}
