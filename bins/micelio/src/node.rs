@@ -2,18 +2,22 @@
 //!
 //! [`run`] is the one place that knows every layer. Today it opens storage
 //! (`<data_dir>/data.db`, sled), starts the transport (TCP + Noise, peer
-//! manager, discovery) and drains its events; gossip, state, plugins and the
-//! SSH partyline join here as they are built. Everything stops, in order,
+//! manager, discovery) and gossip over it, and logs every chat line it
+//! receives; state, plugins and the SSH partyline join here as they are
+//! built. Everything stops, in order,
 //! when `shutdown` is cancelled.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use micelio_gossip::chat::ChatLine;
+use micelio_gossip::{Gossip, GossipConfig};
 use micelio_identity::Identity;
 use micelio_transport::discovery::PeerStore;
-use micelio_transport::{PeerEvent, PeerManager, TcpTransport, TransportConfig};
+use micelio_transport::{PeerManager, TcpTransport, TransportConfig};
+use micelio_wire::MsgType;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{info, warn};
 
 use crate::commands::write_stdout;
 use crate::config::Config;
@@ -40,6 +44,18 @@ fn transport_config(config: &Config) -> TransportConfig {
     t.exchange_interval = net.exchange_interval;
     t.discovery_interval = net.discovery_interval;
     t
+}
+
+/// Maps the validated configuration onto the gossip engine's.
+fn gossip_config(config: &Config) -> GossipConfig {
+    let g = &config.gossip;
+    let mut c = GossipConfig::default();
+    c.fanout = g.fanout;
+    c.max_hops = g.max_hops;
+    c.seen_ttl = g.seen_ttl;
+    c.rate_per_sec = g.rate_per_sec;
+    c.rate_burst = g.rate_burst;
+    c
 }
 
 /// Runs the node until `shutdown` is cancelled, then stops it.
@@ -76,7 +92,7 @@ pub(crate) async fn run(
 
     let tcfg = transport_config(&config);
     let transport = TcpTransport::new(identity.clone(), tcfg.dial_timeout, tcfg.hello_timeout);
-    let (peers, mut events) =
+    let (peers, events) =
         PeerManager::spawn(identity.clone(), Arc::new(transport), tcfg, Some(store))
             .await
             .context("cannot start the peer transport")?;
@@ -85,6 +101,16 @@ pub(crate) async fn run(
         (Some(addr), _) => addr.to_owned(),
         (None, _) => "none (outbound only)".to_owned(),
     };
+    let gossip = Gossip::spawn(
+        identity.clone(),
+        gossip_config(&config),
+        peers.clone(),
+        events,
+    );
+    let mut chat = gossip
+        .subscribe(MsgType::Chat)
+        .await
+        .context("gossip stopped")?;
     write_stdout(&format!("peers       {listening}\n"))?;
     info!(
         node_id = %identity.node_id(),
@@ -96,17 +122,25 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            event = events.recv() => match event {
-                Some(PeerEvent::Message { from, envelope }) => {
-                    debug!(peer = %from.short(12), kind = %envelope.kind(), "message (no handler yet)");
-                }
-                Some(_) => {}
+            delivered = chat.recv() => match delivered {
+                Some(d) => match ChatLine::from_delivered(&d) {
+                    // Until the partyline shows it, chat goes to the log.
+                    Some(line) => info!(
+                        message_id = %line.message_id,
+                        sender = %line.node,
+                        nick = %line.nick,
+                        text = %line.text,
+                        "chat received"
+                    ),
+                    None => warn!(sender = %d.sender.short(12), "undecodable chat message dropped"),
+                },
                 None => break,
             },
         }
     }
 
     info!("stopping");
+    gossip.shutdown().await;
     peers.shutdown().await;
     db.flush_async().await.context("flushing storage")?;
     info!(node_id = %identity.node_id(), "node stopped");

@@ -5,9 +5,14 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use micelio_gossip::{Gossip, GossipConfig};
+use micelio_identity::Identity;
+use micelio_transport::{PeerManager, TcpTransport, TransportConfig};
 
 /// Longest wait for any one condition.
 const WAIT: Duration = Duration::from_secs(30);
@@ -118,8 +123,9 @@ impl Node {
         self.wait_for(move |l| l.contains("peer connected") && l.contains(&other));
     }
 
-    /// SIGTERM, then a bounded wait for a clean exit.
-    fn terminate(mut self) {
+    /// SIGTERM, then a bounded wait for a clean exit; returns every line the
+    /// process printed.
+    fn terminate(mut self) -> Vec<String> {
         let pid = self.child.id().to_string();
         let status = Command::new("kill")
             .args(["-TERM", &pid])
@@ -130,7 +136,11 @@ impl Node {
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
                 assert!(st.success(), "exit status {st}\n{}", self.seen.join("\n"));
-                return;
+                // The pipes close at exit: drain what is left, bounded.
+                while let Ok(line) = self.rx.recv_timeout(Duration::from_secs(5)) {
+                    self.seen.push(line);
+                }
+                return std::mem::take(&mut self.seen);
             }
             assert!(Instant::now() < deadline, "did not exit after SIGTERM");
             thread::sleep(Duration::from_millis(20));
@@ -208,4 +218,73 @@ fn a_node_without_listen_is_outbound_only_and_still_meshes() {
     b.connected_to(&ida);
     a.terminate();
     b.terminate();
+}
+
+#[test]
+fn a_chat_line_reaches_every_process_exactly_once() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("fast.toml");
+    std::fs::write(&config, FAST).unwrap();
+    let listen = ["--listen", "127.0.0.1:0"];
+    let a = Node::start(home.path(), &home.path().join("a"), &config, &listen);
+    let boot = a.addr.clone();
+    let b = Node::start(
+        home.path(),
+        &home.path().join("b"),
+        &config,
+        &[&listen[..], &["--bootstrap", &boot]].concat(),
+    );
+    // c hangs off b only: lines reach it through relays.
+    let b_addr = b.addr.clone();
+    let c = Node::start(
+        home.path(),
+        &home.path().join("c"),
+        &config,
+        &[&listen[..], &["--bootstrap", &b_addr]].concat(),
+    );
+    let mut nodes = [a, b, c];
+
+    // An in-process node joins through a and says one line.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let message_id = rt.block_on(async {
+        let me = Arc::new(Identity::from_seed([77; 32]));
+        let mut cfg = TransportConfig::for_tests();
+        cfg.listen = None;
+        cfg.bootstrap = vec![boot.clone()];
+        let transport = TcpTransport::new(me.clone(), cfg.dial_timeout, cfg.hello_timeout);
+        let (pm, events) = PeerManager::spawn(me.clone(), Arc::new(transport), cfg, None)
+            .await
+            .unwrap();
+        let gossip = Gossip::spawn(me.clone(), GossipConfig::default(), pm.clone(), events);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while gossip.stats().await.unwrap().keys == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never connected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let id = gossip.say("tester", "hello, mesh ✓").await.unwrap();
+        // Stay up until every process has logged it, so relays can finish.
+        (id, gossip, pm)
+    });
+    let (message_id, gossip, pm) = message_id;
+    for n in nodes.iter_mut() {
+        let line = n.wait_for(|l| l.contains("chat received") && l.contains(&message_id));
+        assert!(line.contains("nick=tester"), "{line}");
+        assert!(line.contains("hello, mesh ✓"), "{line}");
+    }
+    rt.block_on(async {
+        gossip.shutdown().await;
+        pm.shutdown().await;
+    });
+    for n in nodes {
+        let lines = n.terminate();
+        let count = lines
+            .iter()
+            .filter(|l| l.contains("chat received") && l.contains(&message_id))
+            .count();
+        assert_eq!(count, 1, "exactly once");
+    }
 }
