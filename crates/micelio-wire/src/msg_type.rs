@@ -36,7 +36,11 @@ pub enum MsgType {
     StateSyncRequest,
     /// 8: `StateSyncResponse`, point to point, signed.
     StateSyncResponse,
-    /// 9–99: reserved for core extensions.
+    /// 9: `Presence`, gossip (micelio extension: partyline users of a node).
+    Presence,
+    /// 10: `DirectMessage`, gossip (micelio extension: a private line).
+    DirectMessage,
+    /// 11–99: reserved for core extensions.
     CoreExtension(u32),
     /// 1000 and above: plugin messages, gossip.
     Plugin(u32),
@@ -45,8 +49,9 @@ pub enum MsgType {
 }
 
 impl MsgType {
-    /// First type number of the core-extension range.
-    pub const CORE_EXTENSION_START: u32 = 9;
+    /// First unassigned type number of the core-extension range (9 and 10
+    /// are taken by [`MsgType::Presence`] and [`MsgType::DirectMessage`]).
+    pub const CORE_EXTENSION_START: u32 = 11;
     /// Last type number of the core-extension range.
     pub const CORE_EXTENSION_END: u32 = 99;
     /// First type number of the plugin range.
@@ -63,6 +68,8 @@ impl MsgType {
             6 => Self::StateUpdate,
             7 => Self::StateSyncRequest,
             8 => Self::StateSyncResponse,
+            9 => Self::Presence,
+            10 => Self::DirectMessage,
             Self::CORE_EXTENSION_START..=Self::CORE_EXTENSION_END => Self::CoreExtension(n),
             Self::PLUGIN_START.. => Self::Plugin(n),
             _ => Self::Unassigned(n),
@@ -80,6 +87,8 @@ impl MsgType {
             Self::StateUpdate => 6,
             Self::StateSyncRequest => 7,
             Self::StateSyncResponse => 8,
+            Self::Presence => 9,
+            Self::DirectMessage => 10,
             Self::CoreExtension(n) | Self::Plugin(n) | Self::Unassigned(n) => n,
         }
     }
@@ -94,6 +103,8 @@ impl MsgType {
             | Self::StateSyncResponse => Routing::PointToPoint,
             Self::Chat
             | Self::StateUpdate
+            | Self::Presence
+            | Self::DirectMessage
             | Self::CoreExtension(_)
             | Self::Plugin(_)
             | Self::Unassigned(_) => Routing::Gossip,
@@ -111,6 +122,8 @@ impl MsgType {
             Self::StateUpdate => "state_update",
             Self::StateSyncRequest => "state_sync_request",
             Self::StateSyncResponse => "state_sync_response",
+            Self::Presence => "presence",
+            Self::DirectMessage => "direct_message",
             Self::CoreExtension(_) => "core_extension",
             Self::Plugin(_) => "plugin",
             Self::Unassigned(_) => "unassigned",
@@ -152,6 +165,8 @@ mod tests {
             (7, Routing::PointToPoint),
             (8, Routing::PointToPoint),
             (9, Routing::Gossip),
+            (10, Routing::Gossip),
+            (11, Routing::Gossip),
             (99, Routing::Gossip),
             (1000, Routing::Gossip),
             (1001, Routing::Gossip),
@@ -159,7 +174,9 @@ mod tests {
         for (n, routing) in expected {
             assert_eq!(MsgType::from_u32(n).routing(), routing, "type {n}");
         }
-        assert_eq!(MsgType::from_u32(9), MsgType::CoreExtension(9));
+        assert_eq!(MsgType::from_u32(9), MsgType::Presence);
+        assert_eq!(MsgType::from_u32(10), MsgType::DirectMessage);
+        assert_eq!(MsgType::from_u32(11), MsgType::CoreExtension(11));
         assert_eq!(MsgType::from_u32(100), MsgType::Unassigned(100));
         assert_eq!(MsgType::from_u32(999), MsgType::Unassigned(999));
         assert_eq!(MsgType::from_u32(0), MsgType::Unassigned(0));

@@ -6,8 +6,8 @@ use prost::Message as _;
 use crate::error::WireError;
 use crate::msg_type::MsgType;
 use crate::proto::{
-    ChatMessage, Envelope, PeerExchange, PeerHello, StateSyncRequest, StateSyncResponse,
-    StateUpdate,
+    ChatMessage, DirectMessage, Envelope, PeerExchange, PeerHello, Presence, StateSyncRequest,
+    StateSyncResponse, StateUpdate,
 };
 
 /// The payload of an envelope, decoded according to its `msg_type`.
@@ -29,6 +29,10 @@ pub enum Payload {
     StateSyncRequest(StateSyncRequest),
     /// Type 8.
     StateSyncResponse(StateSyncResponse),
+    /// Type 9 (extension).
+    Presence(Presence),
+    /// Type 10 (extension).
+    DirectMessage(DirectMessage),
     /// Any other type: the raw payload, for a plugin or for relaying.
     Opaque(MsgType, Bytes),
 }
@@ -51,6 +55,8 @@ impl Payload {
             MsgType::StateSyncResponse => {
                 Self::StateSyncResponse(StateSyncResponse::decode(bytes)?)
             }
+            MsgType::Presence => Self::Presence(Presence::decode(bytes)?),
+            MsgType::DirectMessage => Self::DirectMessage(DirectMessage::decode(bytes)?),
             other => Self::Opaque(other, bytes),
         })
     }
@@ -66,6 +72,8 @@ impl Payload {
             Self::StateUpdate(_) => MsgType::StateUpdate,
             Self::StateSyncRequest(_) => MsgType::StateSyncRequest,
             Self::StateSyncResponse(_) => MsgType::StateSyncResponse,
+            Self::Presence(_) => MsgType::Presence,
+            Self::DirectMessage(_) => MsgType::DirectMessage,
             Self::Opaque(t, _) => *t,
         }
     }
@@ -80,6 +88,8 @@ impl Payload {
             Self::StateUpdate(m) => m.encode_to_vec().into(),
             Self::StateSyncRequest(m) => m.encode_to_vec().into(),
             Self::StateSyncResponse(m) => m.encode_to_vec().into(),
+            Self::Presence(m) => m.encode_to_vec().into(),
+            Self::DirectMessage(m) => m.encode_to_vec().into(),
             Self::Opaque(_, b) => b.clone(),
         }
     }
@@ -111,6 +121,17 @@ mod tests {
                 known: [("x".to_owned(), 3)].into_iter().collect(),
             }),
             Payload::StateSyncResponse(StateSyncResponse::default()),
+            Payload::Presence(Presence {
+                node_name: "n".into(),
+                nicks: vec!["a".into()],
+                seq: 3,
+                ttl_secs: 90,
+            }),
+            Payload::DirectMessage(DirectMessage {
+                to_nick: "b".into(),
+                text: "psst".into(),
+                ..Default::default()
+            }),
             Payload::Opaque(MsgType::Plugin(1001), Bytes::from_static(b"raw")),
         ];
         for p in cases {

@@ -139,3 +139,41 @@ pub struct StateSyncResponse {
     #[prost(message, repeated, tag = "1")]
     pub entries: ::prost::alloc::vec::Vec<StateEntry>,
 }
+/// Partyline presence (type 9, gossip): who is connected to a node's
+/// partyline. Sent on every change and periodically; a node's entry expires
+/// when it stops sending.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Presence {
+    /// The node's operator-facing name.
+    #[prost(string, tag = "1")]
+    pub node_name: ::prost::alloc::string::String,
+    /// Nicks of the sessions on that node.
+    #[prost(string, repeated, tag = "2")]
+    pub nicks: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Increases with every presence the node sends; older ones are ignored.
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
+    /// Seconds after which receivers should forget this presence.
+    #[prost(uint32, tag = "4")]
+    pub ttl_secs: u32,
+}
+/// A private partyline line (type 10, gossip): shown only to `to_nick` on
+/// `to_node`. Relays see it: it is signed, not encrypted.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DirectMessage {
+    /// NodeId of the recipient's node.
+    #[prost(string, tag = "1")]
+    pub to_node: ::prost::alloc::string::String,
+    /// The recipient's nick.
+    #[prost(string, tag = "2")]
+    pub to_nick: ::prost::alloc::string::String,
+    /// The author's nick.
+    #[prost(string, tag = "3")]
+    pub from_nick: ::prost::alloc::string::String,
+    /// The line.
+    #[prost(string, tag = "4")]
+    pub text: ::prost::alloc::string::String,
+    /// Unix seconds.
+    #[prost(uint64, tag = "5")]
+    pub timestamp: u64,
+}
