@@ -1,0 +1,453 @@
+//! The micelio partyline: a chat room and operator console that spans the
+//! mesh, independent of how users reach it (`micelio-ssh` puts it behind an
+//! SSH server; tests drive it directly).
+//!
+//! - [`Partyline`]: the handle to the hub task, which owns the sessions,
+//!   their nicks (unique per node), the last lines of history, and what is
+//!   known of other nodes' users (from [`micelio_wire::MsgType::Presence`]);
+//! - [`Session`]: one user's end: [`Session::input`] takes a typed line
+//!   (chat, or a `/command`), [`Session::recv`] yields what to show;
+//! - [`CommandSpec`]: the registry later layers and plugins extend; `/help`
+//!   is generated from it.
+//!
+//! Chat goes to every local session at once and to the mesh through
+//! [`micelio_gossip::Gossip`]; lines from the mesh come back the same way.
+//! A session that stops reading loses lines; it never slows anyone else.
+//!
+//! The crate knows nothing of SSH or terminals: output is text.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use micelio_gossip::{Gossip, GossipConfig};
+//! use micelio_identity::Identity;
+//! use micelio_partyline::{Partyline, PartylineConfig};
+//! use micelio_transport::memory::MemoryNetwork;
+//! use micelio_transport::{PeerManager, TransportConfig};
+//!
+//! let id = Arc::new(Identity::from_seed([1; 32]));
+//! let net = MemoryNetwork::new();
+//! let (peers, events) =
+//!     PeerManager::spawn(id.clone(), Arc::new(net.transport(&id)), TransportConfig::new(None), None).await?;
+//! let gossip = Gossip::spawn(id, GossipConfig::default(), peers.clone(), events);
+//! let party = Partyline::spawn(PartylineConfig::new("alpha"), gossip, peers).await?;
+//!
+//! let mut alice = party.join("alice").await?;
+//! alice.input("hello").await;
+//! let shown = alice.recv().await.expect("a line").to_string();
+//! assert!(shown.contains("<alice@alpha> hello"));
+//! assert!(alice.input("/who").await.text.contains("alice"));
+//! # Ok(()) }
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod commands;
+mod hub;
+pub mod text;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use micelio_gossip::Gossip;
+use micelio_identity::NodeId;
+use micelio_transport::PeerManager;
+use micelio_wire::MsgType;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+pub use commands::{
+    BoxFuture, CommandCall, CommandSpec, Handler, Reply, STATUS_FAILED, STATUS_UNKNOWN,
+    STATUS_USAGE,
+};
+pub use hub::{Output, WhoEntry};
+pub use text::ChatView;
+
+use crate::hub::{Hub, HubMsg};
+use crate::text::{MAX_LINE_LEN, NickError, sanitize};
+
+/// Requests queued to the hub.
+const HUB_QUEUE: usize = 1024;
+
+/// Configuration of the partyline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartylineConfig {
+    /// This node's name, shown next to its users' nicks.
+    pub node_name: String,
+    /// Chat lines a joining session is shown.
+    pub history_lines: usize,
+    /// How often this node re-announces its users to the mesh.
+    pub presence_interval: Duration,
+}
+
+impl PartylineConfig {
+    /// Defaults (20 lines of history, presence every 30 s) for `node_name`.
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            history_lines: micelio_wire::limits::CHAT_HISTORY_LINES,
+            presence_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a partyline call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PartylineError {
+    /// The hub has stopped.
+    #[error("the partyline has stopped")]
+    Stopped,
+    /// A command of that name exists.
+    #[error("a command /{0} is already registered")]
+    Duplicate(String),
+    /// A command name that is not a lowercase word.
+    #[error("bad command name {0:?}")]
+    BadName(String),
+}
+
+struct Inner {
+    tx: mpsc::Sender<HubMsg>,
+    registry: RwLock<BTreeMap<String, CommandSpec>>,
+    gossip: Gossip,
+    peers: PeerManager,
+    node_id: NodeId,
+    node_name: String,
+    cancel: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Handle to the partyline hub. Clones share it.
+#[derive(Clone)]
+pub struct Partyline {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Partyline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partyline")
+            .field("node_name", &self.inner.node_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Partyline {
+    /// Starts the hub of this node over `gossip` (for chat, presence and
+    /// private lines) and `peers` (for `/peers` and `/stats`), with the core
+    /// commands registered.
+    ///
+    /// # Errors
+    /// [`PartylineError::Stopped`] if gossip has stopped.
+    pub async fn spawn(
+        config: PartylineConfig,
+        gossip: Gossip,
+        peers: PeerManager,
+    ) -> Result<Self, PartylineError> {
+        let stopped = |_| PartylineError::Stopped;
+        let chat = gossip.subscribe(MsgType::Chat).await.map_err(stopped)?;
+        let presence = gossip.subscribe(MsgType::Presence).await.map_err(stopped)?;
+        let direct = gossip
+            .subscribe(MsgType::DirectMessage)
+            .await
+            .map_err(stopped)?;
+        let node_id = *gossip.node_id();
+        let node_name = sanitize(&config.node_name);
+        let (tx, rx) = mpsc::channel(HUB_QUEUE);
+        let cancel = CancellationToken::new();
+        let hub = Hub::new(
+            node_id,
+            node_name.clone(),
+            gossip.clone(),
+            config.history_lines,
+            config.presence_interval,
+        );
+        let span = tracing::info_span!("partyline", node = %node_id.short(12));
+        let task = tokio::spawn(
+            hub.run(rx, chat, presence, direct, cancel.clone())
+                .instrument(span),
+        );
+        let registry = commands::core()
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tx,
+                registry: RwLock::new(registry),
+                gossip,
+                peers,
+                node_id,
+                node_name,
+                cancel,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.inner.node_name
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.inner.node_id
+    }
+
+    /// The gossip service.
+    pub fn gossip(&self) -> &Gossip {
+        &self.inner.gossip
+    }
+
+    /// The peer manager.
+    pub fn peers(&self) -> &PeerManager {
+        &self.inner.peers
+    }
+
+    /// Registers a command.
+    ///
+    /// # Errors
+    /// [`PartylineError::Duplicate`] or [`PartylineError::BadName`].
+    pub fn register(&self, spec: CommandSpec) -> Result<(), PartylineError> {
+        let name_ok = !spec.name.is_empty()
+            && spec
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(PartylineError::BadName(spec.name));
+        }
+        let mut reg = self
+            .inner
+            .registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if reg.contains_key(&spec.name) {
+            return Err(PartylineError::Duplicate(spec.name));
+        }
+        reg.insert(spec.name.clone(), spec);
+        Ok(())
+    }
+
+    /// Every registered command, by name.
+    pub fn commands(&self) -> Vec<CommandSpec> {
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn command(&self, name: &str) -> Option<CommandSpec> {
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    async fn ask<T>(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<T>) -> HubMsg,
+    ) -> Result<T, PartylineError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(msg(reply))
+            .await
+            .map_err(|_| PartylineError::Stopped)?;
+        rx.await.map_err(|_| PartylineError::Stopped)
+    }
+
+    /// Opens a session for SSH user `user`: its nick is `user` made valid
+    /// and unique on this node. It is shown the last lines of history.
+    ///
+    /// # Errors
+    /// [`PartylineError::Stopped`].
+    pub async fn join(&self, user: &str) -> Result<Session, PartylineError> {
+        let user = user.to_owned();
+        let (id, nick, out) = self.ask(|reply| HubMsg::Join { user, reply }).await?;
+        Ok(Session {
+            id,
+            nick,
+            party: self.clone(),
+            out,
+        })
+    }
+
+    /// Users on every node of the mesh, this node first.
+    ///
+    /// # Errors
+    /// [`PartylineError::Stopped`].
+    pub async fn who(&self) -> Result<Vec<WhoEntry>, PartylineError> {
+        self.ask(|reply| HubMsg::Who { reply }).await
+    }
+
+    /// The name of a node, if known (this node, or one that announced
+    /// itself).
+    ///
+    /// # Errors
+    /// [`PartylineError::Stopped`].
+    pub async fn node_name_of(&self, id: NodeId) -> Result<Option<String>, PartylineError> {
+        self.ask(|reply| HubMsg::NodeName { id, reply }).await
+    }
+
+    pub(crate) async fn say(&self, session: u64, text: String, action: bool) -> Reply {
+        let text = sanitize(&text);
+        if text.len() > MAX_LINE_LEN {
+            return Reply::fail(format!("line too long (at most {MAX_LINE_LEN} bytes)"));
+        }
+        match self
+            .inner
+            .tx
+            .send(HubMsg::Say {
+                id: session,
+                text,
+                action,
+            })
+            .await
+        {
+            Ok(()) => Reply::default(),
+            Err(_) => Reply::fail("the partyline has stopped"),
+        }
+    }
+
+    pub(crate) async fn rename(&self, session: u64, nick: &str) -> Result<(), String> {
+        let nick = nick.to_owned();
+        match self
+            .ask(|reply| HubMsg::Nick {
+                id: session,
+                nick,
+                reply,
+            })
+            .await
+        {
+            Ok(Ok(_old)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub(crate) async fn private(
+        &self,
+        session: u64,
+        to: &str,
+        text: String,
+    ) -> Result<String, String> {
+        let to = to.to_owned();
+        self.ask(|reply| HubMsg::Private {
+            id: session,
+            to,
+            text,
+            reply,
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Stops the hub (sessions are told) and waits for it. Idempotent.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// One user's session.
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    nick: String,
+    party: Partyline,
+    out: mpsc::Receiver<Output>,
+}
+
+impl Session {
+    /// The current nick.
+    pub fn nick(&self) -> &str {
+        &self.nick
+    }
+
+    /// The session id (unique on this node).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The next thing to show; `None` once the partyline has stopped.
+    /// Cancel safe.
+    pub async fn recv(&mut self) -> Option<Output> {
+        self.out.recv().await
+    }
+
+    /// What is ready to show, without waiting.
+    pub fn try_recv(&mut self) -> Option<Output> {
+        self.out.try_recv().ok()
+    }
+
+    /// Handles one typed line: a `/command` (run, its reply returned), a
+    /// `//text` (said as `/text`), or chat (said to the mesh; the echo comes
+    /// through [`Session::recv`] like every line). Empty lines do nothing.
+    pub async fn input(&mut self, line: &str) -> Reply {
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.trim().is_empty() {
+            return Reply::default();
+        }
+        if let Some(text) = line.strip_prefix("//") {
+            return self.party.say(self.id, format!("/{text}"), false).await;
+        }
+        if !line.starts_with('/') {
+            return self.party.say(self.id, line.to_owned(), false).await;
+        }
+        let (name, args, json) = commands::parse(line);
+        let Some(spec) = self.party.command(&name) else {
+            return Reply {
+                text: format!("unknown command /{name} (try /help)"),
+                status: STATUS_UNKNOWN,
+                ..Reply::default()
+            };
+        };
+        let call = CommandCall {
+            party: self.party.clone(),
+            session: self.id,
+            nick: self.nick.clone(),
+            args,
+            json,
+        };
+        let reply = (spec.handler)(call).await;
+        if let Some(n) = &reply.new_nick {
+            self.nick.clone_from(n);
+        }
+        reply
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Best effort: a full hub queue only delays the leave notice until
+        // the hub notices the closed channel.
+        let _ = self.party.inner.tx.try_send(HubMsg::Leave { id: self.id });
+    }
+}
+
+/// Exposed for tests of nick rules through the public API.
+pub use text::check_nick;
+
+impl From<NickError> for Reply {
+    fn from(e: NickError) -> Self {
+        Reply::fail(e.to_string())
+    }
+}

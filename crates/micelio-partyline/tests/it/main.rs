@@ -1,0 +1,321 @@
+//! Integration tests of micelio-partyline: nodes on the in-memory transport,
+//! each with gossip and a partyline, users driven through sessions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use micelio_gossip::{Gossip, GossipConfig};
+use micelio_identity::Identity;
+use micelio_partyline::{
+    CommandSpec, Partyline, PartylineConfig, Reply, STATUS_UNKNOWN, STATUS_USAGE, Session,
+};
+use micelio_transport::memory::MemoryNetwork;
+use micelio_transport::{PeerManager, TransportConfig};
+
+const T: Duration = Duration::from_secs(10);
+
+struct Node {
+    party: Partyline,
+    pm: PeerManager,
+    gossip: Gossip,
+}
+
+async fn node(net: &MemoryNetwork, seed: u8, name: &str) -> Node {
+    let id = Arc::new(Identity::from_seed([seed; 32]));
+    let mut cfg = TransportConfig::for_tests();
+    cfg.listen = Some(format!("127.0.4.{seed}:4000"));
+    cfg.discovery_interval = Duration::from_secs(3600);
+    let (pm, events) = PeerManager::spawn(id.clone(), Arc::new(net.transport(&id)), cfg, None)
+        .await
+        .unwrap();
+    let gossip = Gossip::spawn(id, GossipConfig::default(), pm.clone(), events);
+    let mut pc = PartylineConfig::new(name);
+    pc.presence_interval = Duration::from_millis(300);
+    let party = Partyline::spawn(pc, gossip.clone(), pm.clone())
+        .await
+        .unwrap();
+    Node { party, pm, gossip }
+}
+
+async fn link(a: &Node, b: &Node) {
+    a.pm.dial(b.pm.local_addr().unwrap()).await.unwrap();
+    // Wait until both gossip engines know each other.
+    let deadline = tokio::time::Instant::now() + T;
+    while a.gossip.stats().await.unwrap().keys == 0 || b.gossip.stats().await.unwrap().keys == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never linked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn stop(nodes: &[&Node]) {
+    for n in nodes {
+        n.party.shutdown().await;
+        n.gossip.shutdown().await;
+        n.pm.shutdown().await;
+    }
+}
+
+/// Reads outputs until one renders with `needle`, bounded; returns it.
+async fn expect(s: &mut Session, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, s.recv()).await {
+            Ok(Some(out)) => {
+                let line = out.to_string();
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            _ => panic!("{} never saw {needle:?}", s.nick()),
+        }
+    }
+}
+
+/// Everything already queued for the session.
+fn drain(s: &mut Session) -> Vec<String> {
+    let mut v = Vec::new();
+    while let Some(o) = s.try_recv() {
+        v.push(o.to_string());
+    }
+    v
+}
+
+/// Waits until /who on `s` shows every `nick`.
+async fn who_shows(s: &mut Session, nicks: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let r = s.input("/who").await;
+        if nicks.iter().all(|n| r.text.contains(n)) {
+            return r.text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "who never showed {nicks:?}: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn chat_crosses_the_mesh_once_with_nick_and_node() {
+    let net = MemoryNetwork::new();
+    let (a, b) = (node(&net, 1, "alpha").await, node(&net, 2, "beta").await);
+    link(&a, &b).await;
+    let mut alice = a.party.join("alice").await.unwrap();
+    let mut bob = b.party.join("bob").await.unwrap();
+    who_shows(&mut alice, &["alice", "bob"]).await;
+
+    assert_eq!(alice.input("hello from alpha").await, Reply::default());
+    let line = expect(&mut bob, "hello from alpha").await;
+    assert!(line.contains("<alice@alpha>"), "{line}");
+    let echo = expect(&mut alice, "hello from alpha").await;
+    assert!(echo.contains("<alice@alpha>"));
+    bob.input("and back from beta").await;
+    let line = expect(&mut alice, "and back from beta").await;
+    assert!(line.contains("<bob@beta>"), "{line}");
+
+    // Exactly once: after a round trip of a later marker, no second copy.
+    bob.input("marker").await;
+    expect(&mut alice, "marker").await;
+    alice.input("marker2").await;
+    expect(&mut bob, "marker2").await;
+    let rest: Vec<String> = drain(&mut bob)
+        .into_iter()
+        .chain(drain(&mut alice))
+        .collect();
+    assert!(
+        !rest
+            .iter()
+            .any(|l| l.contains("hello from alpha") || l.contains("back from beta")),
+        "{rest:?}"
+    );
+    drop((alice, bob));
+    stop(&[&a, &b]).await;
+}
+
+#[tokio::test]
+async fn commands_behave() {
+    let net = MemoryNetwork::new();
+    let (a, b) = (node(&net, 3, "alpha").await, node(&net, 4, "beta").await);
+    link(&a, &b).await;
+    let mut alice = a.party.join("alice").await.unwrap();
+    let mut carol = a.party.join("carol").await.unwrap();
+    let mut bob = b.party.join("bob").await.unwrap();
+    let who = who_shows(&mut alice, &["alice", "bob", "carol"]).await;
+    assert!(
+        who.contains("alpha") && who.contains("beta") && who.contains("(this node)"),
+        "{who}"
+    );
+    let json = alice.input("/who --json").await;
+    let v: serde_json::Value = serde_json::from_str(&json.text).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+
+    // /help lists every registered command, generated from the registry.
+    let help = alice.input("/help").await;
+    for c in [
+        "/who", "/nick", "/me", "/msg", "/help", "/quit", "/peers", "/stats",
+    ] {
+        assert!(help.text.contains(c), "{c} missing from {}", help.text);
+    }
+    assert!(
+        alice
+            .input("/help msg")
+            .await
+            .text
+            .contains("/msg <nick>[@node] <text>")
+    );
+
+    // /nick: rules, uniqueness, notice, and the new nick on the mesh.
+    assert_eq!(alice.input("/nick").await.status, STATUS_USAGE);
+    let taken = alice.input("/nick carol").await;
+    assert_ne!(taken.status, 0);
+    assert!(taken.text.contains("taken"), "{}", taken.text);
+    assert_ne!(alice.input("/nick bad@name").await.status, 0);
+    let ok = alice.input("/nick alicia").await;
+    assert_eq!(ok.status, 0, "{}", ok.text);
+    assert_eq!(alice.nick(), "alicia");
+    expect(&mut carol, "alice is now known as alicia").await;
+    who_shows(&mut bob, &["alicia"]).await;
+
+    // /me, across the mesh.
+    alice.input("/me waves").await;
+    let line = expect(&mut bob, "waves").await;
+    assert!(line.contains("* alicia@alpha waves"), "{line}");
+
+    // /msg to a local user, then to a user on another node.
+    let r = alice.input("/msg carol psst").await;
+    assert_eq!(r.status, 0, "{}", r.text);
+    let line = expect(&mut carol, "psst").await;
+    assert!(line.contains("*alicia@alpha*"), "{line}");
+    let r = alice.input("/msg bob over there").await;
+    assert_eq!(r.status, 0, "{}", r.text);
+    let line = expect(&mut bob, "over there").await;
+    assert!(line.contains("*alicia@alpha*"), "{line}");
+    assert!(
+        !drain(&mut carol).iter().any(|l| l.contains("over there")),
+        "private lines stay private"
+    );
+    assert_ne!(alice.input("/msg nobody hi").await.status, 0);
+    assert_eq!(alice.input("/msg bob").await.status, STATUS_USAGE);
+
+    // /peers and /stats.
+    let peers = alice.input("/peers").await;
+    assert!(peers.text.contains("1 peer(s)"), "{}", peers.text);
+    let stats = alice.input("/stats --json").await;
+    let v: serde_json::Value = serde_json::from_str(&stats.text).unwrap();
+    assert!(v["gossip"]["originated"].as_u64().unwrap() >= 2);
+
+    // Unknown commands, // escapes, /quit.
+    assert_eq!(alice.input("/nope").await.status, STATUS_UNKNOWN);
+    alice.input("//not a command").await;
+    expect(&mut carol, "/not a command").await;
+    let q = alice.input("/quit").await;
+    assert!(q.quit);
+    drop(alice);
+    expect(&mut carol, "alicia left").await;
+    drop((carol, bob));
+    stop(&[&a, &b]).await;
+}
+
+#[tokio::test]
+async fn a_newcomer_sees_the_last_twenty_lines() {
+    let net = MemoryNetwork::new();
+    let a = node(&net, 5, "alpha").await;
+    let mut alice = a.party.join("alice").await.unwrap();
+    for i in 0..25 {
+        alice.input(&format!("line {i:02}")).await;
+    }
+    expect(&mut alice, "line 24").await;
+    let mut late = a.party.join("late").await.unwrap();
+    let seen = drain(&mut late);
+    let lines: Vec<&String> = seen.iter().filter(|l| l.contains("line ")).collect();
+    assert_eq!(lines.len(), 20, "{seen:?}");
+    assert!(lines[0].contains("line 05") && lines[19].contains("line 24"));
+    drop((alice, late));
+    stop(&[&a]).await;
+}
+
+#[tokio::test]
+async fn nicks_are_made_unique_and_commands_can_be_added() {
+    let net = MemoryNetwork::new();
+    let a = node(&net, 6, "alpha").await;
+    let s1 = a.party.join("root").await.unwrap();
+    let s2 = a.party.join("root").await.unwrap();
+    let s3 = a.party.join("@@").await.unwrap();
+    assert_eq!(s1.nick(), "root");
+    assert_eq!(s2.nick(), "root2");
+    assert_eq!(s3.nick(), "user");
+    a.party
+        .register(CommandSpec::new(
+            "echo",
+            "/echo <text>",
+            "say it back",
+            |c| async move { Reply::ok(c.args) },
+        ))
+        .unwrap();
+    assert!(
+        a.party
+            .register(CommandSpec::new("echo", "", "", |_| async {
+                Reply::default()
+            }))
+            .is_err()
+    );
+    assert!(
+        a.party
+            .register(CommandSpec::new("Bad Name", "", "", |_| async {
+                Reply::default()
+            }))
+            .is_err()
+    );
+    let mut s1 = s1;
+    assert_eq!(s1.input("/echo  hi there").await.text, "hi there");
+    assert!(s1.input("/help").await.text.contains("/echo <text>"));
+    drop((s1, s2, s3));
+    stop(&[&a]).await;
+}
+
+#[tokio::test]
+async fn a_session_that_never_reads_does_not_slow_the_others() {
+    let net = MemoryNetwork::new();
+    let a = node(&net, 7, "alpha").await;
+    let _stuck = a.party.join("stuck").await.unwrap();
+    let mut talker = a.party.join("talker").await.unwrap();
+    for i in 0..600 {
+        talker.input(&format!("flood {i}")).await;
+        // The talker keeps reading its own output.
+        drain(&mut talker);
+    }
+    talker.input("still here").await;
+    expect(&mut talker, "still here").await;
+    drop(talker);
+    stop(&[&a]).await;
+}
+
+#[tokio::test]
+async fn chat_crosses_the_middle_of_a_three_node_chain() {
+    let net = MemoryNetwork::new();
+    let (a, b, c) = (
+        node(&net, 8, "left").await,
+        node(&net, 9, "middle").await,
+        node(&net, 10, "right").await,
+    );
+    link(&a, &b).await;
+    link(&c, &b).await;
+    let mut alice = a.party.join("alice").await.unwrap();
+    let mut carol = c.party.join("carol").await.unwrap();
+    alice.input("hello right").await;
+    let l = expect(&mut carol, "hello right").await;
+    assert!(l.contains("<alice@"), "{l}");
+    carol.input("hello left").await;
+    expect(&mut alice, "hello left").await;
+    who_shows(&mut alice, &["carol"]).await;
+    let l = {
+        carol.input("named now").await;
+        expect(&mut alice, "named now").await
+    };
+    assert!(l.contains("<carol@right>"), "{l}");
+    drop((alice, carol));
+    stop(&[&a, &b, &c]).await;
+}
