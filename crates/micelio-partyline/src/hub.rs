@@ -55,6 +55,7 @@ pub struct WhoEntry {
 pub(crate) enum HubMsg {
     Join {
         user: String,
+        quiet: bool,
         reply: oneshot::Sender<(u64, String, mpsc::Receiver<Output>)>,
     },
     Leave {
@@ -87,6 +88,8 @@ pub(crate) enum HubMsg {
 
 struct SessionSlot {
     nick: String,
+    /// A one-command session (exec): not announced, not listed.
+    quiet: bool,
     tx: mpsc::Sender<Output>,
     drop_logged: bool,
 }
@@ -173,29 +176,36 @@ impl Hub {
             self.prune();
         }
         match msg {
-            HubMsg::Join { user, reply } => {
+            HubMsg::Join { user, quiet, reply } => {
                 let nick = self.unique_nick(&nick_from_user(&user));
                 let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-                // History first, then the join notice.
-                for line in &self.history {
-                    let _ = tx.try_send(Output::Chat(line.clone()));
-                }
                 let id = self.next_id;
                 self.next_id += 1;
-                self.broadcast(Output::Notice(format!("{nick} joined")));
+                if !quiet {
+                    // History first, then the join notice.
+                    for line in &self.history {
+                        let _ = tx.try_send(Output::Chat(line.clone()));
+                    }
+                    self.broadcast(Output::Notice(format!("{nick} joined")));
+                }
                 self.sessions.insert(
                     id,
                     SessionSlot {
                         nick: nick.clone(),
+                        quiet,
                         tx,
                         drop_logged: false,
                     },
                 );
                 let _ = reply.send((id, nick, rx));
-                self.announce();
+                if !quiet {
+                    self.announce();
+                }
             }
             HubMsg::Leave { id } => {
-                if let Some(slot) = self.sessions.remove(&id) {
+                if let Some(slot) = self.sessions.remove(&id)
+                    && !slot.quiet
+                {
                     self.broadcast(Output::Notice(format!("{} left", slot.nick)));
                     self.announce();
                 }
@@ -282,7 +292,7 @@ impl Hub {
     }
 
     fn broadcast(&mut self, out: Output) {
-        for slot in self.sessions.values_mut() {
+        for slot in self.sessions.values_mut().filter(|s| !s.quiet) {
             Self::send_to(slot, out.clone());
         }
     }
@@ -523,7 +533,12 @@ impl Hub {
             u32::try_from(self.presence_every.as_secs().saturating_mul(3)).unwrap_or(u32::MAX);
         let payload = Presence {
             node_name: self.node_name.clone(),
-            nicks: self.sessions.values().map(|s| s.nick.clone()).collect(),
+            nicks: self
+                .sessions
+                .values()
+                .filter(|s| !s.quiet)
+                .map(|s| s.nick.clone())
+                .collect(),
             seq: self.presence_seq,
             ttl_secs: ttl.max(10),
         }
@@ -532,7 +547,12 @@ impl Hub {
     }
 
     fn who(&self) -> Vec<WhoEntry> {
-        let mut local: Vec<String> = self.sessions.values().map(|s| s.nick.clone()).collect();
+        let mut local: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| !s.quiet)
+            .map(|s| s.nick.clone())
+            .collect();
         local.sort();
         let mut out = vec![WhoEntry {
             node: self.node_name.clone(),

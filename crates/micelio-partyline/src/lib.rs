@@ -272,8 +272,23 @@ impl Partyline {
     /// # Errors
     /// [`PartylineError::Stopped`].
     pub async fn join(&self, user: &str) -> Result<Session, PartylineError> {
+        self.open(user, false).await
+    }
+
+    /// Opens a session for one command (an SSH exec request): it is not
+    /// announced, not listed by `/who`, shown no history and no chat.
+    ///
+    /// # Errors
+    /// [`PartylineError::Stopped`].
+    pub async fn join_quiet(&self, user: &str) -> Result<Session, PartylineError> {
+        self.open(user, true).await
+    }
+
+    async fn open(&self, user: &str, quiet: bool) -> Result<Session, PartylineError> {
         let user = user.to_owned();
-        let (id, nick, out) = self.ask(|reply| HubMsg::Join { user, reply }).await?;
+        let (id, nick, out) = self
+            .ask(|reply| HubMsg::Join { user, quiet, reply })
+            .await?;
         Ok(Session {
             id,
             nick,

@@ -319,3 +319,33 @@ async fn chat_crosses_the_middle_of_a_three_node_chain() {
     drop((alice, carol));
     stop(&[&a, &b, &c]).await;
 }
+
+#[tokio::test]
+async fn quiet_sessions_run_commands_without_being_announced() {
+    let net = MemoryNetwork::new();
+    let a = node(&net, 11, "alpha").await;
+    let mut alice = a.party.join("alice").await.unwrap();
+    let mut script = a.party.join_quiet("cron").await.unwrap();
+    let who = script.input("/who").await;
+    assert!(
+        who.text.contains("alice") && !who.text.contains("cron"),
+        "{}",
+        who.text
+    );
+    script.input("from a script").await;
+    expect(&mut alice, "<cron@alpha> from a script").await;
+    drop(script);
+    alice.input("marker").await;
+    let seen: Vec<String> = {
+        expect(&mut alice, "marker").await;
+        drain(&mut alice)
+    };
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("cron joined") || l.contains("cron left")),
+        "{seen:?}"
+    );
+    drop(alice);
+    stop(&[&a]).await;
+}
