@@ -10,14 +10,14 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use micelio_gossip::chat::ChatLine;
 use micelio_gossip::{Gossip, GossipConfig};
+use micelio_partyline::{Partyline, PartylineConfig};
+use micelio_ssh::{SshConfig, SshServer};
 use micelio_identity::Identity;
 use micelio_transport::discovery::PeerStore;
 use micelio_transport::{PeerManager, TcpTransport, TransportConfig};
-use micelio_wire::MsgType;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::commands::write_stdout;
 use crate::config::Config;
@@ -26,6 +26,8 @@ use crate::config::Config;
 const DB_DIR: &str = "data.db";
 /// The sled tree of known peers.
 const PEERS_TREE: &str = "peers";
+/// Who may log in to the partyline.
+const AUTHORIZED_KEYS: &str = "authorized_keys";
 
 /// Maps the validated configuration onto the transport's.
 fn transport_config(config: &Config) -> TransportConfig {
@@ -56,6 +58,27 @@ fn gossip_config(config: &Config) -> GossipConfig {
     c.rate_per_sec = g.rate_per_sec;
     c.rate_burst = g.rate_burst;
     c
+}
+
+/// Creates an empty `authorized_keys` (mode 0600) on first run.
+async fn ensure_authorized_keys(path: &std::path::Path) -> anyhow::Result<()> {
+    if tokio::fs::try_exists(path).await.unwrap_or(false) {
+        return Ok(());
+    }
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map(|_| ())
+            .with_context(|| format!("cannot create {}", path.display()))
+    })
+    .await
+    .context("creating authorized_keys")?
 }
 
 /// Runs the node until `shutdown` is cancelled, then stops it.
@@ -107,11 +130,35 @@ pub(crate) async fn run(
         peers.clone(),
         events,
     );
-    let mut chat = gossip
-        .subscribe(MsgType::Chat)
-        .await
-        .context("gossip stopped")?;
-    write_stdout(&format!("peers       {listening}\n"))?;
+    let party = Partyline::spawn(
+        PartylineConfig::new(config.node.name.clone()),
+        gossip.clone(),
+        peers.clone(),
+    )
+    .await
+    .context("cannot start the partyline")?;
+    let keys_path = config.node.data_dir.join(AUTHORIZED_KEYS);
+    ensure_authorized_keys(&keys_path).await?;
+    let ssh = SshServer::spawn(
+        &identity,
+        SshConfig::new(config.ssh.listen, &keys_path),
+        party.clone(),
+    )
+    .await
+    .context("cannot start the SSH server")?;
+    write_stdout(&format!(
+        "peers       {listening}\nssh         {}\n",
+        ssh.local_addr()
+    ))?;
+    if ssh.authorized_keys().is_empty().await {
+        write_stdout(&format!(
+            "\nNobody can log in yet: add an OpenSSH public key to {path}, for example\n  \
+             cat ~/.ssh/id_ed25519.pub >> {path}\n\
+             then connect with: ssh -p {port} <user>@<this host>\n",
+            path = keys_path.display(),
+            port = ssh.local_addr().port(),
+        ))?;
+    }
     info!(
         node_id = %identity.node_id(),
         name = %config.node.name,
@@ -119,27 +166,34 @@ pub(crate) async fn run(
         "node started"
     );
 
+    // Chat also goes to the log, for operators without a session.
+    let mut chat = gossip
+        .subscribe(micelio_wire::MsgType::Chat)
+        .await
+        .context("gossip stopped")?;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             delivered = chat.recv() => match delivered {
-                Some(d) => match ChatLine::from_delivered(&d) {
-                    // Until the partyline shows it, chat goes to the log.
-                    Some(line) => info!(
-                        message_id = %line.message_id,
-                        sender = %line.node,
-                        nick = %line.nick,
-                        text = %line.text,
-                        "chat received"
-                    ),
-                    None => warn!(sender = %d.sender.short(12), "undecodable chat message dropped"),
-                },
+                Some(d) => {
+                    if let Some(line) = micelio_gossip::chat::ChatLine::from_delivered(&d) {
+                        info!(
+                            message_id = %line.message_id,
+                            sender = %line.node,
+                            nick = %line.nick,
+                            text = %line.text,
+                            "chat received"
+                        );
+                    }
+                }
                 None => break,
             },
         }
     }
 
     info!("stopping");
+    ssh.shutdown().await;
+    party.shutdown().await;
     gossip.shutdown().await;
     peers.shutdown().await;
     db.flush_async().await.context("flushing storage")?;

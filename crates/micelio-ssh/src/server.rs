@@ -1,0 +1,432 @@
+//! The SSH server: accept loop, per-connection handler, per-channel tasks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use micelio_identity::Identity;
+use micelio_partyline::Partyline;
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::{Algorithm, PrivateKey};
+use russh::server::{Auth, ChannelOpenHandle, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet, Preferred, cipher, kex};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::auth::AuthorizedKeys;
+use crate::session::{ChanInput, run_exec, run_interactive, run_plain};
+
+/// Channels one connection may open at once.
+const MAX_CHANNELS_PER_CONNECTION: usize = 4;
+/// Input chunks buffered per channel before the connection is slowed down.
+const CHANNEL_INPUT_QUEUE: usize = 64;
+
+/// Configuration of the SSH server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SshConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The OpenSSH `authorized_keys` file.
+    pub authorized_keys: std::path::PathBuf,
+    /// Most connections at once; more are closed at accept.
+    pub max_connections: usize,
+    /// A connection with no traffic for this long is closed.
+    pub inactivity_timeout: Duration,
+    /// Deadline of each write to a client; a client that stops reading is
+    /// disconnected after it.
+    pub write_timeout: Duration,
+}
+
+impl SshConfig {
+    /// Defaults for `listen` and `authorized_keys`: 64 connections, 1 h of
+    /// inactivity, 10 s write deadline.
+    pub fn new(listen: SocketAddr, authorized_keys: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            listen,
+            authorized_keys: authorized_keys.into(),
+            max_connections: 64,
+            inactivity_timeout: Duration::from_secs(3600),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SshError {
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters of the SSH server.
+#[derive(Debug, Default)]
+pub struct SshCounters {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections refused because `max_connections` was reached.
+    pub refused: AtomicU64,
+    /// Authentication attempts refused.
+    pub auth_refused: AtomicU64,
+    /// Logins accepted.
+    pub logins: AtomicU64,
+}
+
+/// A running SSH partyline server.
+#[derive(Debug)]
+pub struct SshServer {
+    local_addr: SocketAddr,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    counters: Arc<SshCounters>,
+    keys: Arc<AuthorizedKeys>,
+}
+
+/// The node key as an SSH host key.
+pub fn host_key(identity: &Identity) -> PrivateKey {
+    PrivateKey::from(Ed25519Keypair::from_seed(&identity.seed()))
+}
+
+fn russh_config(identity: &Identity, config: &SshConfig) -> russh::server::Config {
+    russh::server::Config {
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key(identity)],
+        inactivity_timeout: Some(config.inactivity_timeout),
+        keepalive_interval: Some(Duration::from_secs(30)),
+        max_auth_attempts: 6,
+        nodelay: true,
+        preferred: Preferred {
+            kex: std::borrow::Cow::Borrowed(&[
+                kex::MLKEM768X25519_SHA256,
+                kex::CURVE25519,
+                kex::CURVE25519_PRE_RFC_8731,
+                kex::EXTENSION_SUPPORT_AS_SERVER,
+                kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+            ]),
+            key: std::borrow::Cow::Borrowed(&[Algorithm::Ed25519]),
+            cipher: std::borrow::Cow::Borrowed(&[
+                cipher::CHACHA20_POLY1305,
+                cipher::AES_256_GCM,
+                cipher::AES_128_GCM,
+            ]),
+            ..Preferred::default()
+        },
+        ..Default::default()
+    }
+}
+
+impl SshServer {
+    /// Binds `config.listen` and serves the partyline there, with the node
+    /// identity as host key.
+    ///
+    /// # Errors
+    /// [`SshError::Bind`].
+    pub async fn spawn(identity: &Identity, config: SshConfig, party: Partyline) -> Result<Self, SshError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| SshError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| SshError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let keys = Arc::new(AuthorizedKeys::new(&config.authorized_keys));
+        let shared = Arc::new(Shared {
+            russh: Arc::new(russh_config(identity, &config)),
+            party,
+            keys: keys.clone(),
+            counters: Arc::new(SshCounters::default()),
+            write_timeout: config.write_timeout,
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            permits: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            next_conn: AtomicU64::new(1),
+        });
+        let span = info_span!("ssh", addr = %local_addr);
+        shared
+            .tracker
+            .spawn(accept_loop(shared.clone(), listener).instrument(span));
+        Ok(Self {
+            local_addr,
+            cancel: shared.cancel.clone(),
+            tracker: shared.tracker.clone(),
+            counters: shared.counters.clone(),
+            keys,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &SshCounters {
+        &self.counters
+    }
+
+    /// The authorized keys in force.
+    pub fn authorized_keys(&self) -> &AuthorizedKeys {
+        &self.keys
+    }
+
+    /// Stops accepting, tells sessions, closes connections and waits (at
+    /// most a few seconds). Idempotent.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(3), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("ssh sessions did not stop in time");
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    russh: Arc<russh::server::Config>,
+    pub(crate) party: Partyline,
+    keys: Arc<AuthorizedKeys>,
+    counters: Arc<SshCounters>,
+    pub(crate) write_timeout: Duration,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    permits: Arc<Semaphore>,
+    next_conn: AtomicU64,
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("accept failed: {e}");
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
+        };
+        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+            shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+            info!(%peer, "refused ssh connection: too many connections");
+            continue;
+        };
+        shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let conn = Conn {
+            shared: shared.clone(),
+            peer,
+            user: None,
+            channels: HashMap::new(),
+        };
+        let s = shared.clone();
+        let span = info_span!("conn", id, %peer);
+        shared.tracker.spawn(
+            async move {
+                let _permit = permit;
+                let running = match russh::server::run_stream(s.russh.clone(), stream, conn).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        debug!("ssh handshake failed: {e}");
+                        return;
+                    }
+                };
+                let handle = running.handle();
+                tokio::select! {
+                    r = running => if let Err(e) = r { debug!("ssh connection ended: {e}") },
+                    _ = s.cancel.cancelled() => {
+                        let _ = handle
+                            .disconnect(russh::Disconnect::ByApplication, "the node is shutting down".into(), "en".into())
+                            .await;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+struct ChannelState {
+    pty_width: Option<u16>,
+    input: Option<mpsc::Sender<ChanInput>>,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    user: Option<String>,
+    channels: HashMap<ChannelId, ChannelState>,
+}
+
+impl Conn {
+    async fn check_key(&self, user: &str, key: &russh::keys::PublicKey) -> Auth {
+        if self.shared.keys.allows(key).await {
+            Auth::Accept
+        } else {
+            self.shared.counters.auth_refused.fetch_add(1, Ordering::Relaxed);
+            info!(peer = %self.peer, user, fingerprint = %key.fingerprint(Default::default()), "refused ssh key: not in authorized_keys");
+            Auth::reject()
+        }
+    }
+
+    fn start(&mut self, channel: ChannelId, handle: Handle, kind: Start) {
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        if state.input.is_some() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(CHANNEL_INPUT_QUEUE);
+        state.input = Some(tx);
+        let user = self.user.clone().unwrap_or_else(|| "user".into());
+        let shared = self.shared.clone();
+        let width = state.pty_width;
+        let task = async move {
+            match (kind, width) {
+                (Start::Exec(cmd), _) => run_exec(&shared, handle, channel, &user, &cmd).await,
+                (Start::Shell, Some(w)) => run_interactive(&shared, handle, channel, &user, w, rx).await,
+                (Start::Shell, None) => run_plain(&shared, handle, channel, &user, rx).await,
+            }
+        };
+        self.shared.tracker.spawn(task.in_current_span());
+    }
+}
+
+enum Start {
+    Shell,
+    Exec(String),
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+        Ok(self.check_key(user, offer.public_key).await)
+    }
+
+    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        let auth = self.check_key(user, key.public_key).await;
+        if matches!(auth, Auth::Accept) {
+            self.shared.counters.logins.fetch_add(1, Ordering::Relaxed);
+            info!(peer = %self.peer, user, "ssh login");
+            self.user = Some(user.to_owned());
+        }
+        Ok(auth)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.channels.len() >= MAX_CHANNELS_PER_CONNECTION {
+            debug!("refused a session channel: too many on this connection");
+            return Ok(());
+        }
+        // Only the id is kept: input arrives through `data`, output goes
+        // through the session handle.
+        self.channels.insert(
+            channel.id(),
+            ChannelState {
+                pty_width: None,
+                input: None,
+            },
+        );
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(state) = self.channels.get_mut(&channel) {
+            state.pty_width = Some(u16::try_from(col_width).unwrap_or(u16::MAX).max(20));
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
+        Ok(())
+    }
+
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        self.start(channel, session.handle(), Start::Shell);
+        Ok(())
+    }
+
+    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        let cmd = String::from_utf8_lossy(data).into_owned();
+        self.start(channel, session.handle(), Start::Exec(cmd));
+        Ok(())
+    }
+
+    async fn data(&mut self, channel: ChannelId, data: &[u8], _session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(tx) = self.channels.get(&channel).and_then(|c| c.input.clone()) {
+            // Waiting here slows this connection down, and only it.
+            let _ = tx.send(ChanInput::Data(data.to_vec())).await;
+        }
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(tx) = self.channels.get(&channel).and_then(|c| c.input.clone()) {
+            let w = u16::try_from(col_width).unwrap_or(u16::MAX).max(20);
+            let _ = tx.try_send(ChanInput::Resize(w));
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(tx) = self.channels.get(&channel).and_then(|c| c.input.clone()) {
+            let _ = tx.send(ChanInput::Eof).await;
+        }
+        Ok(())
+    }
+
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        // Dropping the sender ends the channel's task.
+        self.channels.remove(&channel);
+        Ok(())
+    }
+}
