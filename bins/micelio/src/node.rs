@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use micelio_gossip::{Gossip, GossipConfig};
+use micelio_identity::Identity;
 use micelio_partyline::{Partyline, PartylineConfig};
 use micelio_ssh::{SshConfig, SshServer};
-use micelio_identity::Identity;
 use micelio_transport::discovery::PeerStore;
 use micelio_transport::{PeerManager, TcpTransport, TransportConfig};
 use tokio_util::sync::CancellationToken;

@@ -86,10 +86,12 @@ impl AuthorizedKeys {
             return;
         }
         let text = match stamp {
-            Some(_) => tokio::fs::read_to_string(&self.path).await.unwrap_or_else(|e| {
-                warn!(path = %self.path.display(), "cannot read authorized keys: {e}");
-                String::new()
-            }),
+            Some(_) => tokio::fs::read_to_string(&self.path)
+                .await
+                .unwrap_or_else(|e| {
+                    warn!(path = %self.path.display(), "cannot read authorized keys: {e}");
+                    String::new()
+                }),
             None => String::new(),
         };
         let (keys, bad, with_options) = parse(&text);
@@ -135,7 +137,8 @@ mod tests {
     use super::*;
 
     const ALICE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIqI4910CfGV/VLbLTy6XXLKZwm/HZQSG/N0iAG0D29c alice@laptop";
-    const BOB: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICFS+NGbeR0kRTJC4V8uq2y3z/p7al7TAJeWDgaYgdsS";
+    const BOB: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICFS+NGbeR0kRTJC4V8uq2y3z/p7al7TAJeWDgaYgdsS";
 
     #[test]
     fn parsing_skips_junk() {

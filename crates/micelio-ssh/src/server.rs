@@ -10,7 +10,9 @@ use micelio_identity::Identity;
 use micelio_partyline::Partyline;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{Algorithm, PrivateKey};
-use russh::server::{Auth, ChannelOpenHandle, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::server::{
+    Auth, ChannelOpenHandle, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Preferred, cipher, kex};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -136,7 +138,11 @@ impl SshServer {
     ///
     /// # Errors
     /// [`SshError::Bind`].
-    pub async fn spawn(identity: &Identity, config: SshConfig, party: Partyline) -> Result<Self, SshError> {
+    pub async fn spawn(
+        identity: &Identity,
+        config: SshConfig,
+        party: Partyline,
+    ) -> Result<Self, SshError> {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| SshError::Bind {
@@ -286,7 +292,10 @@ impl Conn {
         if self.shared.keys.allows(key).await {
             Auth::Accept
         } else {
-            self.shared.counters.auth_refused.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .counters
+                .auth_refused
+                .fetch_add(1, Ordering::Relaxed);
             info!(peer = %self.peer, user, fingerprint = %key.fingerprint(Default::default()), "refused ssh key: not in authorized_keys");
             Auth::reject()
         }
@@ -307,7 +316,9 @@ impl Conn {
         let task = async move {
             match (kind, width) {
                 (Start::Exec(cmd), _) => run_exec(&shared, handle, channel, &user, &cmd).await,
-                (Start::Shell, Some(w)) => run_interactive(&shared, handle, channel, &user, w, rx).await,
+                (Start::Shell, Some(w)) => {
+                    run_interactive(&shared, handle, channel, &user, w, rx).await
+                }
                 (Start::Shell, None) => run_plain(&shared, handle, channel, &user, rx).await,
             }
         };
@@ -323,11 +334,19 @@ enum Start {
 impl russh::server::Handler for Conn {
     type Error = russh::Error;
 
-    async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
         Ok(self.check_key(user, offer.public_key).await)
     }
 
-    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
         let auth = self.check_key(user, key.public_key).await;
         if matches!(auth, Auth::Accept) {
             self.shared.counters.logins.fetch_add(1, Ordering::Relaxed);
@@ -380,20 +399,34 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
         self.start(channel, session.handle(), Start::Shell);
         Ok(())
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
         let cmd = String::from_utf8_lossy(data).into_owned();
         self.start(channel, session.handle(), Start::Exec(cmd));
         Ok(())
     }
 
-    async fn data(&mut self, channel: ChannelId, data: &[u8], _session: &mut Session) -> Result<(), Self::Error> {
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         if let Some(tx) = self.channels.get(&channel).and_then(|c| c.input.clone()) {
             // Waiting here slows this connection down, and only it.
             let _ = tx.send(ChanInput::Data(data.to_vec())).await;
@@ -417,14 +450,22 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
-    async fn channel_eof(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         if let Some(tx) = self.channels.get(&channel).and_then(|c| c.input.clone()) {
             let _ = tx.send(ChanInput::Eof).await;
         }
         Ok(())
     }
 
-    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         // Dropping the sender ends the channel's task.
         self.channels.remove(&channel);
         Ok(())

@@ -149,7 +149,12 @@ pub(crate) async fn run_interactive(
 
 /// Feeds typed bytes to the editor and acts on what it says; false when the
 /// session should end.
-async fn handle_keys(editor: &mut Editor, session: &mut Session, out: &mut Out, bytes: &[u8]) -> bool {
+async fn handle_keys(
+    editor: &mut Editor,
+    session: &mut Session,
+    out: &mut Out,
+    bytes: &[u8],
+) -> bool {
     let mut buf = Vec::new();
     let mut keep = true;
     for ev in editor.feed(bytes) {
@@ -263,7 +268,13 @@ async fn write_reply(out: &mut Out, reply: &Reply) {
 }
 
 /// One command (`ssh host '/who'`): run, print, exit with its status.
-pub(crate) async fn run_exec(shared: &Shared, handle: Handle, channel: ChannelId, user: &str, command: &str) {
+pub(crate) async fn run_exec(
+    shared: &Shared,
+    handle: Handle,
+    channel: ChannelId,
+    user: &str,
+    command: &str,
+) {
     let mut out = Out {
         handle,
         channel,

@@ -86,11 +86,9 @@ impl Node {
             .unwrap_or_default()
             .to_owned();
         let peers_line = node.wait_for(|l| l.starts_with("peers "));
-        node.addr = peers_line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
+        node.addr = second_word(&peers_line);
+        let ssh_line = node.wait_for(|l| l.starts_with("ssh "));
+        node.ssh = second_word(&ssh_line);
         node
     }
 
@@ -148,3 +146,9 @@ impl Node {
     }
 }
 
+fn second_word(line: &str) -> String {
+    line.split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}

@@ -1,0 +1,439 @@
+//! End-to-end with the real OpenSSH client (`/usr/bin/ssh`): meshed
+//! `micelio` processes on 127.0.0.1, users on different nodes, every
+//! command, exec requests, refused clients and hostile input. The host key
+//! is pinned: `known_hosts` is written from the node's own public key.
+
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{FAST, Node, WAIT};
+
+/// A throwaway client key and a known_hosts file for one test.
+struct Client {
+    dir: PathBuf,
+    key: PathBuf,
+}
+
+fn keygen(path: &Path) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(st.success());
+}
+
+impl Client {
+    fn new(dir: &Path, name: &str) -> Client {
+        let key = dir.join(name);
+        keygen(&key);
+        Client {
+            dir: dir.to_owned(),
+            key,
+        }
+    }
+
+    fn public_line(&self) -> String {
+        std::fs::read_to_string(self.key.with_extension("pub")).unwrap()
+    }
+
+    /// Allows this client on a node.
+    fn authorize(&self, data_dir: &Path) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(data_dir.join("authorized_keys"))
+            .unwrap();
+        f.write_all(self.public_line().as_bytes()).unwrap();
+    }
+
+    /// `ssh` to a node, pinned to its host key, batch mode.
+    fn ssh(&self, node: &Node, data_dir: &Path, user: &str) -> Command {
+        let (host, port) = node.ssh.rsplit_once(':').unwrap();
+        let known = self.dir.join(format!("known_hosts_{port}"));
+        let host_pub = std::fs::read_to_string(data_dir.join("identity/node.pub")).unwrap();
+        std::fs::write(&known, format!("[{host}]:{port} {host_pub}")).unwrap();
+        let mut cmd = Command::new("/usr/bin/ssh");
+        cmd.args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known.display()))
+        .arg("-i")
+        .arg(&self.key)
+        .args(["-p", port])
+        .arg(format!("{user}@{host}"))
+        .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs one exec request, bounded.
+    fn exec(&self, node: &Node, data_dir: &Path, user: &str, command: &str) -> Output {
+        let mut cmd = self.ssh(node, data_dir, user);
+        cmd.arg(command);
+        run_bounded(cmd)
+    }
+}
+
+fn run_bounded(mut cmd: Command) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("ssh starts");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ssh did not finish within {WAIT:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An interactive session: `ssh -tt` with piped stdin (so the node gets a
+/// PTY request and the line editor) and captured output.
+struct Tty {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Arc<Mutex<Vec<u8>>>,
+    name: String,
+}
+
+impl Drop for Tty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Tty {
+    fn open(client: &Client, node: &Node, data_dir: &Path, user: &str) -> Tty {
+        let mut cmd = client.ssh(node, data_dir, user);
+        cmd.arg("-tt")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("ssh starts");
+        let stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let o = out.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let tty = Tty {
+            child,
+            stdin,
+            out,
+            name: user.to_owned(),
+        };
+        tty.wait_for("Type /help");
+        tty
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let t = self.text();
+            if t.contains(needle) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never saw {needle:?}; got:\n{t}",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.text().matches(needle).count()
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn line(&mut self, line: &str) {
+        self.send(format!("{line}\r").as_bytes());
+    }
+
+    fn exit_status(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(Instant::now() < deadline, "ssh session did not end");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Two or three meshed nodes with their data dirs.
+struct Mesh {
+    _home: tempfile::TempDir,
+    nodes: Vec<(Node, PathBuf)>,
+}
+
+impl Mesh {
+    /// Starts `names.len()` nodes; node i bootstraps from node i-1 (a chain).
+    fn chain(names: &[&str]) -> Mesh {
+        let home = tempfile::tempdir().unwrap();
+        let config = home.path().join("fast.toml");
+        std::fs::write(&config, FAST).unwrap();
+        let mut nodes: Vec<(Node, PathBuf)> = Vec::new();
+        for name in names {
+            let data = home.path().join(name);
+            let mut args = vec![
+                "--listen".to_owned(),
+                "127.0.0.1:0".to_owned(),
+                "--name".to_owned(),
+                (*name).to_owned(),
+            ];
+            if let Some((prev, _)) = nodes.last() {
+                args.push("--bootstrap".into());
+                args.push(prev.addr.clone());
+            }
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let node = Node::start(home.path(), &data, &config, &refs);
+            nodes.push((node, data));
+        }
+        for i in 1..nodes.len() {
+            let prev = nodes[i - 1].0.node_id.clone();
+            nodes[i].0.connected_to(&prev);
+        }
+        Mesh { _home: home, nodes }
+    }
+
+    fn node(&self, i: usize) -> (&Node, &Path) {
+        (&self.nodes[i].0, &self.nodes[i].1)
+    }
+
+    fn dir(&self) -> &Path {
+        self._home.path()
+    }
+}
+
+/// Polls `/who` by exec until it lists every nick.
+fn who_lists(client: &Client, node: &Node, data: &Path, nicks: &[&str]) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = client.exec(node, data, "probe", "/who");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && nicks.iter().all(|n| text.contains(n)) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/who never listed {nicks:?}: {text}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_nodes_chat_and_every_command_behaves() {
+    let mesh = Mesh::chain(&["alpha", "beta"]);
+    let (a, da) = mesh.node(0);
+    let (b, db) = mesh.node(1);
+    let alice_key = Client::new(mesh.dir(), "alice");
+    let bob_key = Client::new(mesh.dir(), "bob");
+    alice_key.authorize(da);
+    bob_key.authorize(db);
+
+    let mut alice = Tty::open(&alice_key, a, da, "alice");
+    let mut bob = Tty::open(&bob_key, b, db, "bob");
+    let who = who_lists(&alice_key, a, da, &["alice", "bob"]);
+    assert!(who.contains("alpha") && who.contains("beta"), "{who}");
+
+    // A line from each reaches the other exactly once, with nick and node.
+    alice.line("hello from alice");
+    bob.wait_for("<alice@alpha> hello from alice");
+    bob.line("hello from bob");
+    alice.wait_for("<bob@beta> hello from bob");
+    alice.line("marker one");
+    bob.wait_for("marker one");
+    bob.line("marker two");
+    alice.wait_for("marker two");
+    assert_eq!(bob.count("hello from alice"), 1, "exactly once");
+    assert_eq!(alice.count("<bob@beta> hello from bob"), 1, "exactly once");
+
+    // /nick, /me, /msg, /help.
+    alice.line("/nick alicia");
+    alice.wait_for("you are now alicia");
+    alice.wait_for("alicia> ");
+    alice.line("/me waves");
+    bob.wait_for("* alicia@alpha waves");
+    alice.line("/msg bob just for you");
+    bob.wait_for("*alicia@alpha* just for you");
+    alice.line("/help");
+    let help = alice.wait_for("/stats");
+    for c in ["/who", "/nick", "/me", "/msg", "/quit", "/peers"] {
+        assert!(help.contains(c), "{c} not in /help");
+    }
+
+    // /quit ends the session with status 0.
+    alice.line("/quit");
+    assert_eq!(alice.exit_status(), Some(0));
+    bob.wait_for("alicia left alpha");
+
+    // Exec requests print and exit with the command's status.
+    let out = bob_key.exec(b, db, "bob", "/help");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/msg <nick>[@node] <text>"));
+    let out = bob_key.exec(b, db, "bob", "/nope");
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unknown command"));
+    let out = bob_key.exec(b, db, "bob", "/nick");
+    assert_eq!(out.status.code(), Some(2));
+    let out = bob_key.exec(b, db, "bob", "/peers --json");
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+
+    // Ctrl-D on an empty line ends an interactive session.
+    bob.send(b"\x04");
+    assert_eq!(bob.exit_status(), Some(0));
+}
+
+#[test]
+fn unknown_keys_and_passwords_are_refused_and_new_keys_work_without_restart() {
+    let mesh = Mesh::chain(&["solo"]);
+    let (a, da) = mesh.node(0);
+    let known = Client::new(mesh.dir(), "known");
+    let stranger = Client::new(mesh.dir(), "stranger");
+    known.authorize(da);
+
+    let ok = known.exec(a, da, "op", "/who");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let refused = stranger.exec(a, da, "op", "/who");
+    assert_eq!(refused.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Permission denied"));
+
+    // A client offering only a password (or keyboard-interactive).
+    let mut cmd = stranger.ssh(a, da, "op");
+    cmd.args([
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "PreferredAuthentications=password,keyboard-interactive",
+    ])
+    .arg("/who");
+    let out = run_bounded(cmd);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+
+    // Appending the stranger's key lets it in, no restart.
+    stranger.authorize(da);
+    let now = stranger.exec(a, da, "op", "/who");
+    assert!(
+        now.status.success(),
+        "{}",
+        String::from_utf8_lossy(&now.stderr)
+    );
+}
+
+#[test]
+fn hostile_clients_do_not_disturb_anyone_else() {
+    let mesh = Mesh::chain(&["solo"]);
+    let (a, da) = mesh.node(0);
+    let key = Client::new(mesh.dir(), "ops");
+    key.authorize(da);
+    let mut watcher = Tty::open(&key, a, da, "watcher");
+
+    // A 1 MB line, then binary garbage, from an interactive client.
+    let mut flood = Tty::open(&key, a, da, "flood");
+    flood.send(&vec![b'x'; 1 << 20]);
+    flood.send(b"\r");
+    let mut garbage = Vec::with_capacity(1 << 16);
+    let mut x: u32 = 0x1234_5678;
+    for _ in 0..(1 << 16) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        garbage.push(x as u8);
+    }
+    flood.send(&garbage);
+
+    // A client that opens many sessions at once.
+    let many: Vec<Tty> = (0..8)
+        .map(|i| Tty::open(&key, a, da, &format!("many{i}")))
+        .collect();
+
+    // A client that stops reading: it never drains its stdout pipe... the
+    // reader thread does, so instead stop the process from reading by
+    // suspending it.
+    let mut sleeper = Tty::open(&key, a, da, "sleeper");
+    let pid = sleeper.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for i in 0..200 {
+        watcher.line(&format!("busy line {i} {}", "y".repeat(200)));
+    }
+
+    // Everyone else is still served promptly.
+    watcher.line("still responsive");
+    watcher.wait_for("<watcher@solo> still responsive");
+    let out = key.exec(a, da, "probe", "/who");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("watcher"));
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    drop(many);
+    drop(flood);
+    sleeper.send(b"\x04");
+}
+
+#[test]
+fn chat_crosses_the_middle_of_a_three_node_chain() {
+    let mesh = Mesh::chain(&["left", "middle", "right"]);
+    let (l, dl) = mesh.node(0);
+    let (r, dr) = mesh.node(2);
+    let key = Client::new(mesh.dir(), "ops");
+    key.authorize(dl);
+    key.authorize(dr);
+    let mut alice = Tty::open(&key, l, dl, "alice");
+    let mut carol = Tty::open(&key, r, dr, "carol");
+    who_lists(&key, l, dl, &["alice", "carol"]);
+    alice.line("over the middle");
+    carol.wait_for("<alice@left> over the middle");
+    carol.line("and back");
+    alice.wait_for("<carol@right> and back");
+}
