@@ -2,12 +2,16 @@
 //!
 //! - `cargo xtask proto` regenerates `crates/micelio-wire/src/generated/` from
 //!   `proto/micelio.proto` with a pure-Rust protobuf compiler (no `protoc`);
-//! - `cargo xtask proto --check` fails when the committed code is stale.
+//! - `cargo xtask proto --check` fails when the committed code is stale;
+//! - `cargo xtask mesh […]` benchmarks gossip over meshes of 10 to 100 nodes,
+//!   in process (memory transport) or as real processes over TCP (see
+//!   [`mesh`]).
 //!
 //! The tidy checks (layering, `//!` docs, fresh generated code) run as tests of
 //! this crate, so `cargo test --workspace` enforces them.
 
 mod codegen;
+mod mesh;
 #[cfg(test)]
 mod tidy;
 
@@ -34,6 +38,7 @@ fn run() -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["proto"] => codegen::write(&project_root()),
+        ["mesh", rest @ ..] => mesh::run(&project_root(), rest),
         ["proto", "--check"] => {
             if codegen::is_fresh(&project_root())? {
                 Ok(())
@@ -42,7 +47,7 @@ fn run() -> anyhow::Result<()> {
             }
         }
         _ => bail!(
-            "usage: cargo xtask <command>\n\ncommands:\n  proto [--check]  regenerate (or check) the protobuf code of micelio-wire"
+            "usage: cargo xtask <command>\n\ncommands:\n  proto [--check]  regenerate (or check) the protobuf code of micelio-wire\n  mesh [--help]    benchmark gossip over meshes (memory or tcp)"
         ),
     }
     .context("xtask failed")
