@@ -13,13 +13,14 @@
 //! decrement and forward to up to `fanout` random peers other than the one
 //! it came from.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use micelio_identity::{Identity, NodeId, PublicKey};
-use micelio_wire::{Envelope, EnvelopeBuilder, EnvelopeError, MsgType};
+use micelio_wire::proto::{GossipDigest, GossipRequest};
+use micelio_wire::{Envelope, EnvelopeBuilder, EnvelopeError, Message as _, MsgType};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
@@ -46,6 +47,14 @@ pub struct GossipConfig {
     pub rate_per_sec: u32,
     /// Per-sender burst.
     pub rate_burst: u32,
+    /// How often a node announces its recent message ids to its peers so
+    /// that a peer no random relay picked can ask for what it missed
+    /// (gossip repair). Zero disables repair.
+    pub repair_interval: Duration,
+    /// Messages received or originated this recently are announced.
+    pub repair_window: Duration,
+    /// How long accepted envelopes are kept to answer repair requests.
+    pub repair_retention: Duration,
 }
 
 impl Default for GossipConfig {
@@ -58,6 +67,9 @@ impl Default for GossipConfig {
             seen_cap: DEFAULT_SEEN_CAP,
             rate_per_sec: limits::DEFAULT_RATE_PER_SEC,
             rate_burst: limits::DEFAULT_RATE_BURST,
+            repair_interval: Duration::from_secs(1),
+            repair_window: Duration::from_secs(5),
+            repair_retention: Duration::from_secs(30),
         }
     }
 }
@@ -161,6 +173,12 @@ pub struct GossipStats {
     pub keys: u64,
     /// Ids held in the seen cache.
     pub seen: u64,
+    /// Repair digests sent (one per peer per round with news).
+    pub digests_sent: u64,
+    /// Message ids asked for after a peer's digest.
+    pub repairs_requested: u64,
+    /// Envelopes sent back in answer to repair requests.
+    pub repairs_served: u64,
 }
 
 impl GossipStats {
@@ -187,6 +205,58 @@ pub struct Engine {
     handlers: HashSet<MsgType>,
     stats: GossipStats,
     rng: SmallRng,
+    recent: Recent,
+}
+
+/// Most ids in one repair digest or request.
+pub const MAX_REPAIR_IDS: usize = 256;
+/// Most envelopes kept to answer repair requests.
+pub const MAX_RETAINED: usize = 4096;
+
+/// Envelopes accepted or originated recently, for gossip repair.
+#[derive(Debug, Default)]
+struct Recent {
+    map: HashMap<String, Envelope>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Recent {
+    fn insert(&mut self, now: Instant, env: &Envelope) {
+        if self.map.len() >= MAX_RETAINED
+            && let Some((_, old)) = self.order.pop_front()
+        {
+            self.map.remove(&old);
+        }
+        if self
+            .map
+            .insert(env.message_id.clone(), env.clone())
+            .is_none()
+        {
+            self.order.push_back((now, env.message_id.clone()));
+        }
+    }
+
+    fn expire(&mut self, now: Instant, retention: Duration) {
+        while let Some((t, _)) = self.order.front() {
+            if now.saturating_duration_since(*t) < retention {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front() {
+                self.map.remove(&id);
+            }
+        }
+    }
+
+    /// The newest ids first seen within `window`, at most `MAX_REPAIR_IDS`.
+    fn since(&self, now: Instant, window: Duration) -> Vec<String> {
+        self.order
+            .iter()
+            .rev()
+            .take_while(|(t, _)| now.saturating_duration_since(*t) < window)
+            .take(MAX_REPAIR_IDS)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
 }
 
 impl Engine {
@@ -201,6 +271,7 @@ impl Engine {
             handlers: HashSet::new(),
             stats: GossipStats::default(),
             rng: SmallRng::seed_from_u64(seed),
+            recent: Recent::default(),
             identity,
             config,
         }
@@ -258,6 +329,7 @@ impl Engine {
             .hop_count(self.config.max_hops)
             .sign(&self.identity);
         self.seen.insert(&env.message_id, now);
+        self.recent.insert(now, &env);
         self.stats.originated += 1;
         let mut actions = Vec::new();
         if !self.peers.is_empty() {
@@ -344,6 +416,10 @@ impl Engine {
         }
         if forward {
             env.hop_count -= 1;
+        }
+        // Kept as relayed (hop count already decremented) for repair.
+        self.recent.insert(now, &env);
+        if forward {
             let candidates: Vec<NodeId> =
                 self.peers.iter().copied().filter(|p| *p != from).collect();
             let to: Vec<NodeId> = candidates
@@ -358,10 +434,94 @@ impl Engine {
         Ok(actions)
     }
 
-    /// Forgets expired seen ids and idle rate buckets.
+    /// Forgets expired seen ids, idle rate buckets and envelopes kept for
+    /// repair.
     pub fn expire(&mut self, now: Instant) {
         self.seen.expire(now);
         self.limiter.expire(now);
+        self.recent.expire(now, self.config.repair_retention);
+    }
+
+    /// One round of gossip repair: announces the ids of the messages
+    /// received or originated within `repair_window` to every peer (a
+    /// `GossipDigest`, type 11, hop count 1). Call every `repair_interval`.
+    pub fn repair_tick(&mut self, now: Instant) -> Vec<Action> {
+        if self.config.repair_interval.is_zero() || self.peers.is_empty() {
+            return Vec::new();
+        }
+        let ids = self.recent.since(now, self.config.repair_window);
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let payload = GossipDigest { message_ids: ids }.encode_to_vec();
+        let envelope = EnvelopeBuilder::new(MsgType::GossipDigest, payload).sign(&self.identity);
+        self.stats.digests_sent += self.peers.len() as u64;
+        vec![Action::Send {
+            to: self.peers.clone(),
+            envelope,
+        }]
+    }
+
+    /// Handles a repair message from connected peer `from`: a digest is
+    /// answered with a request for the ids not seen here; a request is
+    /// answered with the envelopes still kept. Repaired envelopes then go
+    /// through [`Engine::handle`] like any gossip, so they are verified,
+    /// delivered once and relayed.
+    ///
+    /// # Errors
+    /// [`DropReason::NotGossip`] for another type or an undecodable payload.
+    pub fn handle_repair(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        env: &Envelope,
+    ) -> Result<Vec<Action>, DropReason> {
+        match env.kind() {
+            MsgType::GossipDigest => {
+                let Ok(d) = GossipDigest::decode(env.payload.clone()) else {
+                    return Err(self.drop_for(DropReason::NotGossip));
+                };
+                let missing: Vec<String> = d
+                    .message_ids
+                    .into_iter()
+                    .take(MAX_REPAIR_IDS)
+                    .filter(|id| !id.is_empty() && id.len() <= micelio_wire::limits::MAX_ID_LEN)
+                    .filter(|id| !self.seen.contains(id, now))
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.stats.repairs_requested += missing.len() as u64;
+                let payload = GossipRequest {
+                    message_ids: missing,
+                }
+                .encode_to_vec();
+                let envelope =
+                    EnvelopeBuilder::new(MsgType::GossipRequest, payload).sign(&self.identity);
+                Ok(vec![Action::Send {
+                    to: vec![from],
+                    envelope,
+                }])
+            }
+            MsgType::GossipRequest => {
+                let Ok(r) = GossipRequest::decode(env.payload.clone()) else {
+                    return Err(self.drop_for(DropReason::NotGossip));
+                };
+                let actions: Vec<Action> = r
+                    .message_ids
+                    .iter()
+                    .take(MAX_REPAIR_IDS)
+                    .filter_map(|id| self.recent.map.get(id))
+                    .map(|e| Action::Send {
+                        to: vec![from],
+                        envelope: e.clone(),
+                    })
+                    .collect();
+                self.stats.repairs_served += actions.len() as u64;
+                Ok(actions)
+            }
+            _ => Err(self.drop_for(DropReason::NotGossip)),
+        }
     }
 
     /// The counters.

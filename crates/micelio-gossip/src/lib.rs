@@ -43,6 +43,7 @@ mod service;
 
 pub use engine::{
     Action, DEFAULT_SEEN_CAP, Delivered, DropReason, Engine, GossipConfig, GossipStats,
+    MAX_REPAIR_IDS, MAX_RETAINED,
 };
 pub use parts::{KeyRing, RateLimiter, SeenCache, Trust};
 pub use service::{Gossip, GossipError};

@@ -200,6 +200,14 @@ impl Service {
     ) {
         let mut expire = tokio::time::interval(EXPIRE_EVERY);
         expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let every = self.engine.config().repair_interval;
+        // A zero interval disables repair; the timer then never fires.
+        let mut repair = tokio::time::interval(if every.is_zero() {
+            Duration::from_secs(86_400)
+        } else {
+            every
+        });
+        repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -212,6 +220,10 @@ impl Service {
                     None => break,
                 },
                 _ = expire.tick() => self.engine.expire(Instant::now().into_std()),
+                _ = repair.tick() => {
+                    let actions = self.engine.repair_tick(Instant::now().into_std());
+                    self.execute(actions);
+                }
             }
         }
         debug!("gossip service stopped");
@@ -253,6 +265,18 @@ impl Service {
 
     fn message(&mut self, from: NodeId, envelope: Envelope) {
         let kind = envelope.kind();
+        if matches!(kind, MsgType::GossipDigest | MsgType::GossipRequest) {
+            match self
+                .engine
+                .handle_repair(Instant::now().into_std(), from, &envelope)
+            {
+                Ok(actions) => self.execute(actions),
+                Err(reason) => {
+                    debug!(peer = %from.short(12), reason = reason.label(), "dropped repair message")
+                }
+            }
+            return;
+        }
         if kind.routing() != Routing::Gossip {
             // Point-to-point messages for the layers above (state sync).
             let sender = envelope.sender_id.parse().unwrap_or(from);

@@ -126,10 +126,29 @@ fn parse(text: &str) -> (Vec<PublicKey>, usize, usize) {
                 }
                 keys.push(entry.public_key().clone());
             }
-            _ => bad += 1,
+            // Options the parser does not take (quoted values, say): the key
+            // starts at the first key-type word.
+            _ => match key_after_options(line) {
+                Some(key) => {
+                    with_options += 1;
+                    keys.push(key);
+                }
+                None => bad += 1,
+            },
         }
     }
     (keys, bad, with_options)
+}
+
+/// The key of a line whose options come first: parsed from the first word
+/// that names a key type.
+fn key_after_options(line: &str) -> Option<PublicKey> {
+    const TYPES: [&str; 4] = ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-"];
+    let start = line
+        .match_indices(' ')
+        .map(|(i, _)| i + 1)
+        .find(|&i| TYPES.iter().any(|t| line[i..].starts_with(t)))?;
+    PublicKey::from_openssh(&line[start..]).ok()
 }
 
 #[cfg(test)]
@@ -142,7 +161,9 @@ mod tests {
 
     #[test]
     fn parsing_skips_junk() {
-        let text = format!("# comment\n\n{ALICE}\nnot a key\nfrom=\"10.0.0.1\" {BOB}\n");
+        let text = format!(
+            "# comment\n\n{ALICE}\nnot a key\nfrom=\"10.0.0.1,10.0.0.2\",no-pty {BOB}\n"
+        );
         let (keys, bad, opts) = parse(&text);
         assert_eq!(keys.len(), 2);
         assert_eq!(bad, 1);

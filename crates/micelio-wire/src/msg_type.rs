@@ -40,7 +40,11 @@ pub enum MsgType {
     Presence,
     /// 10: `DirectMessage`, gossip (micelio extension: a private line).
     DirectMessage,
-    /// 11–99: reserved for core extensions.
+    /// 11: `GossipDigest`, point to point (micelio extension: gossip repair).
+    GossipDigest,
+    /// 12: `GossipRequest`, point to point (micelio extension: gossip repair).
+    GossipRequest,
+    /// 13–99: reserved for core extensions.
     CoreExtension(u32),
     /// 1000 and above: plugin messages, gossip.
     Plugin(u32),
@@ -49,9 +53,9 @@ pub enum MsgType {
 }
 
 impl MsgType {
-    /// First unassigned type number of the core-extension range (9 and 10
-    /// are taken by [`MsgType::Presence`] and [`MsgType::DirectMessage`]).
-    pub const CORE_EXTENSION_START: u32 = 11;
+    /// First unassigned type number of the core-extension range (9–12 are
+    /// micelio's own extensions).
+    pub const CORE_EXTENSION_START: u32 = 13;
     /// Last type number of the core-extension range.
     pub const CORE_EXTENSION_END: u32 = 99;
     /// First type number of the plugin range.
@@ -70,6 +74,8 @@ impl MsgType {
             8 => Self::StateSyncResponse,
             9 => Self::Presence,
             10 => Self::DirectMessage,
+            11 => Self::GossipDigest,
+            12 => Self::GossipRequest,
             Self::CORE_EXTENSION_START..=Self::CORE_EXTENSION_END => Self::CoreExtension(n),
             Self::PLUGIN_START.. => Self::Plugin(n),
             _ => Self::Unassigned(n),
@@ -89,6 +95,8 @@ impl MsgType {
             Self::StateSyncResponse => 8,
             Self::Presence => 9,
             Self::DirectMessage => 10,
+            Self::GossipDigest => 11,
+            Self::GossipRequest => 12,
             Self::CoreExtension(n) | Self::Plugin(n) | Self::Unassigned(n) => n,
         }
     }
@@ -100,7 +108,9 @@ impl MsgType {
             Self::PeerExchange
             | Self::Keepalive
             | Self::StateSyncRequest
-            | Self::StateSyncResponse => Routing::PointToPoint,
+            | Self::StateSyncResponse
+            | Self::GossipDigest
+            | Self::GossipRequest => Routing::PointToPoint,
             Self::Chat
             | Self::StateUpdate
             | Self::Presence
@@ -124,6 +134,8 @@ impl MsgType {
             Self::StateSyncResponse => "state_sync_response",
             Self::Presence => "presence",
             Self::DirectMessage => "direct_message",
+            Self::GossipDigest => "gossip_digest",
+            Self::GossipRequest => "gossip_request",
             Self::CoreExtension(_) => "core_extension",
             Self::Plugin(_) => "plugin",
             Self::Unassigned(_) => "unassigned",
@@ -166,7 +178,9 @@ mod tests {
             (8, Routing::PointToPoint),
             (9, Routing::Gossip),
             (10, Routing::Gossip),
-            (11, Routing::Gossip),
+            (11, Routing::PointToPoint),
+            (12, Routing::PointToPoint),
+            (13, Routing::Gossip),
             (99, Routing::Gossip),
             (1000, Routing::Gossip),
             (1001, Routing::Gossip),
@@ -176,7 +190,9 @@ mod tests {
         }
         assert_eq!(MsgType::from_u32(9), MsgType::Presence);
         assert_eq!(MsgType::from_u32(10), MsgType::DirectMessage);
-        assert_eq!(MsgType::from_u32(11), MsgType::CoreExtension(11));
+        assert_eq!(MsgType::from_u32(11), MsgType::GossipDigest);
+        assert_eq!(MsgType::from_u32(12), MsgType::GossipRequest);
+        assert_eq!(MsgType::from_u32(13), MsgType::CoreExtension(13));
         assert_eq!(MsgType::from_u32(100), MsgType::Unassigned(100));
         assert_eq!(MsgType::from_u32(999), MsgType::Unassigned(999));
         assert_eq!(MsgType::from_u32(0), MsgType::Unassigned(0));

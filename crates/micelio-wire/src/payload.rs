@@ -6,8 +6,8 @@ use prost::Message as _;
 use crate::error::WireError;
 use crate::msg_type::MsgType;
 use crate::proto::{
-    ChatMessage, DirectMessage, Envelope, PeerExchange, PeerHello, Presence, StateSyncRequest,
-    StateSyncResponse, StateUpdate,
+    ChatMessage, DirectMessage, Envelope, GossipDigest, GossipRequest, PeerExchange, PeerHello,
+    Presence, StateSyncRequest, StateSyncResponse, StateUpdate,
 };
 
 /// The payload of an envelope, decoded according to its `msg_type`.
@@ -33,6 +33,10 @@ pub enum Payload {
     Presence(Presence),
     /// Type 10 (extension).
     DirectMessage(DirectMessage),
+    /// Type 11 (extension).
+    GossipDigest(GossipDigest),
+    /// Type 12 (extension).
+    GossipRequest(GossipRequest),
     /// Any other type: the raw payload, for a plugin or for relaying.
     Opaque(MsgType, Bytes),
 }
@@ -57,6 +61,8 @@ impl Payload {
             }
             MsgType::Presence => Self::Presence(Presence::decode(bytes)?),
             MsgType::DirectMessage => Self::DirectMessage(DirectMessage::decode(bytes)?),
+            MsgType::GossipDigest => Self::GossipDigest(GossipDigest::decode(bytes)?),
+            MsgType::GossipRequest => Self::GossipRequest(GossipRequest::decode(bytes)?),
             other => Self::Opaque(other, bytes),
         })
     }
@@ -74,6 +80,8 @@ impl Payload {
             Self::StateSyncResponse(_) => MsgType::StateSyncResponse,
             Self::Presence(_) => MsgType::Presence,
             Self::DirectMessage(_) => MsgType::DirectMessage,
+            Self::GossipDigest(_) => MsgType::GossipDigest,
+            Self::GossipRequest(_) => MsgType::GossipRequest,
             Self::Opaque(t, _) => *t,
         }
     }
@@ -90,6 +98,8 @@ impl Payload {
             Self::StateSyncResponse(m) => m.encode_to_vec().into(),
             Self::Presence(m) => m.encode_to_vec().into(),
             Self::DirectMessage(m) => m.encode_to_vec().into(),
+            Self::GossipDigest(m) => m.encode_to_vec().into(),
+            Self::GossipRequest(m) => m.encode_to_vec().into(),
             Self::Opaque(_, b) => b.clone(),
         }
     }

@@ -16,6 +16,8 @@ enum Op {
     Cut(usize, usize),
     /// Originate from a node; expect delivery at exactly these other nodes.
     Say(usize, &'static [usize]),
+    /// Like `Say`, with five repair rounds before checking.
+    SayThenRepair(usize, &'static [usize]),
 }
 
 struct Sim {
@@ -28,6 +30,10 @@ struct Sim {
 
 impl Sim {
     fn new(n: usize) -> Self {
+        Self::with_config(n, GossipConfig::default())
+    }
+
+    fn with_config(n: usize, config: GossipConfig) -> Self {
         let ids: Vec<Arc<Identity>> = (0..n)
             .map(|i| Arc::new(Identity::from_seed([i as u8 + 1; 32])))
             .collect();
@@ -35,7 +41,7 @@ impl Sim {
             .iter()
             .enumerate()
             .map(|(i, id)| {
-                let mut e = Engine::new(id.clone(), GossipConfig::default(), i as u64);
+                let mut e = Engine::new(id.clone(), config.clone(), i as u64);
                 e.register(MsgType::Chat);
                 e
             })
@@ -72,20 +78,22 @@ impl Sim {
                 self.engines[a].peer_down(&nb);
                 self.engines[b].peer_down(&na);
             }
-            Op::Say(origin, expected) => {
+            Op::Say(origin, expected) | Op::SayThenRepair(origin, expected) => {
                 self.now += std::time::Duration::from_secs(1);
                 let (_, actions) =
                     self.engines[origin].originate(self.now, MsgType::Chat, "x".into());
                 let mut queue: VecDeque<(usize, usize, Envelope)> = VecDeque::new();
                 let mut delivered: HashMap<usize, usize> = HashMap::new();
                 self.enqueue(origin, actions, &mut queue, &mut delivered);
-                let mut steps = 0;
-                while let Some((to, from, env)) = queue.pop_front() {
-                    steps += 1;
-                    assert!(steps < 100_000, "runaway relay");
-                    let from_id = *self.ids[from].node_id();
-                    if let Ok(actions) = self.engines[to].handle(self.now, from_id, env) {
-                        self.enqueue(to, actions, &mut queue, &mut delivered);
+                self.drain(&mut queue, &mut delivered);
+                if matches!(op, Op::SayThenRepair(..)) {
+                    for _ in 0..5 {
+                        self.now += std::time::Duration::from_secs(1);
+                        for i in 0..self.engines.len() {
+                            let actions = self.engines[i].repair_tick(self.now);
+                            self.enqueue(i, actions, &mut queue, &mut delivered);
+                        }
+                        self.drain(&mut queue, &mut delivered);
                     }
                 }
                 let got: BTreeSet<usize> = delivered.keys().copied().collect();
@@ -95,6 +103,28 @@ impl Sim {
                     delivered.values().all(|&c| c == 1),
                     "exactly once: {delivered:?}"
                 );
+            }
+        }
+    }
+
+    fn drain(
+        &mut self,
+        queue: &mut VecDeque<(usize, usize, Envelope)>,
+        delivered: &mut HashMap<usize, usize>,
+    ) {
+        let mut steps = 0;
+        while let Some((to, from, env)) = queue.pop_front() {
+            steps += 1;
+            assert!(steps < 100_000, "runaway relay");
+            let from_id = *self.ids[from].node_id();
+            let result = match env.kind() {
+                MsgType::GossipDigest | MsgType::GossipRequest => {
+                    self.engines[to].handle_repair(self.now, from_id, &env)
+                }
+                _ => self.engines[to].handle(self.now, from_id, env),
+            };
+            if let Ok(actions) = result {
+                self.enqueue(to, actions, queue, delivered);
             }
         }
     }
@@ -123,7 +153,11 @@ impl Sim {
     }
 
     fn run(n: usize, script: &[Op]) {
-        let mut sim = Sim::new(n);
+        Self::run_with(n, GossipConfig::default(), script);
+    }
+
+    fn run_with(n: usize, config: GossipConfig, script: &[Op]) {
+        let mut sim = Sim::with_config(n, config);
         for op in script {
             sim.apply(op);
         }
@@ -216,6 +250,92 @@ fn an_isolated_node_hears_nothing_and_is_heard_by_none() {
             Say(0, &[1, 2]),
             Link(3, 0),
             Say(3, &[0, 1, 2]),
+        ],
+    );
+}
+
+#[test]
+fn repair_completes_what_random_fanout_missed_in_a_dense_mesh() {
+    use Op::*;
+    // Nodes 1..12 form a full mesh; node 0 hangs off node 1. With fanout 1
+    // the relays from node 1 on are a random walk that misses nodes; the
+    // repair rounds bring the message to everyone, still exactly once.
+    let n = 12;
+    let mut config = GossipConfig::default();
+    config.fanout = 1;
+    let mut sim = Sim::with_config(n, config);
+    sim.apply(&Link(0, 1));
+    for a in 1..n {
+        for b in a + 1..n {
+            sim.apply(&Link(a, b));
+        }
+    }
+    sim.now += std::time::Duration::from_secs(1);
+    let (_, actions) = sim.engines[0].originate(sim.now, MsgType::Chat, "x".into());
+    let mut queue = VecDeque::new();
+    let mut delivered = HashMap::new();
+    sim.enqueue(0, actions, &mut queue, &mut delivered);
+    sim.drain(&mut queue, &mut delivered);
+    let before = delivered.len();
+    assert!(
+        before < n - 1,
+        "fanout 1 alone should miss nodes (reached {before})"
+    );
+    for _ in 0..5 {
+        sim.now += std::time::Duration::from_secs(1);
+        for i in 0..n {
+            let actions = sim.engines[i].repair_tick(sim.now);
+            sim.enqueue(i, actions, &mut queue, &mut delivered);
+        }
+        sim.drain(&mut queue, &mut delivered);
+    }
+    assert_eq!(delivered.len(), n - 1, "everyone but the originator");
+    assert!(
+        delivered.values().all(|&c| c == 1),
+        "exactly once: {delivered:?}"
+    );
+}
+
+#[test]
+fn a_line_said_before_any_peer_arrives_is_repaired_once_they_do() {
+    use Op::*;
+    let mut sim = Sim::new(3);
+    // Node 0 speaks alone, then links come up.
+    sim.now += std::time::Duration::from_secs(1);
+    let (_, actions) = sim.engines[0].originate(sim.now, MsgType::Chat, "early".into());
+    assert!(actions.is_empty(), "nobody to send to");
+    sim.apply(&Link(0, 1));
+    sim.apply(&Link(1, 2));
+    let mut queue = VecDeque::new();
+    let mut delivered = HashMap::new();
+    for _ in 0..3 {
+        sim.now += std::time::Duration::from_secs(1);
+        for i in 0..3 {
+            let actions = sim.engines[i].repair_tick(sim.now);
+            sim.enqueue(i, actions, &mut queue, &mut delivered);
+        }
+        sim.drain(&mut queue, &mut delivered);
+    }
+    assert_eq!(delivered.get(&1), Some(&1));
+    assert_eq!(delivered.get(&2), Some(&1));
+}
+
+#[test]
+fn a_big_star_is_completed_by_repair() {
+    use Op::*;
+    // A hub (0) with six leaves: from a leaf, the hub relays to only three
+    // of the five others (fanout 3); its digests bring the rest.
+    Sim::run(
+        7,
+        &[
+            Link(0, 1),
+            Link(0, 2),
+            Link(0, 3),
+            Link(0, 4),
+            Link(0, 5),
+            Link(0, 6),
+            SayThenRepair(1, &[0, 2, 3, 4, 5, 6]),
+            SayThenRepair(4, &[0, 1, 2, 3, 5, 6]),
         ],
     );
 }

@@ -177,3 +177,19 @@ pub struct DirectMessage {
     #[prost(uint64, tag = "5")]
     pub timestamp: u64,
 }
+/// Gossip repair, announce (type 11, point to point, hop count 1): ids of
+/// the gossip messages a node received or originated in the last few
+/// seconds. A peer that lacks some asks for them with a GossipRequest.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GossipDigest {
+    #[prost(string, repeated, tag = "1")]
+    pub message_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// Gossip repair, request (type 12, point to point, hop count 1): ids the
+/// sender of a digest announced and the requester has not seen; the answer
+/// is the original envelopes, sent as ordinary gossip.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GossipRequest {
+    #[prost(string, repeated, tag = "1")]
+    pub message_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
