@@ -5,12 +5,15 @@
 //! - `cargo xtask proto --check` fails when the committed code is stale;
 //! - `cargo xtask mesh […]` benchmarks gossip over meshes of 10 to 100 nodes,
 //!   in process (memory transport) or as real processes over TCP (see
-//!   [`mesh`]).
+//!   [`mesh`]);
+//! - `cargo xtask latency […]` measures the partyline latency between two
+//!   real `micelio` processes with the real OpenSSH client (see [`latency`]).
 //!
 //! The tidy checks (layering, `//!` docs, fresh generated code) run as tests of
 //! this crate, so `cargo test --workspace` enforces them.
 
 mod codegen;
+mod latency;
 mod mesh;
 #[cfg(test)]
 mod tidy;
@@ -39,6 +42,7 @@ fn run() -> anyhow::Result<()> {
     match args.as_slice() {
         ["proto"] => codegen::write(&project_root()),
         ["mesh", rest @ ..] => mesh::run(&project_root(), rest),
+        ["latency", rest @ ..] => latency::run(&project_root(), rest),
         ["proto", "--check"] => {
             if codegen::is_fresh(&project_root())? {
                 Ok(())
@@ -47,7 +51,7 @@ fn run() -> anyhow::Result<()> {
             }
         }
         _ => bail!(
-            "usage: cargo xtask <command>\n\ncommands:\n  proto [--check]  regenerate (or check) the protobuf code of micelio-wire\n  mesh [--help]    benchmark gossip over meshes (memory or tcp)"
+            "usage: cargo xtask <command>\n\ncommands:\n  proto [--check]  regenerate (or check) the protobuf code of micelio-wire\n  mesh [--help]    benchmark gossip over meshes (memory or tcp)\n  latency [--help] benchmark partyline latency between two nodes over ssh"
         ),
     }
     .context("xtask failed")

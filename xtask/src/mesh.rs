@@ -115,6 +115,8 @@ mod memory;
 mod tcp;
 mod topology;
 
+pub(crate) use tcp::{Children, build_binary};
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -436,7 +438,8 @@ pub(crate) fn summarise(o: &Outcome) -> Summary {
     }
 }
 
-fn round(x: f64, places: i32) -> f64 {
+/// `x` rounded to `places` decimals.
+pub(crate) fn round(x: f64, places: i32) -> f64 {
     let k = 10f64.powi(places);
     (x * k).round() / k
 }
@@ -562,7 +565,8 @@ pub(crate) fn run(root: &Path, raw: &[&str]) -> anyhow::Result<()> {
         return rerun_optimised(root, &args, raw);
     }
     let binary = if args.transports.contains(&Kind::Tcp) {
-        Some(tcp::build_binary(root, &args)?)
+        progress(&args, "building the release micelio binary…");
+        Some(tcp::build_binary(root, args.json_only)?)
     } else {
         None
     };

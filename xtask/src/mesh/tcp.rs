@@ -40,16 +40,15 @@ const CHAT_RECEIVED: &str = "chat received";
 
 /// Builds the release `micelio` binary with the cargo that runs xtask and
 /// returns its path (`$CARGO_TARGET_DIR/release/micelio`, default
-/// `<root>/target`).
-pub(crate) fn build_binary(root: &Path, args: &MeshArgs) -> anyhow::Result<PathBuf> {
+/// `<root>/target`). `quiet` passes `--quiet` to cargo.
+pub(crate) fn build_binary(root: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    progress(args, "building the release micelio binary…");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
         .args(["build", "--release", "-p", "micelio"])
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    if args.json_only {
+    if quiet {
         cmd.arg("--quiet");
     }
     let status = cmd.status().context("cannot run cargo")?;
@@ -163,7 +162,7 @@ pub(crate) fn parse_peers_line(line: &str) -> Option<String> {
 
 /// The children, killed by handle when dropped (end of run, error, panic).
 #[derive(Default)]
-struct Children(Vec<Child>);
+pub(crate) struct Children(pub(crate) Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
