@@ -161,9 +161,8 @@ mod tests {
 
     #[test]
     fn parsing_skips_junk() {
-        let text = format!(
-            "# comment\n\n{ALICE}\nnot a key\nfrom=\"10.0.0.1,10.0.0.2\",no-pty {BOB}\n"
-        );
+        let text =
+            format!("# comment\n\n{ALICE}\nnot a key\nfrom=\"10.0.0.1,10.0.0.2\",no-pty {BOB}\n");
         let (keys, bad, opts) = parse(&text);
         assert_eq!(keys.len(), 2);
         assert_eq!(bad, 1);
