@@ -36,6 +36,15 @@ struct Out {
 }
 
 impl Out {
+    fn new(shared: &Shared, handle: Handle, channel: ChannelId) -> Self {
+        Self {
+            handle,
+            channel,
+            timeout: shared.write_timeout,
+            broken: false,
+        }
+    }
+
     async fn write(&mut self, bytes: Vec<u8>) {
         if self.broken || bytes.is_empty() {
             return;
@@ -89,12 +98,7 @@ pub(crate) async fn run_interactive(
     width: u16,
     mut input: mpsc::Receiver<ChanInput>,
 ) {
-    let mut out = Out {
-        handle,
-        channel,
-        timeout: shared.write_timeout,
-        broken: false,
-    };
+    let mut out = Out::new(shared, handle, channel);
     let Ok(mut session) = shared.party.join(user).await else {
         out.write(crlf("the partyline is not available")).await;
         out.finish(1).await;
@@ -199,12 +203,7 @@ pub(crate) async fn run_plain(
     user: &str,
     mut input: mpsc::Receiver<ChanInput>,
 ) {
-    let mut out = Out {
-        handle,
-        channel,
-        timeout: shared.write_timeout,
-        broken: false,
-    };
+    let mut out = Out::new(shared, handle, channel);
     let Ok(mut session) = shared.party.join(user).await else {
         out.write(plain("the partyline is not available")).await;
         out.finish(1).await;
@@ -275,12 +274,7 @@ pub(crate) async fn run_exec(
     user: &str,
     command: &str,
 ) {
-    let mut out = Out {
-        handle,
-        channel,
-        timeout: shared.write_timeout,
-        broken: false,
-    };
+    let mut out = Out::new(shared, handle, channel);
     let status = match shared.party.join_quiet(user).await {
         Ok(mut session) => {
             let reply = session.input(command.trim()).await;
