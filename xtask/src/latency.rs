@@ -83,7 +83,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::mesh::{Children, build_binary, percentile, round};
+use crate::mesh::{Children, build_binary, node_command, percentile, round};
 
 /// Lines typed by default.
 const DEFAULT_LINES: usize = 100;
@@ -237,36 +237,13 @@ impl Node {
         children: &mut Children,
     ) -> anyhow::Result<Node> {
         let data = dir.join(name);
-        let mut cmd = Command::new(bin);
-        cmd.arg("--data-dir")
-            .arg(&data)
-            .args(["--name", name])
-            .args(["--listen", "127.0.0.1:0", "--ssh-listen", "127.0.0.1:0"])
-            .args(["--log-format", "text", "--log-level", "info"]);
+        let mut cmd = node_command(bin, dir, &data, name, "text");
         if let Some(addr) = bootstrap {
             cmd.args(["--bootstrap", addr]);
         }
-        for (var, _) in std::env::vars_os() {
-            if var.to_string_lossy().starts_with("MICELIO_") {
-                cmd.env_remove(var);
-            }
-        }
-        cmd.env("HOME", dir)
-            .env("NO_COLOR", "1")
-            .env("MICELIO_NETWORK__EXCHANGE_INTERVAL", "500ms")
-            .env("MICELIO_NETWORK__DISCOVERY_INTERVAL", "500ms")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        children.0.push(child);
-        let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
-            bail!("node {name}: no pipes");
-        };
+        cmd.env("MICELIO_NETWORK__EXCHANGE_INTERVAL", "500ms")
+            .env("MICELIO_NETWORK__DISCOVERY_INTERVAL", "500ms");
+        let (stdout, stderr) = children.spawn_piped(cmd, &format!("node {name}"))?;
         let (tx, rx) = mpsc::channel();
         pump(stdout, tx.clone());
         pump(stderr, tx);

@@ -115,7 +115,7 @@ mod memory;
 mod tcp;
 mod topology;
 
-pub(crate) use tcp::{Children, build_binary};
+pub(crate) use tcp::{Children, build_binary, node_command};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -164,6 +164,54 @@ pub(crate) fn parse_peers_line(line: &str) -> Option<String> {
 #[derive(Default)]
 pub(crate) struct Children(pub(crate) Vec<Child>);
 
+impl Children {
+    /// Starts `cmd` with piped output, keeps the child so that it is killed
+    /// with the others, and returns its pipes.
+    pub(crate) fn spawn_piped(
+        &mut self,
+        mut cmd: Command,
+        what: &str,
+    ) -> anyhow::Result<(ChildStdout, ChildStderr)> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {what}"))?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        self.0.push(child);
+        match (stdout, stderr) {
+            (Some(o), Some(e)) => Ok((o, e)),
+            _ => bail!("{what}: no pipes"),
+        }
+    }
+}
+
+/// A `micelio` command for a benchmark node: its data dir, a HOME of its
+/// own, loopback listeners on ports the system picks, logs in `log_format`,
+/// and no `MICELIO_` variable inherited from the caller.
+pub(crate) fn node_command(
+    bin: &Path,
+    home: &Path,
+    data: &Path,
+    name: &str,
+    log_format: &str,
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--data-dir")
+        .arg(data)
+        .args(["--name", name])
+        .args(["--listen", "127.0.0.1:0", "--ssh-listen", "127.0.0.1:0"])
+        .args(["--log-format", log_format, "--log-level", "info"]);
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("MICELIO_") {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.env("HOME", home).env("NO_COLOR", "1");
+    cmd
+}
+
 impl Drop for Children {
     fn drop(&mut self) {
         for child in &mut self.0 {
@@ -196,37 +244,14 @@ fn start(
     receipts: &mpsc::UnboundedSender<Receipt>,
 ) -> anyhow::Result<Proc> {
     let data = dir.join(format!("node-{i}"));
-    let mut cmd = Command::new(bin);
-    cmd.arg("--data-dir")
-        .arg(&data)
-        .args(["--name", &format!("bench-{i}")])
-        .args(["--listen", "127.0.0.1:0", "--ssh-listen", "127.0.0.1:0"])
-        .args(["--log-format", "json", "--log-level", "info"]);
+    let mut cmd = node_command(bin, dir, &data, &format!("bench-{i}"), "json");
     if !bootstrap.is_empty() {
         cmd.arg("--bootstrap").arg(bootstrap.join(","));
     }
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("MICELIO_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.env("HOME", dir)
-        .env("NO_COLOR", "1")
-        .env("MICELIO_NETWORK__EXCHANGE_INTERVAL", "1s")
+    cmd.env("MICELIO_NETWORK__EXCHANGE_INTERVAL", "1s")
         .env("MICELIO_NETWORK__DISCOVERY_INTERVAL", "1s")
-        .env("MICELIO_NETWORK__MAX_PEERS", args.max_peers.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    children.0.push(child);
-    let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
-        bail!("process {i}: no pipes");
-    };
+        .env("MICELIO_NETWORK__MAX_PEERS", args.max_peers.to_string());
+    let (stdout, stderr) = children.spawn_piped(cmd, &format!("process {i}"))?;
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL)));
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
