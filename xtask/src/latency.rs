@@ -83,7 +83,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::mesh::{Children, build_binary, node_command, percentile, round};
+use crate::mesh::{Children, build_binary, node_command, percentile, round, split_flag};
 
 /// Lines typed by default.
 const DEFAULT_LINES: usize = 100;
@@ -145,10 +145,7 @@ pub(crate) fn parse_args(args: &[&str]) -> anyhow::Result<Option<LatencyArgs>> {
     let mut out = LatencyArgs::default();
     let mut i = 0;
     while i < args.len() {
-        let (flag, inline) = match args[i].split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
-            _ => (args[i], None),
-        };
+        let (flag, inline) = split_flag(args[i]);
         i += 1;
         match flag {
             "--help" | "-h" => return Ok(None),

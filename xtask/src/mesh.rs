@@ -203,16 +203,22 @@ fn number<T: std::str::FromStr>(flag: &str, text: &str) -> anyhow::Result<T> {
         .map_err(|_| anyhow::anyhow!("{flag}: {text:?} is not a valid number"))
 }
 
+/// Splits `--flag=value` into the flag and its inline value; any other
+/// argument comes back whole, with no value.
+pub(crate) fn split_flag(arg: &str) -> (&str, Option<&str>) {
+    match arg.split_once('=') {
+        Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+        _ => (arg, None),
+    }
+}
+
 /// Parses the arguments after `mesh`. `Ok(None)` means `--help`.
 pub(crate) fn parse_args(args: &[&str]) -> anyhow::Result<Option<MeshArgs>> {
     let mut out = MeshArgs::default();
     let mut nodes_given = false;
     let mut i = 0;
     while i < args.len() {
-        let (flag, inline) = match args[i].split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
-            _ => (args[i], None),
-        };
+        let (flag, inline) = split_flag(args[i]);
         i += 1;
         if matches!(flag, "--help" | "-h") {
             return Ok(None);
