@@ -4,10 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use micelio_wire::{Envelope, Message as _, Payload};
+use micelio_wire::{Envelope, Payload, WireMessage as _};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(env) = Envelope::decode(data) else {
+    let Ok(env) = Envelope::decode_wire(data) else {
         return;
     };
     let _ = env.check_gossip_limits();
@@ -21,6 +21,6 @@ fuzz_target!(|data: &[u8]| {
         };
         assert_eq!(Payload::decode(&again).ok(), Some(payload));
     }
-    let bytes = env.encode_to_vec();
-    assert_eq!(Envelope::decode(&bytes[..]).ok(), Some(env));
+    let bytes = env.encode_wire();
+    assert_eq!(Envelope::decode_wire(&bytes[..]).ok(), Some(env));
 });

@@ -219,3 +219,63 @@ fn module_doc_detection() {
     assert!(!has_module_doc("fn x() {}"));
     assert!(!has_module_doc(""));
 }
+
+/// Crates allowed to know prost: micelio-wire owns the encoding, and xtask
+/// generates its code.
+const PROST_OWNERS: &[&str] = &["micelio-wire", "xtask"];
+
+/// Whether Rust `source` names the prost crate (a path, an import or an
+/// `extern crate`), ignoring comments.
+fn names_prost(source: &str) -> bool {
+    source.lines().any(|line| {
+        let code = line.split("//").next().unwrap_or("");
+        code.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .any(|word| word == "prost")
+    })
+}
+
+#[test]
+fn only_micelio_wire_knows_prost() {
+    let meta = metadata();
+    let mut found = Vec::new();
+    let mut checked = 0;
+    for p in &meta.packages {
+        if !meta.workspace_members.contains(&p.id) || PROST_OWNERS.contains(&p.name.as_str()) {
+            continue;
+        }
+        for d in &p.dependencies {
+            if d.name.starts_with("prost") {
+                found.push(format!("{} depends on {}", p.name, d.name));
+            }
+        }
+        let Some(root) = p.manifest_path.parent() else {
+            continue;
+        };
+        let mut files = Vec::new();
+        for sub in ["src", "tests", "benches", "examples"] {
+            rust_files(&root.join(sub), &mut files);
+        }
+        for f in files {
+            checked += 1;
+            let text = fs::read_to_string(&f).expect("readable source");
+            if names_prost(&text) {
+                found.push(format!("{} names prost", f.display()));
+            }
+        }
+    }
+    assert!(checked > 10, "found the sources ({checked})");
+    assert!(
+        found.is_empty(),
+        "only micelio-wire may know prost (use micelio_wire::WireMessage):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn prost_detection() {
+    assert!(names_prost("use prost::Message;"));
+    assert!(names_prost("x: ::prost::bytes::Bytes,"));
+    assert!(!names_prost("// prost is hidden behind micelio-wire"));
+    assert!(!names_prost("let prosthetic = 1;"));
+    assert!(!names_prost("use micelio_wire::WireMessage;"));
+}

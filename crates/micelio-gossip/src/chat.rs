@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use micelio_identity::NodeId;
 use micelio_wire::proto::ChatMessage;
-use micelio_wire::{Message as _, MsgType};
+use micelio_wire::{MsgType, WireMessage as _};
 
 use crate::engine::Delivered;
 use crate::service::{Gossip, GossipError};
@@ -31,7 +31,7 @@ impl ChatLine {
         if d.msg_type != MsgType::Chat {
             return None;
         }
-        let m = ChatMessage::decode(d.envelope.payload.clone()).ok()?;
+        let m = ChatMessage::decode_wire(d.envelope.payload.clone()).ok()?;
         Some(Self {
             node: d.sender,
             nick: m.nick,
@@ -61,7 +61,7 @@ impl Gossip {
             text: text.to_owned(),
             timestamp: unix_now(),
         };
-        self.originate(MsgType::Chat, msg.encode_to_vec().into())
+        self.originate(MsgType::Chat, msg.encode_wire().into())
             .await
     }
 }

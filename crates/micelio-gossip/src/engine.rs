@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use micelio_identity::{Identity, NodeId, PublicKey};
 use micelio_wire::proto::{GossipDigest, GossipRequest};
-use micelio_wire::{Envelope, EnvelopeBuilder, EnvelopeError, Message as _, MsgType};
+use micelio_wire::{Envelope, EnvelopeBuilder, EnvelopeError, MsgType, WireMessage as _};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
@@ -453,7 +453,7 @@ impl Engine {
         if ids.is_empty() {
             return Vec::new();
         }
-        let payload = GossipDigest { message_ids: ids }.encode_to_vec();
+        let payload = GossipDigest { message_ids: ids }.encode_wire();
         let envelope = EnvelopeBuilder::new(MsgType::GossipDigest, payload).sign(&self.identity);
         self.stats.digests_sent += self.peers.len() as u64;
         vec![Action::Send {
@@ -478,7 +478,7 @@ impl Engine {
     ) -> Result<Vec<Action>, DropReason> {
         match env.kind() {
             MsgType::GossipDigest => {
-                let Ok(d) = GossipDigest::decode(env.payload.clone()) else {
+                let Ok(d) = GossipDigest::decode_wire(env.payload.clone()) else {
                     return Err(self.drop_for(DropReason::NotGossip));
                 };
                 let missing: Vec<String> = d
@@ -495,7 +495,7 @@ impl Engine {
                 let payload = GossipRequest {
                     message_ids: missing,
                 }
-                .encode_to_vec();
+                .encode_wire();
                 let envelope =
                     EnvelopeBuilder::new(MsgType::GossipRequest, payload).sign(&self.identity);
                 Ok(vec![Action::Send {
@@ -504,7 +504,7 @@ impl Engine {
                 }])
             }
             MsgType::GossipRequest => {
-                let Ok(r) = GossipRequest::decode(env.payload.clone()) else {
+                let Ok(r) = GossipRequest::decode_wire(env.payload.clone()) else {
                     return Err(self.drop_for(DropReason::NotGossip));
                 };
                 let actions: Vec<Action> = r

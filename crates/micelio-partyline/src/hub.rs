@@ -9,7 +9,7 @@ use micelio_gossip::chat::{ChatLine, unix_now};
 use micelio_gossip::{Delivered, Gossip};
 use micelio_identity::NodeId;
 use micelio_wire::proto::{ChatMessage, DirectMessage, Presence};
-use micelio_wire::{Message as _, MsgType};
+use micelio_wire::{MsgType, WireMessage as _};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -327,7 +327,7 @@ impl Hub {
             text: wire_text,
             timestamp,
         }
-        .encode_to_vec();
+        .encode_wire();
         self.originate(MsgType::Chat, payload.into());
     }
 
@@ -384,7 +384,7 @@ impl Hub {
                     text: text.clone(),
                     timestamp: view.timestamp,
                 }
-                .encode_to_vec();
+                .encode_wire();
                 self.originate(MsgType::DirectMessage, payload.into());
                 Ok(format!("-> {nick}@{name}: {text}"))
             }
@@ -432,7 +432,7 @@ impl Hub {
     }
 
     fn remote_direct(&mut self, d: &Delivered) {
-        let Ok(m) = DirectMessage::decode(d.envelope.payload.clone()) else {
+        let Ok(m) = DirectMessage::decode_wire(d.envelope.payload.clone()) else {
             return;
         };
         if !self.node_id.matches_str(&m.to_node) {
@@ -456,7 +456,7 @@ impl Hub {
     }
 
     fn remote_presence(&mut self, d: &Delivered) {
-        let Ok(p) = Presence::decode(d.envelope.payload.clone()) else {
+        let Ok(p) = Presence::decode_wire(d.envelope.payload.clone()) else {
             return;
         };
         if d.sender == self.node_id {
@@ -542,7 +542,7 @@ impl Hub {
             seq: self.presence_seq,
             ttl_secs: ttl.max(10),
         }
-        .encode_to_vec();
+        .encode_wire();
         self.originate(MsgType::Presence, payload.into());
     }
 

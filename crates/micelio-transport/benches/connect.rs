@@ -55,6 +55,7 @@ fn bench_connect(c: &mut Criterion) {
     let local = LocalHello {
         tags: vec!["bench".into()],
         advertise_addr: Some(addr.clone()),
+        features: Vec::new(),
     };
 
     let mut group = c.benchmark_group("connect");

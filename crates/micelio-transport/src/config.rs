@@ -21,6 +21,10 @@ pub struct TransportConfig {
     pub bootstrap: Vec<String>,
     /// Tags sent in the hello.
     pub tags: Vec<String>,
+    /// Extensions announced in the hello (`PeerHello.features`); by default
+    /// [`limits::FEATURE_EXTENSIONS_V1`]. An empty list makes this node look
+    /// like a reference node to its peers (used by tests of mixed meshes).
+    pub features: Vec<String>,
     /// Peer cap, inbound and outbound together.
     pub max_peers: usize,
     /// TCP connect deadline.
@@ -52,6 +56,7 @@ impl Default for TransportConfig {
             advertise_addr: None,
             bootstrap: Vec::new(),
             tags: Vec::new(),
+            features: vec![limits::FEATURE_EXTENSIONS_V1.to_owned()],
             max_peers: limits::DEFAULT_MAX_PEERS,
             dial_timeout: limits::DEFAULT_DIAL_TIMEOUT,
             hello_timeout: limits::HELLO_TIMEOUT,

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use micelio_identity::{NodeId, PublicKey};
-use micelio_wire::Message as _;
+use micelio_wire::WireMessage as _;
 use micelio_wire::limits::MAX_DISCOVERY_BACKOFF;
 use micelio_wire::proto::PeerInfo;
 use rand::Rng;
@@ -275,7 +275,7 @@ impl PeerStore {
         let mut bad = 0;
         for item in self.tree.iter() {
             match item {
-                Ok((_, v)) => match PeerInfo::decode(&v[..]) {
+                Ok((_, v)) => match PeerInfo::decode_wire(&v[..]) {
                     Ok(info) => out.push(info),
                     Err(_) => bad += 1,
                 },
@@ -292,7 +292,7 @@ impl PeerStore {
     pub fn save(&self, peer: &KnownPeer) -> Result<(), sled::Error> {
         self.tree.insert(
             peer.node_id.to_hex().as_bytes(),
-            peer.to_info().encode_to_vec(),
+            peer.to_info().encode_wire(),
         )?;
         Ok(())
     }

@@ -15,9 +15,9 @@
 use std::time::Duration;
 
 use micelio_identity::{Identity, NodeId, PublicKey};
-use micelio_wire::limits::PROTOCOL_VERSION;
+use micelio_wire::limits::{FEATURE_EXTENSIONS_V1, PROTOCOL_VERSION};
 use micelio_wire::proto::PeerHello;
-use micelio_wire::{Envelope, EnvelopeBuilder, Message as _, MsgType, frame};
+use micelio_wire::{Envelope, EnvelopeBuilder, MsgType, WireMessage as _, frame};
 
 use crate::error::HelloError;
 use crate::link::{Direction, Link};
@@ -29,6 +29,9 @@ pub struct LocalHello {
     pub tags: Vec<String>,
     /// The address peers can dial, if the node is reachable.
     pub advertise_addr: Option<String>,
+    /// The extensions it speaks (`PeerHello.features`), for example
+    /// [`FEATURE_EXTENSIONS_V1`]. Empty behaves like a reference node.
+    pub features: Vec<String>,
 }
 
 /// What a verified hello told us about the peer.
@@ -46,6 +49,23 @@ pub struct PeerHelloInfo {
     pub reachable: bool,
     /// Its advertised address (empty if not reachable).
     pub listen_addr: String,
+    /// The extensions it speaks; empty for a reference node.
+    pub features: Vec<String>,
+}
+
+impl PeerHelloInfo {
+    /// Whether the peer announced `feature` in its hello.
+    #[must_use]
+    pub fn speaks(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
+
+    /// Whether the peer speaks micelio's core extensions
+    /// ([`FEATURE_EXTENSIONS_V1`]); false for reference nodes.
+    #[must_use]
+    pub fn speaks_extensions(&self) -> bool {
+        self.speaks(FEATURE_EXTENSIONS_V1)
+    }
 }
 
 /// Builds our signed hello (`MsgType::Hello`) or ack (`MsgType::HelloAck`).
@@ -58,8 +78,9 @@ pub fn build_hello(identity: &Identity, kind: MsgType, local: &LocalHello) -> En
         reachable: !addr.is_empty(),
         listen_addr: addr,
         ed25519_pubkey: identity.public_key().as_bytes().to_vec().into(),
+        features: local.features.clone(),
     };
-    EnvelopeBuilder::new(kind, hello.encode_to_vec()).sign(identity)
+    EnvelopeBuilder::new(kind, hello.encode_wire()).sign(identity)
 }
 
 /// Verifies a received hello or ack against the Noise-authenticated static
@@ -78,8 +99,8 @@ pub fn verify_hello(
             got: env.kind(),
         });
     }
-    let hello =
-        PeerHello::decode(env.payload.clone()).map_err(|e| HelloError::Decode(e.to_string()))?;
+    let hello = PeerHello::decode_wire(env.payload.clone())
+        .map_err(|e| HelloError::Decode(e.to_string()))?;
     // Check 1: the node id is the hash of the key.
     if !NodeId::from_public_key_bytes(&hello.ed25519_pubkey).matches_str(&hello.node_id) {
         return Err(HelloError::NodeIdMismatch);
@@ -102,6 +123,7 @@ pub fn verify_hello(
         tags: hello.tags,
         reachable: hello.reachable,
         listen_addr: hello.listen_addr,
+        features: hello.features,
     })
 }
 
@@ -165,6 +187,7 @@ mod tests {
         LocalHello {
             tags: vec!["eu".into()],
             advertise_addr: Some("127.0.0.1:4000".into()),
+            features: vec![FEATURE_EXTENSIONS_V1.into()],
         }
     }
 
@@ -176,8 +199,22 @@ mod tests {
         assert_eq!(info.node_id, *a.node_id());
         assert!(info.reachable);
         assert_eq!(info.listen_addr, "127.0.0.1:4000");
+        assert!(info.speaks_extensions());
         assert_eq!(info.tags, vec!["eu".to_owned()]);
         assert_eq!(info.version, PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn a_hello_without_features_is_a_reference_peer() {
+        let a = id(1);
+        let reference_like = LocalHello {
+            features: Vec::new(),
+            ..local()
+        };
+        let env = build_hello(&a, MsgType::Hello, &reference_like);
+        let info = verify_hello(&env, MsgType::Hello, &a.x25519_public()).unwrap();
+        assert!(!info.speaks_extensions());
+        assert!(!info.speaks("anything"));
     }
 
     #[test]
@@ -191,7 +228,7 @@ mod tests {
             ed25519_pubkey: a.public_key().as_bytes().to_vec().into(),
             ..Default::default()
         };
-        let env = EnvelopeBuilder::new(MsgType::Hello, hello.encode_to_vec()).sign(&a);
+        let env = EnvelopeBuilder::new(MsgType::Hello, hello.encode_wire()).sign(&a);
         assert!(matches!(
             verify_hello(&env, MsgType::Hello, &a.x25519_public()),
             Err(HelloError::NodeIdMismatch)

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use micelio_identity::{Identity, NodeId, PublicKey};
 use micelio_wire::proto::{PeerExchange, PeerInfo};
-use micelio_wire::{Envelope, EnvelopeBuilder, Message as _, MsgType, frame};
+use micelio_wire::{Envelope, EnvelopeBuilder, MsgType, WireMessage as _, frame};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::sync::mpsc;
@@ -195,6 +195,7 @@ impl PeerManager {
             local_hello: LocalHello {
                 tags: config.tags.clone(),
                 advertise_addr: advertise,
+                features: config.features.clone(),
             },
             bootstrap_addrs: config.bootstrap.iter().cloned().collect(),
             identity,
@@ -758,7 +759,7 @@ fn handle_exchange(shared: &Shared, from: &NodeId, key: &PublicKey, env: &Envelo
     if env.verify_with(key).is_err() {
         return reject("bad signature");
     }
-    let Ok(px) = PeerExchange::decode(env.payload.clone()) else {
+    let Ok(px) = PeerExchange::decode_wire(env.payload.clone()) else {
         return reject("payload does not decode");
     };
     let (changed, dropped) = lock(&shared.known).merge(&px.peers);
@@ -797,11 +798,8 @@ fn send_exchange(shared: &Shared, to: &NodeId) {
     if peers.is_empty() {
         return;
     }
-    let env = EnvelopeBuilder::new(
-        MsgType::PeerExchange,
-        PeerExchange { peers }.encode_to_vec(),
-    )
-    .sign(&shared.identity);
+    let env = EnvelopeBuilder::new(MsgType::PeerExchange, PeerExchange { peers }.encode_wire())
+        .sign(&shared.identity);
     match frame::encode_envelope(&env) {
         Ok(f) => {
             let _ = send_frame(shared, to, f);

@@ -77,5 +77,10 @@ pub enum WireError {
     Frame(#[from] FrameError),
     /// Bytes that are not a valid protobuf encoding of the expected message.
     #[error("protobuf: {0}")]
-    Decode(#[from] prost::DecodeError),
+    Decode(DecodeError),
 }
+
+/// Why bytes are not a valid protobuf encoding (the decoder's own words).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(pub(crate) prost::DecodeError);

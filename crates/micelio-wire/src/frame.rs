@@ -13,6 +13,7 @@
 //! garbage is refused before a length is ever trusted; it never reserves
 //! more than one frame of the configured maximum.
 
+use crate::codec::WireMessage as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
 
@@ -151,7 +152,7 @@ impl FrameDecoder {
     /// (the frame was consumed; the envelope is garbage).
     pub fn decode_envelope(&self, src: &mut BytesMut) -> Result<Option<Envelope>, WireError> {
         match self.decode(src)? {
-            Some(payload) => Ok(Some(Envelope::decode(payload)?)),
+            Some(payload) => Ok(Some(Envelope::decode_wire(payload)?)),
             None => Ok(None),
         }
     }
@@ -185,7 +186,7 @@ pub fn encode_envelope(env: &Envelope) -> Result<Bytes, FrameError> {
 /// # Errors
 /// As [`encode_envelope`]; nothing is written then.
 pub fn encode_envelope_into(env: &Envelope, dst: &mut BytesMut) -> Result<(), FrameError> {
-    let len = checked_len(env.encoded_len())?;
+    let len = checked_len(env.encoded_len_wire())?;
     dst.reserve(FRAME_HEADER_LEN + len as usize);
     put_header(len, dst);
     // `reserve` above guarantees the capacity, so encoding cannot fail.

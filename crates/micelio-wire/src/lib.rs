@@ -14,17 +14,18 @@
 //! - [`limits`]: every protocol limit as a named constant.
 //!
 //! The crate does no I/O: transports feed it bytes and take bytes from it.
-//! It is the only crate of the workspace that touches prost types' encoding.
+//! It is the only crate of the workspace that knows prost: other crates encode
+//! and decode the messages of [`proto`] through [`WireMessage`].
 //!
 //! ```
 //! use bytes::BytesMut;
 //! use micelio_identity::Identity;
-//! use micelio_wire::{EnvelopeBuilder, Message as _, MsgType, frame};
+//! use micelio_wire::{EnvelopeBuilder, MsgType, WireMessage as _, frame};
 //! use micelio_wire::proto::ChatMessage;
 //!
 //! let me = Identity::from_seed([1; 32]);
 //! let chat = ChatMessage { nick: "alice".into(), text: "hi".into(), timestamp: 0 };
-//! let env = EnvelopeBuilder::gossip(MsgType::Chat, chat.encode_to_vec()).sign(&me);
+//! let env = EnvelopeBuilder::gossip(MsgType::Chat, chat.encode_wire()).sign(&me);
 //!
 //! let mut buf = BytesMut::from(&frame::encode_envelope(&env)?[..]);
 //! let back = frame::FrameDecoder::new().decode_envelope(&mut buf)?.expect("a whole frame");
@@ -34,6 +35,7 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod codec;
 mod envelope;
 mod error;
 pub mod frame;
@@ -52,11 +54,9 @@ pub mod proto {
 }
 
 pub use envelope::EnvelopeBuilder;
-pub use error::{EntryError, EnvelopeError, FrameError, WireError};
+pub use error::{DecodeError, EntryError, EnvelopeError, FrameError, WireError};
 pub use msg_type::{MsgType, Routing};
 pub use payload::Payload;
 pub use proto::Envelope;
 
-/// Re-exported so that users can encode and decode the messages of
-/// [`proto`] without naming prost in their own manifest.
-pub use prost::Message;
+pub use codec::WireMessage;

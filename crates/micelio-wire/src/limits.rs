@@ -43,6 +43,11 @@ pub const DEFAULT_RATE_BURST: u32 = 20;
 
 /// The protocol version string sent in hellos.
 pub const PROTOCOL_VERSION: &str = "0.1.0";
+/// The hello feature (`PeerHello.features`, field 7) of micelio's core
+/// extensions: presence (type 9), direct messages (type 10) and gossip
+/// repair (types 11, 12). A peer whose hello lacks it (a reference node) is
+/// sent no point-to-point extension traffic.
+pub const FEATURE_EXTENSIONS_V1: &str = "micelio/1";
 /// Deadline for the whole hello exchange after the Noise handshake.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default dial timeout.

@@ -1,7 +1,7 @@
 //! [`Payload`]: an envelope's payload decoded according to its type.
 
+use crate::codec::WireMessage;
 use bytes::Bytes;
-use prost::Message as _;
 
 use crate::error::WireError;
 use crate::msg_type::MsgType;
@@ -49,20 +49,22 @@ impl Payload {
     pub fn decode(env: &Envelope) -> Result<Self, WireError> {
         let bytes = env.payload.clone();
         Ok(match env.kind() {
-            MsgType::Hello => Self::Hello(PeerHello::decode(bytes)?),
-            MsgType::HelloAck => Self::HelloAck(PeerHello::decode(bytes)?),
-            MsgType::Chat => Self::Chat(ChatMessage::decode(bytes)?),
-            MsgType::PeerExchange => Self::PeerExchange(PeerExchange::decode(bytes)?),
+            MsgType::Hello => Self::Hello(PeerHello::decode_wire(bytes)?),
+            MsgType::HelloAck => Self::HelloAck(PeerHello::decode_wire(bytes)?),
+            MsgType::Chat => Self::Chat(ChatMessage::decode_wire(bytes)?),
+            MsgType::PeerExchange => Self::PeerExchange(PeerExchange::decode_wire(bytes)?),
             MsgType::Keepalive => Self::Keepalive,
-            MsgType::StateUpdate => Self::StateUpdate(StateUpdate::decode(bytes)?),
-            MsgType::StateSyncRequest => Self::StateSyncRequest(StateSyncRequest::decode(bytes)?),
-            MsgType::StateSyncResponse => {
-                Self::StateSyncResponse(StateSyncResponse::decode(bytes)?)
+            MsgType::StateUpdate => Self::StateUpdate(StateUpdate::decode_wire(bytes)?),
+            MsgType::StateSyncRequest => {
+                Self::StateSyncRequest(StateSyncRequest::decode_wire(bytes)?)
             }
-            MsgType::Presence => Self::Presence(Presence::decode(bytes)?),
-            MsgType::DirectMessage => Self::DirectMessage(DirectMessage::decode(bytes)?),
-            MsgType::GossipDigest => Self::GossipDigest(GossipDigest::decode(bytes)?),
-            MsgType::GossipRequest => Self::GossipRequest(GossipRequest::decode(bytes)?),
+            MsgType::StateSyncResponse => {
+                Self::StateSyncResponse(StateSyncResponse::decode_wire(bytes)?)
+            }
+            MsgType::Presence => Self::Presence(Presence::decode_wire(bytes)?),
+            MsgType::DirectMessage => Self::DirectMessage(DirectMessage::decode_wire(bytes)?),
+            MsgType::GossipDigest => Self::GossipDigest(GossipDigest::decode_wire(bytes)?),
+            MsgType::GossipRequest => Self::GossipRequest(GossipRequest::decode_wire(bytes)?),
             other => Self::Opaque(other, bytes),
         })
     }
@@ -89,17 +91,17 @@ impl Payload {
     /// Encodes the payload bytes.
     pub fn encode(&self) -> Bytes {
         match self {
-            Self::Hello(m) | Self::HelloAck(m) => m.encode_to_vec().into(),
-            Self::Chat(m) => m.encode_to_vec().into(),
-            Self::PeerExchange(m) => m.encode_to_vec().into(),
+            Self::Hello(m) | Self::HelloAck(m) => m.encode_bytes(),
+            Self::Chat(m) => m.encode_bytes(),
+            Self::PeerExchange(m) => m.encode_bytes(),
             Self::Keepalive => Bytes::new(),
-            Self::StateUpdate(m) => m.encode_to_vec().into(),
-            Self::StateSyncRequest(m) => m.encode_to_vec().into(),
-            Self::StateSyncResponse(m) => m.encode_to_vec().into(),
-            Self::Presence(m) => m.encode_to_vec().into(),
-            Self::DirectMessage(m) => m.encode_to_vec().into(),
-            Self::GossipDigest(m) => m.encode_to_vec().into(),
-            Self::GossipRequest(m) => m.encode_to_vec().into(),
+            Self::StateUpdate(m) => m.encode_bytes(),
+            Self::StateSyncRequest(m) => m.encode_bytes(),
+            Self::StateSyncResponse(m) => m.encode_bytes(),
+            Self::Presence(m) => m.encode_bytes(),
+            Self::DirectMessage(m) => m.encode_bytes(),
+            Self::GossipDigest(m) => m.encode_bytes(),
+            Self::GossipRequest(m) => m.encode_bytes(),
             Self::Opaque(_, b) => b.clone(),
         }
     }

@@ -42,7 +42,7 @@ pub(crate) fn identity_seed(seed: u64, i: usize) -> [u8; 32] {
 
 /// A chat payload of a realistic size.
 pub(crate) fn chat_payload(k: usize) -> Bytes {
-    use micelio_wire::Message as _;
+    use micelio_wire::WireMessage as _;
     let chat = micelio_wire::proto::ChatMessage {
         nick: "mesh-bench".into(),
         text: format!("benchmark message {k:04}: the quick brown fox jumps over the lazy dog"),
@@ -50,7 +50,7 @@ pub(crate) fn chat_payload(k: usize) -> Bytes {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    Bytes::from(chat.encode_to_vec())
+    Bytes::from(chat.encode_wire())
 }
 
 struct Node {

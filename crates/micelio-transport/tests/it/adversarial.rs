@@ -12,7 +12,7 @@ use bytes::Bytes;
 use micelio_identity::Identity;
 use micelio_transport::hello::{LocalHello, build_hello};
 use micelio_wire::proto::PeerHello;
-use micelio_wire::{Envelope, EnvelopeBuilder, Message as _, MsgType, frame};
+use micelio_wire::{Envelope, EnvelopeBuilder, MsgType, WireMessage as _, frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -144,7 +144,7 @@ async fn each_broken_identity_binding_is_refused() {
             ed25519_pubkey: me.public_key().as_bytes().to_vec().into(),
             ..Default::default()
         };
-        p.send_envelope(&EnvelopeBuilder::new(MsgType::Hello, hello.encode_to_vec()).sign(&me))
+        p.send_envelope(&EnvelopeBuilder::new(MsgType::Hello, hello.encode_wire()).sign(&me))
             .await;
         closed_by_node(&mut p.stream).await;
 

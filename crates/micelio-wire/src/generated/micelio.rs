@@ -50,6 +50,11 @@ pub struct PeerHello {
     /// The sender's raw 32-byte Ed25519 public key.
     #[prost(bytes = "bytes", tag = "6")]
     pub ed25519_pubkey: ::prost::bytes::Bytes,
+    /// Extension: the micelio extensions this node speaks (for example
+    /// "micelio/1"). Reference nodes neither send nor read it; a peer whose
+    /// hello lacks a feature is sent no point-to-point traffic of it.
+    #[prost(string, repeated, tag = "7")]
+    pub features: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// A partyline chat line (type 3).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use micelio_identity::Identity;
 use micelio_wire::frame::{self, Decoded, FrameDecoder, decode_slice};
 use micelio_wire::limits::{FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD};
-use micelio_wire::{Envelope, EnvelopeBuilder, Message as _, MsgType, Payload};
+use micelio_wire::{Envelope, EnvelopeBuilder, MsgType, Payload, WireMessage as _};
 use proptest::prelude::*;
 
 fn arb_envelope() -> impl Strategy<Value = Envelope> {
@@ -37,8 +37,8 @@ proptest! {
 
     #[test]
     fn envelope_protobuf_round_trip(env in arb_envelope()) {
-        let bytes = env.encode_to_vec();
-        prop_assert_eq!(Envelope::decode(&bytes[..]).unwrap(), env);
+        let bytes = env.encode_wire();
+        prop_assert_eq!(Envelope::decode_wire(&bytes[..]).unwrap(), env);
     }
 
     #[test]
@@ -99,7 +99,7 @@ proptest! {
         let _ = FrameDecoder::new().decode_envelope(&mut buf);
         prop_assert!(buf.capacity() <= data.len().max(MAX_FRAME_PAYLOAD + FRAME_HEADER_LEN));
         // Protobuf and payload decoding of arbitrary bytes.
-        if let Ok(env) = Envelope::decode(&data[..]) {
+        if let Ok(env) = Envelope::decode_wire(&data[..]) {
             let _ = Payload::decode(&env);
             let _ = env.verify_embedded();
             let _ = env.check_gossip_limits();

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use micelio_identity::{Identity, PublicKey};
 use micelio_wire::frame::{self, FrameDecoder};
 use micelio_wire::proto::{StateEntry, StateSyncRequest, StateUpdate};
-use micelio_wire::{Envelope, EnvelopeBuilder, Message as _, MsgType, Payload};
+use micelio_wire::{Envelope, EnvelopeBuilder, MsgType, Payload, WireMessage as _};
 use serde_json::Value;
 
 fn reference() -> Value {
@@ -73,7 +73,7 @@ fn check_envelope(reference: &Value, v: &Value) {
         "{name}: pubkey"
     );
     assert_eq!(
-        hex::encode(env.encode_to_vec()),
+        hex::encode(env.encode_wire()),
         s(v, "envelope_protobuf_hex"),
         "{name}: envelope protobuf"
     );
@@ -102,7 +102,7 @@ fn check_envelope(reference: &Value, v: &Value) {
     Payload::decode(&decoded).unwrap();
 
     // The envelope protobuf alone decodes too.
-    let alone = Envelope::decode(Bytes::from(hx(v, "envelope_protobuf_hex"))).unwrap();
+    let alone = Envelope::decode_wire(Bytes::from(hx(v, "envelope_protobuf_hex"))).unwrap();
     assert_eq!(alone, env);
 
     // Flip any byte of the signed region: the signature no longer verifies.
@@ -216,12 +216,12 @@ fn state_entries_and_their_envelopes() {
         let payload = StateUpdate {
             entry: Some(entry.clone()),
         }
-        .encode_to_vec();
+        .encode_wire();
         assert_eq!(hex::encode(&payload), s(update, "payload_hex"));
         check_envelope(&r, update);
 
         // And the entry decoded out of the reference's envelope verifies.
-        let env = Envelope::decode(Bytes::from(hx(update, "envelope_protobuf_hex"))).unwrap();
+        let env = Envelope::decode_wire(Bytes::from(hx(update, "envelope_protobuf_hex"))).unwrap();
         let Payload::StateUpdate(StateUpdate { entry: Some(got) }) = Payload::decode(&env).unwrap()
         else {
             panic!("not a state update");
@@ -235,14 +235,14 @@ fn state_entries_and_their_envelopes() {
 fn state_sync_request_payload() {
     let r = reference();
     let bytes = hex::decode(s(&r, "state_sync_request_payload_hex")).unwrap();
-    let req = StateSyncRequest::decode(&bytes[..]).unwrap();
+    let req = StateSyncRequest::decode_wire(&bytes[..]).unwrap();
     assert_eq!(req.known.len(), 2);
     // Map entry order may differ between encoders: compare decoded maps.
-    let again = StateSyncRequest::decode(&req.encode_to_vec()[..]).unwrap();
+    let again = StateSyncRequest::decode_wire(&req.encode_wire()[..]).unwrap();
     assert_eq!(again, req);
     let ids = r["identities"].as_array().unwrap();
     assert_eq!(req.known.get(s(&ids[1], "node_id")), Some(&7));
     assert_eq!(req.known.get(s(&ids[0], "node_id")), Some(&3));
     // Our map is ordered by key, which is the order the reference used here.
-    assert_eq!(req.encode_to_vec(), bytes);
+    assert_eq!(req.encode_wire(), bytes);
 }
