@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 /// The layers, bottom to top. A crate may depend only on crates below it.
 const STACK: &[&str] = &[
+    // Test support, below everything; a dev-dependency only (checked).
+    TESTKIT,
     "micelio-identity",
     "micelio-wire",
     "micelio-transport",
@@ -19,6 +21,9 @@ const STACK: &[&str] = &[
     "micelio-ssh",
     "micelio-plugins",
 ];
+
+/// The test-support crate: any crate may use it, only for tests.
+const TESTKIT: &str = "micelio-testkit";
 
 /// The binary that composes every layer; it sits on top of the stack.
 const BINARY: &str = "micelio";
@@ -83,6 +88,12 @@ fn layering_violations(deps: &BTreeMap<String, Vec<(String, String)>>) -> Vec<St
             continue;
         };
         for (dep, kind) in list {
+            if dep == TESTKIT && kind != "dev" {
+                problems.push(format!(
+                    "{krate} depends on {TESTKIT} ({kind}): test support is a dev-dependency only"
+                ));
+                continue;
+            }
             match rank(dep) {
                 Some(r) if r < own => {}
                 Some(_) => problems.push(format!(
@@ -151,6 +162,23 @@ fn the_layering_check_catches_an_upward_dependency() {
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(problems[0].contains("micelio-oddity"));
     assert!(problems[1].contains("micelio-wire depends on micelio-gossip"));
+}
+
+#[test]
+fn the_layering_check_keeps_test_support_out_of_normal_dependencies() {
+    let mut deps = BTreeMap::new();
+    deps.insert(
+        "micelio-gossip".to_owned(),
+        vec![(TESTKIT.to_owned(), "dev".to_owned())],
+    );
+    assert!(layering_violations(&deps).is_empty());
+    deps.insert(
+        "micelio-wire".to_owned(),
+        vec![(TESTKIT.to_owned(), "normal".to_owned())],
+    );
+    let problems = layering_violations(&deps);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("dev-dependency only"));
 }
 
 /// Whether a Rust source starts (after blank lines) with a `//!` doc.

@@ -1,0 +1,31 @@
+//! Test support shared by the whole micelio workspace.
+//!
+//! Every crate's tests and the xtask benchmark harness used to carry their
+//! own copy of these helpers; they live here once:
+//!
+//! - [`wait`]: bounded waits for a condition, blocking ([`wait::until`]) or
+//!   async ([`wait::until_async`]), that fail with a message instead of
+//!   hanging;
+//! - [`process`]: real child processes whose output lines are collected
+//!   as they come, waited on with a bound, and killed by handle when the
+//!   guard drops, pass or fail ([`process::Process`]);
+//! - [`micelio`]: the `micelio` command line of a test node, isolated from
+//!   the caller's home and `MICELIO_…` environment.
+//!
+//! It depends on no micelio crate, so that every layer can use it as a
+//! dev-dependency without a cycle; builders of in-process nodes live with
+//! the layer they build (for example micelio-transport's `memory` feature).
+//! It is not published.
+//!
+//! ```
+//! use std::time::Duration;
+//! let start = std::time::Instant::now();
+//! micelio_testkit::wait::until(Duration::from_secs(5), "a millisecond passes", || {
+//!     start.elapsed() >= Duration::from_millis(1)
+//! });
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod micelio;
+pub mod process;
+pub mod wait;
