@@ -74,14 +74,16 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+
+use micelio_testkit::process::Process;
 
 use crate::mesh::{Children, build_binary, node_command, percentile, round, split_flag};
 
@@ -112,8 +114,6 @@ const NAME_B: &str = "bench-b";
 /// Who types, and who reads.
 const SENDER: &str = "alice";
 const READER: &str = "bob";
-/// Log lines of a node shown when it fails.
-const TAIL: usize = 30;
 
 const USAGE: &str = "usage: cargo xtask latency [--lines N] [--json-only]
 
@@ -201,26 +201,15 @@ fn labelled_addr(line: &str, label: &str) -> Option<std::net::SocketAddr> {
     labelled(line, label)?.parse().ok()
 }
 
-/// A running node as the harness sees it (its process is in [`Children`]).
+/// A running node as the harness sees it; its process is killed when the
+/// node is dropped.
 struct Node {
     name: &'static str,
     data: PathBuf,
     node_id: String,
     addr: String,
     ssh_port: u16,
-    rx: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-/// Sends each line of `pipe` to `tx`, until either end closes.
-fn pump(pipe: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>) {
-    thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    process: Process,
 }
 
 impl Node {
@@ -231,7 +220,6 @@ impl Node {
         dir: &Path,
         name: &'static str,
         bootstrap: Option<&str>,
-        children: &mut Children,
     ) -> anyhow::Result<Node> {
         let data = dir.join(name);
         let mut cmd = node_command(bin, dir, &data, name, "text");
@@ -240,18 +228,13 @@ impl Node {
         }
         cmd.env("MICELIO_NETWORK__EXCHANGE_INTERVAL", "500ms")
             .env("MICELIO_NETWORK__DISCOVERY_INTERVAL", "500ms");
-        let (stdout, stderr) = children.spawn_piped(cmd, &format!("node {name}"))?;
-        let (tx, rx) = mpsc::channel();
-        pump(stdout, tx.clone());
-        pump(stderr, tx);
         let mut node = Node {
             name,
             data,
             node_id: String::new(),
             addr: String::new(),
             ssh_port: 0,
-            rx,
-            seen: Vec::new(),
+            process: Process::spawn(cmd, &format!("node {name}")),
         };
         let deadline = Instant::now() + START_TIMEOUT;
         let line = node.wait_for("its `node id` line", deadline, |l| {
@@ -279,31 +262,10 @@ impl Node {
         deadline: Instant,
         pred: impl Fn(&str) -> bool,
     ) -> anyhow::Result<String> {
-        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
-            return Ok(l.clone());
-        }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return Ok(line);
-                    }
-                }
-                Err(e) => {
-                    let why = match e {
-                        mpsc::RecvTimeoutError::Timeout => "in time",
-                        mpsc::RecvTimeoutError::Disconnected => "before it exited",
-                    };
-                    bail!(
-                        "node {} did not print {what} {why}; its last lines:\n{}",
-                        self.name,
-                        self.tail()
-                    )
-                }
-            }
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.process
+            .try_wait_for(left, pred)
+            .with_context(|| format!("node {} did not print {what}", self.name))
     }
 
     /// Waits until this node logs a connection to `node_id`.
@@ -312,12 +274,6 @@ impl Node {
             l.contains("peer connected") && l.contains(node_id)
         })
         .map(drop)
-    }
-
-    /// The last lines it printed.
-    fn tail(&self) -> String {
-        let from = self.seen.len().saturating_sub(TAIL);
-        self.seen[from..].join("\n")
     }
 }
 
@@ -719,8 +675,8 @@ fn bench(args: &LatencyArgs, bin: &Path) -> anyhow::Result<Vec<Sample>> {
         .tempdir()
         .context("cannot create a temp dir")?;
     let mut children = Children::default();
-    let mut a = Node::start(bin, dir.path(), NAME_A, None, &mut children)?;
-    let mut b = Node::start(bin, dir.path(), NAME_B, Some(&a.addr), &mut children)?;
+    let mut a = Node::start(bin, dir.path(), NAME_A, None)?;
+    let mut b = Node::start(bin, dir.path(), NAME_B, Some(&a.addr))?;
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     b.connected_to(&a.node_id, deadline)?;
     a.connected_to(&b.node_id, deadline)?;

@@ -19,6 +19,43 @@ pub struct Process {
     what: String,
 }
 
+/// No line matched in time: see [`Process::try_wait_for`].
+#[derive(Debug, Clone)]
+pub struct NoLine {
+    /// The process, as named at [`Process::spawn`].
+    pub what: String,
+    /// How long it waited.
+    pub timeout: Duration,
+    /// Whether the child closed its output (exited) before a line matched.
+    pub closed: bool,
+    /// The last lines it printed (at most [`NoLine::TAIL`]).
+    pub tail: Vec<String>,
+}
+
+impl NoLine {
+    /// How many of the last lines are kept.
+    pub const TAIL: usize = 40;
+}
+
+impl std::fmt::Display for NoLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = if self.closed {
+            "before it closed its output"
+        } else {
+            "in time"
+        };
+        write!(
+            f,
+            "{}: no matching line within {:?} ({why}); its last lines:\n{}",
+            self.what,
+            self.timeout,
+            self.tail.join("\n")
+        )
+    }
+}
+
+impl std::error::Error for NoLine {}
+
 /// The result of a command run to completion.
 #[derive(Debug)]
 pub struct Output {
@@ -103,9 +140,27 @@ impl Process {
     /// with everything it printed.
     #[track_caller]
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        match self.try_wait_for(timeout, pred) {
+            Ok(line) => line,
+            Err(e) => panic!("{e}; output so far:\n{}", self.seen.join("\n")),
+        }
+    }
+
+    /// Like [`wait_for`](Self::wait_for), but returns an error (with the
+    /// last lines printed) instead of panicking, for harnesses that report
+    /// failures as values.
+    ///
+    /// # Errors
+    /// [`NoLine`] when no matching line came within `timeout`, or the child
+    /// closed its output first.
+    pub fn try_wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String, NoLine> {
         self.drain();
         if let Some(l) = self.seen.iter().find(|l| pred(l)) {
-            return l.clone();
+            return Ok(l.clone());
         }
         let deadline = Instant::now() + timeout;
         loop {
@@ -114,14 +169,18 @@ impl Process {
                 Ok(line) => {
                     self.seen.push(line.clone());
                     if pred(&line) {
-                        return line;
+                        return Ok(line);
                     }
                 }
-                Err(_) => panic!(
-                    "{}: no matching line within {timeout:?}; output so far:\n{}",
-                    self.what,
-                    self.seen.join("\n")
-                ),
+                Err(e) => {
+                    let from = self.seen.len().saturating_sub(NoLine::TAIL);
+                    return Err(NoLine {
+                        what: self.what.clone(),
+                        timeout,
+                        closed: matches!(e, mpsc::RecvTimeoutError::Disconnected),
+                        tail: self.seen[from..].to_vec(),
+                    });
+                }
             }
         }
     }
@@ -263,6 +322,17 @@ mod tests {
     fn wait_for_fails_when_the_output_ends() {
         let mut p = Process::spawn(sh("echo only"), "short");
         p.wait_for(Duration::from_secs(10), |l| l == "never");
+    }
+
+    #[test]
+    fn try_wait_for_reports_a_closed_output_with_its_tail() {
+        let mut p = Process::spawn(sh("echo last words"), "short");
+        let e = p
+            .try_wait_for(Duration::from_secs(10), |l| l == "never")
+            .unwrap_err();
+        assert!(e.closed);
+        assert_eq!(e.tail, ["last words"]);
+        assert!(e.to_string().contains("before it closed its output"));
     }
 
     #[test]
