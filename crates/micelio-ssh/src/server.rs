@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use crate::auth::AuthorizedKeys;
+use crate::auth::{AuthorizedKeys, KeyPermissions};
 use crate::session::{ChanInput, run_exec, run_interactive, run_plain};
 
 /// Channels one connection may open at once.
@@ -246,6 +246,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             shared: shared.clone(),
             peer,
             user: None,
+            permissions: None,
             channels: HashMap::new(),
         };
         let s = shared.clone();
@@ -284,20 +285,27 @@ struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
     user: Option<String>,
+    /// What the key the client logged in with allows.
+    permissions: Option<KeyPermissions>,
     channels: HashMap<ChannelId, ChannelState>,
 }
 
 impl Conn {
-    async fn check_key(&self, user: &str, key: &russh::keys::PublicKey) -> Auth {
-        if self.shared.keys.allows(key).await {
-            Auth::Accept
-        } else {
-            self.shared
-                .counters
-                .auth_refused
-                .fetch_add(1, Ordering::Relaxed);
-            info!(peer = %self.peer, user, fingerprint = %key.fingerprint(Default::default()), "refused ssh key: not in authorized_keys");
-            Auth::reject()
+    async fn check_key(
+        &self,
+        user: &str,
+        key: &russh::keys::PublicKey,
+    ) -> Result<KeyPermissions, Auth> {
+        match self.shared.keys.check(key, self.peer.ip()).await {
+            Ok(permissions) => Ok(permissions),
+            Err(refusal) => {
+                self.shared
+                    .counters
+                    .auth_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(peer = %self.peer, user, fingerprint = %key.fingerprint(Default::default()), "refused ssh key: {refusal}");
+                Err(Auth::reject())
+            }
         }
     }
 
@@ -339,7 +347,10 @@ impl russh::server::Handler for Conn {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.check_key(user, offer.public_key).await)
+        Ok(match self.check_key(user, offer.public_key).await {
+            Ok(_) => Auth::Accept,
+            Err(reject) => reject,
+        })
     }
 
     async fn auth_publickey(
@@ -347,13 +358,16 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let auth = self.check_key(user, key.public_key).await;
-        if matches!(auth, Auth::Accept) {
-            self.shared.counters.logins.fetch_add(1, Ordering::Relaxed);
-            info!(peer = %self.peer, user, "ssh login");
-            self.user = Some(user.to_owned());
+        match self.check_key(user, key.public_key).await {
+            Ok(permissions) => {
+                self.shared.counters.logins.fetch_add(1, Ordering::Relaxed);
+                info!(peer = %self.peer, user, pty = permissions.pty, "ssh login");
+                self.user = Some(user.to_owned());
+                self.permissions = Some(permissions);
+                Ok(Auth::Accept)
+            }
+            Err(reject) => Ok(reject),
         }
-        Ok(auth)
     }
 
     async fn channel_open_session(
@@ -390,7 +404,11 @@ impl russh::server::Handler for Conn {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(state) = self.channels.get_mut(&channel) {
+        let pty_allowed = self.permissions.is_some_and(|p| p.pty);
+        if !pty_allowed {
+            info!(peer = %self.peer, "refused a pty: no-pty or restrict in authorized_keys");
+            session.channel_failure(channel)?;
+        } else if let Some(state) = self.channels.get_mut(&channel) {
             state.pty_width = Some(u16::try_from(col_width).unwrap_or(u16::MAX).max(20));
             session.channel_success(channel)?;
         } else {
