@@ -152,3 +152,87 @@ fn a_chat_line_reaches_every_process_exactly_once() {
         assert_eq!(count, 1, "exactly once");
     }
 }
+
+/// The lines of the ordered stop, in the order they must appear.
+const STOP_STEPS: [&str; 5] = [
+    "stopped the SSH server and its sessions",
+    "stopped the partyline",
+    "stopped gossip",
+    "closed the peer connections",
+    "flushed storage",
+];
+
+fn assert_ordered_stop(lines: &[String]) {
+    let mut at = 0;
+    for step in STOP_STEPS {
+        let found = lines[at..].iter().position(|l| l.contains(step));
+        let Some(i) = found else {
+            panic!("{step:?} missing or out of order:\n{}", lines.join("\n"));
+        };
+        at += i + 1;
+    }
+}
+
+/// A component of `b` is made to fail once it has a peer (debug fault
+/// injection); the node must stop in order, exit 1, and leave a store that
+/// reopens with the peer it learnt.
+#[cfg(debug_assertions)]
+fn a_failing_component_stops_the_node(fault: &str, needle: &str) {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("fast.toml");
+    std::fs::write(&config, FAST).unwrap();
+    let mut a = Node::start(
+        home.path(),
+        &home.path().join("a"),
+        &config,
+        &["--listen", "127.0.0.1:0"],
+    );
+    let ida = a.node_id.clone();
+    // b is outbound-only: nobody can dial it, so after its restart it can
+    // only reach a through the peers it stored before failing.
+    let b = Node::start_with_env(
+        home.path(),
+        &home.path().join("b"),
+        &config,
+        &["--listen", "", "--bootstrap", &a.addr],
+        &[("MICELIO_DEBUG_FAULT", fault)],
+    );
+    let idb = b.node_id.clone();
+    let (code, lines) = b.wait_exit();
+    let text = lines.join("\n");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("component failed") && l.contains(needle)),
+        "{text}"
+    );
+    assert!(text.contains("error: component"), "{text}");
+    assert!(text.contains("node stopped after a failure"), "{text}");
+    assert_ordered_stop(&lines);
+    a.wait_for(|l| l.contains("peer disconnected") && l.contains(&idb));
+
+    let mut b = Node::start(
+        home.path(),
+        &home.path().join("b"),
+        &config,
+        &["--listen", ""],
+    );
+    b.wait_for(|l| l.contains("loaded known peers") && l.contains("loaded=1"));
+    b.connected_to(&ida);
+    let lines = b.terminate();
+    assert_ordered_stop(&lines);
+    a.terminate();
+}
+
+#[test]
+#[cfg(debug_assertions)]
+fn a_panicking_component_stops_the_node_in_order_with_status_1() {
+    a_failing_component_stops_the_node("panic", "panicked: debug fault injection");
+}
+
+#[test]
+#[cfg(debug_assertions)]
+fn an_ssh_server_that_dies_stops_the_node_in_order_with_status_1() {
+    a_failing_component_stops_the_node("stop-ssh", "the SSH server stopped");
+}

@@ -29,4 +29,4 @@ mod server;
 mod session;
 
 pub use auth::{AuthorizedKeys, KeyPermissions, KeyRefusal};
-pub use server::{SshConfig, SshCounters, SshError, SshServer, host_key};
+pub use server::{SshConfig, SshCounters, SshError, SshExit, SshServer, host_key};

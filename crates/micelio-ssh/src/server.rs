@@ -15,7 +15,7 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Preferred, cipher, kex};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, info, info_span, warn};
@@ -87,14 +87,35 @@ pub struct SshCounters {
     pub logins: AtomicU64,
 }
 
+/// How the server's accept loop ended, as told by [`SshServer::closed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SshExit {
+    /// [`SshServer::shutdown`] stopped it.
+    Stopped,
+    /// It panicked (the panic message) or was aborted.
+    Failed(String),
+}
+
+impl std::fmt::Display for SshExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stopped => f.write_str("stopped"),
+            Self::Failed(reason) => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
 /// A running SSH partyline server.
 #[derive(Debug)]
+#[must_use = "dropping the handle does not stop the server; call shutdown()"]
 pub struct SshServer {
     local_addr: SocketAddr,
     cancel: CancellationToken,
     tracker: TaskTracker,
     counters: Arc<SshCounters>,
     keys: Arc<AuthorizedKeys>,
+    exit: watch::Receiver<Option<SshExit>>,
 }
 
 /// The node key as an SSH host key.
@@ -166,16 +187,46 @@ impl SshServer {
             next_conn: AtomicU64::new(1),
         });
         let span = info_span!("ssh", addr = %local_addr);
-        shared
-            .tracker
-            .spawn(accept_loop(shared.clone(), listener).instrument(span));
+        let (exit_tx, exit) = watch::channel(None);
+        let accept = tokio::spawn(accept_loop(shared.clone(), listener).instrument(span.clone()));
+        // The accept loop is watched: how it ended is told to `closed`.
+        shared.tracker.spawn(
+            async move {
+                let ended = match accept.await {
+                    Ok(()) => SshExit::Stopped,
+                    Err(e) => SshExit::Failed(join_error_reason(e)),
+                };
+                if let SshExit::Failed(reason) = &ended {
+                    warn!("the ssh accept loop failed: {reason}");
+                }
+                let _ = exit_tx.send(Some(ended));
+            }
+            .instrument(span),
+        );
         Ok(Self {
             local_addr,
             cancel: shared.cancel.clone(),
             tracker: shared.tracker.clone(),
             counters: shared.counters.clone(),
             keys,
+            exit,
         })
+    }
+
+    /// Resolves once the accept loop has ended, saying how: after
+    /// [`SshServer::shutdown`], or by itself (a panic), which a supervisor
+    /// should treat as the server's death. The future owns what it needs,
+    /// so it can be moved into a watching task.
+    ///
+    /// Cancel safety: safe to cancel.
+    pub fn closed(&self) -> impl std::future::Future<Output = SshExit> + Send + 'static {
+        let mut exit = self.exit.clone();
+        async move {
+            match exit.wait_for(Option::is_some).await {
+                Ok(ended) => ended.clone().unwrap_or(SshExit::Stopped),
+                Err(_) => SshExit::Failed("the accept loop's watcher is gone".to_owned()),
+            }
+        }
     }
 
     /// The bound address.
@@ -205,6 +256,20 @@ impl SshServer {
             warn!("ssh sessions did not stop in time");
         }
     }
+}
+
+/// The panic message (or the cancellation) of a task that failed.
+fn join_error_reason(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return format!("{e}");
+    }
+    let panic = e.into_panic();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic".to_owned());
+    format!("panicked: {message}")
 }
 
 pub(crate) struct Shared {
