@@ -42,10 +42,18 @@ use tracing::{error, info, warn};
 use crate::commands::write_stdout;
 use crate::config::Config;
 
-/// The sled database inside the data dir.
-const DB_DIR: &str = "data.db";
+/// micelio's own directory inside the data dir (the reference's files,
+/// `data.db` among them, are left alone).
+const MICELIO_DIR: &str = "micelio";
+/// The sled database of known peers, inside [`MICELIO_DIR`].
+const PEERS_DB: &str = "peers";
 /// The sled tree of known peers.
 const PEERS_TREE: &str = "peers";
+/// Where micelio kept its sled database before, inside the data dir; the
+/// reference keeps a bbolt file of the same name.
+const LEGACY_DB: &str = "data.db";
+/// Where a migrated legacy database is moved, inside [`MICELIO_DIR`].
+const MIGRATED_DB: &str = "migrated-data.db";
 /// Who may log in to the partyline.
 const AUTHORIZED_KEYS: &str = "authorized_keys";
 /// How often the partyline hub is asked whether it is still alive.
@@ -119,22 +127,90 @@ impl Storage {
     }
 }
 
-/// Opens the known-peers store of `data_dir`. The one place that knows
-/// where and how peers are stored.
+/// Opens the known-peers store of `data_dir`
+/// (`<data_dir>/micelio/peers`), migrating an old one first. The one place
+/// that knows where and how peers are stored.
 async fn open_peer_store(data_dir: &Path) -> anyhow::Result<(PeerStore, Storage)> {
-    let db_path = data_dir.join(DB_DIR);
-    let db = {
-        let path = db_path.clone();
-        tokio::task::spawn_blocking(move || sled::open(path))
-            .await
-            .context("opening storage")?
-            .with_context(|| format!("cannot open storage {}", db_path.display()))?
+    let data_dir = data_dir.to_owned();
+    let (tree, db) = tokio::task::spawn_blocking(move || open_peer_tree(&data_dir))
+        .await
+        .context("opening storage")??;
+    Ok((PeerStore::new(tree), Storage { db }))
+}
+
+/// Blocking part of [`open_peer_store`].
+fn open_peer_tree(data_dir: &Path) -> anyhow::Result<(sled::Tree, sled::Db)> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let dir = data_dir.join(MICELIO_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(PEERS_DB);
+    let db =
+        sled::open(&path).with_context(|| format!("cannot open storage {}", path.display()))?;
+    let tree = db
+        .open_tree(PEERS_TREE)
+        .with_context(|| format!("cannot open the peers tree in {}", path.display()))?;
+    migrate_legacy_peers(data_dir, &tree);
+    Ok((tree, db))
+}
+
+/// Before this layout micelio kept a sled directory at `<data_dir>/data.db`,
+/// where the reference keeps a bbolt file. If that path is a directory, its
+/// known peers are copied (records already present are kept) and the old
+/// database is moved to `<data_dir>/micelio/migrated-data.db`, so that the
+/// reference can use the data dir again. A file at that path is the
+/// reference's and is never opened. A failed migration is logged and the
+/// node starts without those peers; the old directory is then left as is.
+fn migrate_legacy_peers(data_dir: &Path, tree: &sled::Tree) {
+    let old = data_dir.join(LEGACY_DB);
+    if !std::fs::symlink_metadata(&old).is_ok_and(|m| m.is_dir()) {
+        return;
+    }
+    let copied = (|| -> Result<(usize, usize), sled::Error> {
+        let old_db = sled::open(&old)?;
+        let old_tree = old_db.open_tree(PEERS_TREE)?;
+        let (mut copied, mut kept) = (0, 0);
+        for record in old_tree.iter() {
+            let (key, value) = record?;
+            if tree.get(&key)?.is_some() {
+                kept += 1;
+            } else {
+                tree.insert(key, value)?;
+                copied += 1;
+            }
+        }
+        tree.flush()?;
+        Ok((copied, kept))
+    })();
+    let (copied, kept) = match copied {
+        Ok(counts) => counts,
+        Err(e) => {
+            warn!(path = %old.display(), "cannot migrate the known peers of an old micelio database: {e}; left in place");
+            return;
+        }
     };
-    let store = PeerStore::new(
-        db.open_tree(PEERS_TREE)
-            .with_context(|| format!("cannot open the peers tree in {}", db_path.display()))?,
-    );
-    Ok((store, Storage { db }))
+    let moved = data_dir.join(MICELIO_DIR).join(MIGRATED_DB);
+    if moved.exists() {
+        warn!(
+            from = %old.display(), copied, kept,
+            "copied known peers from an old micelio database; not moved, {} exists",
+            moved.display()
+        );
+        return;
+    }
+    match std::fs::rename(&old, &moved) {
+        Ok(()) => info!(
+            from = %old.display(), to = %moved.display(), copied, kept,
+            "migrated the known peers of an old micelio database and moved it out of the reference's data.db"
+        ),
+        Err(e) => warn!(
+            from = %old.display(), copied, kept,
+            "copied known peers from an old micelio database but cannot move it: {e}"
+        ),
+    }
 }
 
 /// Logs one received chat line, for operators without a session.
@@ -537,5 +613,53 @@ mod tests {
         // The store was flushed and released: it opens again.
         drop(node);
         open_peer_store(dir.path()).await.unwrap();
+    }
+
+    fn peer_record(seed: u8, addr: &str) -> (String, Vec<u8>) {
+        use micelio_wire::WireMessage as _;
+        let id = Identity::from_seed([seed; 32]);
+        let info = micelio_wire::proto::PeerInfo {
+            node_id: id.node_id().to_string(),
+            addr: addr.to_owned(),
+            reachable: true,
+            ed25519_pubkey: id.public_key().as_bytes().to_vec().into(),
+            ..Default::default()
+        };
+        (id.node_id().to_string(), info.encode_wire())
+    }
+
+    #[tokio::test]
+    async fn an_old_micelio_database_is_migrated_and_moved_out_of_data_db() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, value) = peer_record(9, "10.0.0.9:4000");
+        {
+            let old = sled::open(dir.path().join(LEGACY_DB)).unwrap();
+            old.open_tree(PEERS_TREE)
+                .unwrap()
+                .insert(key.as_bytes(), value)
+                .unwrap();
+            old.flush().unwrap();
+        }
+        let (store, _storage) = open_peer_store(dir.path()).await.unwrap();
+        let (infos, bad) = store.load();
+        assert_eq!(bad, 0);
+        assert_eq!(infos.len(), 1);
+        assert_eq!(infos[0].addr, "10.0.0.9:4000");
+        assert!(
+            !dir.path().join(LEGACY_DB).exists(),
+            "data.db is free again"
+        );
+        assert!(dir.path().join(MICELIO_DIR).join(MIGRATED_DB).is_dir());
+    }
+
+    #[tokio::test]
+    async fn a_data_db_file_is_never_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(LEGACY_DB);
+        std::fs::write(&file, b"not ours").unwrap();
+        let (store, _storage) = open_peer_store(dir.path()).await.unwrap();
+        assert_eq!(store.load().0.len(), 0);
+        assert_eq!(std::fs::read(&file).unwrap(), b"not ours");
+        assert!(dir.path().join(MICELIO_DIR).join(PEERS_DB).is_dir());
     }
 }
