@@ -85,8 +85,32 @@ fn gossip_config(config: &Config) -> GossipConfig {
     c.fanout = g.fanout;
     c.max_hops = g.max_hops;
     c.seen_ttl = g.seen_ttl;
+    c.seen_cap = g.seen_cap;
     c.rate_per_sec = g.rate_per_sec;
     c.rate_burst = g.rate_burst;
+    c.repair_interval = g.repair_interval;
+    c.repair_window = g.repair_window;
+    c.repair_retention = g.repair_retention;
+    c
+}
+
+/// Maps the validated configuration onto the partyline's.
+fn partyline_config(config: &Config) -> PartylineConfig {
+    let mut c = PartylineConfig::new(config.node.name.clone());
+    c.history_lines = config.partyline.history_lines;
+    c.presence_interval = config.partyline.presence_interval;
+    c
+}
+
+/// Maps the validated configuration onto the SSH server's.
+fn ssh_config(config: &Config) -> SshConfig {
+    let mut c = SshConfig::new(
+        config.ssh.listen,
+        config.node.data_dir.join(AUTHORIZED_KEYS),
+    );
+    c.max_connections = config.ssh.max_connections;
+    c.inactivity_timeout = config.ssh.inactivity_timeout;
+    c.write_timeout = config.ssh.write_timeout;
     c
 }
 
@@ -330,24 +354,17 @@ impl Node {
             .await
             .context("gossip stopped")?;
 
-        let party = Partyline::spawn(
-            PartylineConfig::new(config.node.name.clone()),
-            gossip.clone(),
-            peers.clone(),
-        )
-        .await
-        .context("cannot start the partyline")?;
+        let party = Partyline::spawn(partyline_config(config), gossip.clone(), peers.clone())
+            .await
+            .context("cannot start the partyline")?;
         let party = self.party.insert(party).clone();
 
-        let keys_path = config.node.data_dir.join(AUTHORIZED_KEYS);
+        let scfg = ssh_config(config);
+        let keys_path = scfg.authorized_keys.clone();
         ensure_authorized_keys(&keys_path).await?;
-        let ssh = SshServer::spawn(
-            identity,
-            SshConfig::new(config.ssh.listen, &keys_path),
-            party.clone(),
-        )
-        .await
-        .context("cannot start the SSH server")?;
+        let ssh = SshServer::spawn(identity, scfg, party.clone())
+            .await
+            .context("cannot start the SSH server")?;
         let ssh = self.ssh.insert(ssh);
         let ssh_addr = ssh.local_addr();
         let nobody = ssh.authorized_keys().is_empty().await;
@@ -561,6 +578,63 @@ pub(crate) async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_binary_defaults_are_the_libraries_defaults() {
+        let config = Config::defaults(&crate::config::check::Host::default());
+        assert_eq!(transport_config(&config), TransportConfig::default());
+        assert_eq!(gossip_config(&config), GossipConfig::default());
+        assert_eq!(
+            partyline_config(&config),
+            PartylineConfig::new(config.node.name.clone())
+        );
+        assert_eq!(
+            ssh_config(&config),
+            SshConfig::new(
+                SshConfig::DEFAULT_LISTEN,
+                config.node.data_dir.join(AUTHORIZED_KEYS)
+            )
+        );
+    }
+
+    #[test]
+    fn every_setting_reaches_its_library() {
+        let mut config = Config::for_tests("/tmp/node");
+        config.gossip.seen_cap = 1234;
+        config.gossip.repair_interval = Duration::ZERO;
+        config.gossip.repair_window = Duration::from_secs(7);
+        config.gossip.repair_retention = Duration::from_secs(70);
+        config.ssh.max_connections = 5;
+        config.ssh.inactivity_timeout = Duration::from_secs(77);
+        config.ssh.write_timeout = Duration::from_secs(3);
+        config.partyline.history_lines = 0;
+        config.partyline.presence_interval = Duration::from_secs(9);
+        let g = gossip_config(&config);
+        assert_eq!(
+            (
+                g.seen_cap,
+                g.repair_interval,
+                g.repair_window,
+                g.repair_retention
+            ),
+            (
+                1234,
+                Duration::ZERO,
+                Duration::from_secs(7),
+                Duration::from_secs(70)
+            )
+        );
+        let s = ssh_config(&config);
+        assert_eq!(
+            (s.max_connections, s.inactivity_timeout, s.write_timeout),
+            (5, Duration::from_secs(77), Duration::from_secs(3))
+        );
+        let p = partyline_config(&config);
+        assert_eq!(
+            (p.history_lines, p.presence_interval),
+            (0, Duration::from_secs(9))
+        );
+    }
 
     #[tokio::test]
     async fn a_panicking_component_is_named_with_its_panic() {

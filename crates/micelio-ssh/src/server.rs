@@ -46,15 +46,25 @@ pub struct SshConfig {
 }
 
 impl SshConfig {
+    /// The partyline's default address, `0.0.0.0:2222` (SPEC §10).
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 2222);
+    /// Default of [`SshConfig::max_connections`].
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+    /// Default of [`SshConfig::inactivity_timeout`]: 1 h.
+    pub const DEFAULT_INACTIVITY_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// Default of [`SshConfig::write_timeout`].
+    pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
     /// Defaults for `listen` and `authorized_keys`: 64 connections, 1 h of
     /// inactivity, 10 s write deadline.
     pub fn new(listen: SocketAddr, authorized_keys: impl Into<std::path::PathBuf>) -> Self {
         Self {
             listen,
             authorized_keys: authorized_keys.into(),
-            max_connections: 64,
-            inactivity_timeout: Duration::from_secs(3600),
-            write_timeout: Duration::from_secs(10),
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            inactivity_timeout: Self::DEFAULT_INACTIVITY_TIMEOUT,
+            write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
         }
     }
 }
