@@ -84,17 +84,38 @@ pub enum SshError {
     },
 }
 
-/// Counters of the SSH server.
-#[derive(Debug, Default)]
+/// A snapshot of the SSH server's counters, from [`SshServer::counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SshCounters {
     /// Connections accepted.
-    pub connections: AtomicU64,
+    pub connections: u64,
     /// Connections refused because `max_connections` was reached.
-    pub refused: AtomicU64,
+    pub refused: u64,
     /// Authentication attempts refused.
-    pub auth_refused: AtomicU64,
+    pub auth_refused: u64,
     /// Logins accepted.
-    pub logins: AtomicU64,
+    pub logins: u64,
+}
+
+/// The live counters, shared by the server's tasks.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    connections: AtomicU64,
+    refused: AtomicU64,
+    auth_refused: AtomicU64,
+    logins: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> SshCounters {
+        SshCounters {
+            connections: self.connections.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            auth_refused: self.auth_refused.load(Ordering::Relaxed),
+            logins: self.logins.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// How the server's accept loop ended, as told by [`SshServer::closed`].
@@ -123,7 +144,7 @@ pub struct SshServer {
     local_addr: SocketAddr,
     cancel: CancellationToken,
     tracker: TaskTracker,
-    counters: Arc<SshCounters>,
+    counters: Arc<Counters>,
     keys: Arc<AuthorizedKeys>,
     exit: watch::Receiver<Option<SshExit>>,
 }
@@ -189,7 +210,7 @@ impl SshServer {
             russh: Arc::new(russh_config(identity, &config)),
             party,
             keys: keys.clone(),
-            counters: Arc::new(SshCounters::default()),
+            counters: Arc::new(Counters::default()),
             write_timeout: config.write_timeout,
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -244,9 +265,9 @@ impl SshServer {
         self.local_addr
     }
 
-    /// The counters.
-    pub fn counters(&self) -> &SshCounters {
-        &self.counters
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> SshCounters {
+        self.counters.snapshot()
     }
 
     /// The authorized keys in force.
@@ -286,7 +307,7 @@ pub(crate) struct Shared {
     russh: Arc<russh::server::Config>,
     pub(crate) party: Partyline,
     keys: Arc<AuthorizedKeys>,
-    counters: Arc<SshCounters>,
+    counters: Arc<Counters>,
     pub(crate) write_timeout: Duration,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
