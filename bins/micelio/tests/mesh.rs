@@ -1,6 +1,9 @@
 //! End-to-end: real `micelio` processes on 127.0.0.1 find each other, mesh,
-//! and rejoin after a restart from the peers persisted in their data dir.
-//! Every child is killed by handle when a test ends, pass or fail.
+//! and rejoin after a restart from the peers persisted in their data dir; a
+//! node whose component fails stops in order with status 1; a data dir the
+//! Go reference used (its identity, its bbolt `data.db`) is shared without
+//! touching the reference's file. Every child is killed by handle when a
+//! test ends, pass or fail.
 
 mod support;
 
