@@ -558,7 +558,19 @@ pub(crate) async fn run(
         Ok(()) => node.supervise(&shutdown, fault).await,
         Err(e) => Err(e),
     };
-    let stopped = node.stop().await;
+    // After a signal, `shutdown::supervise` bounds the whole stop; after a
+    // failure nobody else does, so it is bounded here.
+    let stopped = if result.is_err() {
+        match tokio::time::timeout(crate::shutdown::GRACE_PERIOD, node.stop()).await {
+            Ok(stopped) => stopped,
+            Err(_) => Err(anyhow!(
+                "the node did not stop within {}",
+                humantime::format_duration(crate::shutdown::GRACE_PERIOD)
+            )),
+        }
+    } else {
+        node.stop().await
+    };
     match (result, stopped) {
         (Ok(()), Ok(())) => {
             info!(node_id = %identity.node_id(), "node stopped");
