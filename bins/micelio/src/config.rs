@@ -35,6 +35,8 @@ pub(crate) struct Config {
     pub(crate) network: NetworkConfig,
     /// `[gossip]`: message relay.
     pub(crate) gossip: GossipConfig,
+    /// `[partyline]`: the chat hub.
+    pub(crate) partyline: PartylineConfig,
     /// `[logging]`: level and format of the log on stderr.
     pub(crate) logging: LoggingConfig,
 }
@@ -47,6 +49,7 @@ impl Config {
             ssh: SshConfig::default(),
             network: NetworkConfig::default(),
             gossip: GossipConfig::default(),
+            partyline: PartylineConfig::default(),
             logging: LoggingConfig::default(),
         }
     }
@@ -70,6 +73,7 @@ impl Config {
         let ssh = SshConfig::check(&mut checker.section("ssh"));
         let network = NetworkConfig::check(&mut checker.section("network"));
         let gossip = GossipConfig::check(&mut checker.section("gossip"));
+        let partyline = PartylineConfig::check(&mut checker.section("partyline"));
         let logging = LoggingConfig::check(&mut checker.section("logging"));
 
         // Rules that span sections.
@@ -91,6 +95,7 @@ impl Config {
             ssh: ssh?,
             network: network?,
             gossip: gossip?,
+            partyline: partyline?,
             logging: logging?,
         })
     }
@@ -239,12 +244,26 @@ fn expand_home(path: &Path, home: Option<&Path>) -> Result<PathBuf, String> {
 pub(crate) struct SshConfig {
     /// Address of the SSH partyline server.
     pub(crate) listen: SocketAddr,
+    /// Most SSH connections at once; more are closed at accept.
+    pub(crate) max_connections: usize,
+    /// An SSH connection with no traffic for this long is closed.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) inactivity_timeout: Duration,
+    /// Deadline of each write to an SSH client; a client that stops reading
+    /// is disconnected after it.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) write_timeout: Duration,
 }
 
 impl Default for SshConfig {
     fn default() -> Self {
+        use micelio_ssh::SshConfig as Lib;
+        let lib = Lib::new(Lib::DEFAULT_LISTEN, PathBuf::new());
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 2222)),
+            listen: lib.listen,
+            max_connections: lib.max_connections,
+            inactivity_timeout: lib.inactivity_timeout,
+            write_timeout: lib.write_timeout,
         }
     }
 }
@@ -252,7 +271,15 @@ impl Default for SshConfig {
 impl SshConfig {
     fn check(s: &mut Section<'_, '_>) -> Option<Self> {
         let listen = s.parsed("listen", check::parse_listen_addr);
-        Some(Self { listen: listen? })
+        let max_connections = s.number("max_connections", 1, 100_000);
+        let inactivity_timeout = s.duration("inactivity_timeout");
+        let write_timeout = s.duration("write_timeout");
+        Some(Self {
+            listen: listen?,
+            max_connections: max_connections?,
+            inactivity_timeout: inactivity_timeout?,
+            write_timeout: write_timeout?,
+        })
     }
 }
 
@@ -300,20 +327,22 @@ pub(crate) struct NetworkConfig {
 }
 
 impl Default for NetworkConfig {
+    /// The transport's defaults, from `TransportConfig::default()`.
     fn default() -> Self {
+        let t = micelio_transport::TransportConfig::default();
         Self {
             listen: None,
-            advertise_addr: None,
-            bootstrap: Vec::new(),
-            max_peers: 15,
-            exchange_interval: Duration::from_secs(30),
-            discovery_interval: Duration::from_secs(10),
-            dial_timeout: Duration::from_secs(10),
-            hello_timeout: Duration::from_secs(10),
-            keepalive_interval: Duration::from_secs(20),
-            idle_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(10),
-            send_queue: 256,
+            advertise_addr: t.advertise_addr,
+            bootstrap: t.bootstrap,
+            max_peers: t.max_peers,
+            exchange_interval: t.exchange_interval,
+            discovery_interval: t.discovery_interval,
+            dial_timeout: t.dial_timeout,
+            hello_timeout: t.hello_timeout,
+            keepalive_interval: t.keepalive_interval,
+            idle_timeout: t.idle_timeout,
+            write_timeout: t.write_timeout,
+            send_queue: t.send_queue,
         }
     }
 }
@@ -427,20 +456,40 @@ pub(crate) struct GossipConfig {
     /// How long a message id is remembered for deduplication.
     #[serde(serialize_with = "humantime_str")]
     pub(crate) seen_ttl: Duration,
+    /// Most message ids remembered for deduplication.
+    pub(crate) seen_cap: usize,
     /// Sustained messages per second accepted from one sender.
     pub(crate) rate_per_sec: u32,
     /// Burst of messages accepted from one sender.
     pub(crate) rate_burst: u32,
+    /// How often recent message ids are announced to peers so that they
+    /// can ask for what they missed (gossip repair); zero (`"0s"`)
+    /// disables repair.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) repair_interval: Duration,
+    /// Messages this recent are announced.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) repair_window: Duration,
+    /// How long accepted messages are kept to answer repair requests; at
+    /// least `repair_window`.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) repair_retention: Duration,
 }
 
 impl Default for GossipConfig {
+    /// The engine's defaults, from `micelio_gossip::GossipConfig::default()`.
     fn default() -> Self {
+        let g = micelio_gossip::GossipConfig::default();
         Self {
-            fanout: 3,
-            max_hops: 10,
-            seen_ttl: Duration::from_secs(5 * 60),
-            rate_per_sec: 10,
-            rate_burst: 20,
+            fanout: g.fanout,
+            max_hops: g.max_hops,
+            seen_ttl: g.seen_ttl,
+            seen_cap: g.seen_cap,
+            rate_per_sec: g.rate_per_sec,
+            rate_burst: g.rate_burst,
+            repair_interval: g.repair_interval,
+            repair_window: g.repair_window,
+            repair_retention: g.repair_retention,
         }
     }
 }
@@ -450,14 +499,80 @@ impl GossipConfig {
         let fanout = s.number("fanout", 1, 100);
         let max_hops = s.number("max_hops", 1, 255);
         let seen_ttl = s.duration("seen_ttl");
+        let seen_cap = s.number("seen_cap", 1_000, 100_000_000);
         let rate_per_sec = s.number("rate_per_sec", 1, 1_000_000);
         let rate_burst = s.number("rate_burst", 1, 1_000_000);
+        let repair_interval = s.parsed("repair_interval", |text| {
+            if humantime::parse_duration(text.trim()).is_ok_and(|d| d.is_zero()) {
+                Ok(Duration::ZERO)
+            } else {
+                check::parse_duration(text)
+            }
+        });
+        let repair_window = s.duration("repair_window");
+        let repair_retention = s.duration("repair_retention");
+        if let (Some(window), Some(retention)) = (repair_window, repair_retention)
+            && retention < window
+        {
+            s.error(
+                "repair_retention",
+                format!(
+                    "must be at least gossip.repair_window ({}), got {}",
+                    humantime::format_duration(window),
+                    humantime::format_duration(retention)
+                ),
+            );
+        }
         Some(Self {
             fanout: fanout?,
             max_hops: max_hops?,
             seen_ttl: seen_ttl?,
+            seen_cap: seen_cap?,
             rate_per_sec: rate_per_sec?,
             rate_burst: rate_burst?,
+            repair_interval: repair_interval?,
+            repair_window: repair_window?,
+            repair_retention: repair_retention.filter(|r| Some(*r) >= repair_window)?,
+        })
+    }
+}
+
+/// `[partyline]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct PartylineConfig {
+    /// Chat lines a joining session is shown.
+    pub(crate) history_lines: usize,
+    /// How often this node re-announces its users to the mesh.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) presence_interval: Duration,
+}
+
+impl Default for PartylineConfig {
+    /// The hub's defaults, from `micelio_partyline::PartylineConfig::new`.
+    fn default() -> Self {
+        let p = micelio_partyline::PartylineConfig::new("");
+        Self {
+            history_lines: p.history_lines,
+            presence_interval: p.presence_interval,
+        }
+    }
+}
+
+impl PartylineConfig {
+    fn check(s: &mut Section<'_, '_>) -> Option<Self> {
+        let history_lines = s.number("history_lines", 0, 1000);
+        let presence_interval = s.duration("presence_interval");
+        if let Some(d) = presence_interval
+            && d < Duration::from_secs(1)
+        {
+            s.error(
+                "presence_interval",
+                format!("must be at least 1s, got {}", humantime::format_duration(d)),
+            );
+        }
+        Some(Self {
+            history_lines: history_lines?,
+            presence_interval: presence_interval.filter(|d| *d >= Duration::from_secs(1))?,
         })
     }
 }

@@ -3,9 +3,11 @@
 //! `main` stays thin: parse the command line, load and validate the
 //! configuration, initialise logging, open the data dir and the identity,
 //! then run the node on a multi-thread tokio runtime until SIGINT or
-//! SIGTERM. The node itself is composed in [`node::run`].
+//! SIGTERM, or until one of its components fails. The node itself is
+//! composed and supervised in [`node::run`].
 //!
-//! Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on a
+//! Exit status: 0 after a clean shutdown, 1 on a runtime failure (a
+//! component that died included, after the node stopped in order), 2 on a
 //! usage or configuration error (see `docs/operations.md`).
 
 mod cli;

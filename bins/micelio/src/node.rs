@@ -1,33 +1,63 @@
-//! The composition point: where the binary builds and runs the node.
+//! The composition point: where the binary builds, supervises and stops the
+//! node.
 //!
-//! [`run`] is the one place that knows every layer. Today it opens storage
-//! (`<data_dir>/data.db`, sled), starts the transport (TCP + Noise, peer
-//! manager, discovery) and gossip over it, and logs every chat line it
-//! receives; state, plugins and the SSH partyline join here as they are
-//! built. Everything stops, in order,
-//! when `shutdown` is cancelled.
+//! [`run`] is the one place that knows every layer. It opens storage (the
+//! known peers), starts the transport (TCP + Noise, peer manager,
+//! discovery), gossip over it, the partyline hub over gossip and the SSH
+//! server over the partyline, and logs every chat line it receives. A
+//! [`Node`] owns every started component; whatever happens (a signal, a
+//! component that dies, an error half-way through start-up) the same
+//! [`Node::stop`] stops them in one fixed order:
+//!
+//! 1. stop accepting SSH connections and close the sessions (`SshServer`);
+//! 2. stop the partyline hub (`Partyline`);
+//! 3. stop gossip (`Gossip`);
+//! 4. close the peer connections (`PeerManager`);
+//! 5. flush storage.
+//!
+//! While it runs, the node watches its components: the SSH accept loop
+//! (`SshServer::closed`), gossip (its chat delivery stream, which ends when
+//! the gossip task does), the partyline hub (probed every
+//! [`PROBE_INTERVAL`]) and the node's own chat-log task (a panic is caught
+//! by its join handle). A component that ends or panics is logged with its
+//! reason and the node stops, in order, with an error (exit status 1): it
+//! never lingers half-alive.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context as _;
-use micelio_gossip::{Gossip, GossipConfig};
+use anyhow::{Context as _, anyhow};
+use micelio_gossip::{Delivered, Gossip, GossipConfig};
 use micelio_identity::Identity;
 use micelio_partyline::{Partyline, PartylineConfig};
 use micelio_ssh::{SshConfig, SshServer};
 use micelio_transport::discovery::PeerStore;
 use micelio_transport::{PeerManager, TcpTransport, TransportConfig};
+use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::commands::write_stdout;
 use crate::config::Config;
 
-/// The sled database inside the data dir.
-const DB_DIR: &str = "data.db";
+/// micelio's own directory inside the data dir (the reference's files,
+/// `data.db` among them, are left alone).
+const MICELIO_DIR: &str = "micelio";
+/// The sled database of known peers, inside [`MICELIO_DIR`].
+const PEERS_DB: &str = "peers";
 /// The sled tree of known peers.
 const PEERS_TREE: &str = "peers";
+/// Where micelio kept its sled database before, inside the data dir; the
+/// reference keeps a bbolt file of the same name.
+const LEGACY_DB: &str = "data.db";
+/// Where a migrated legacy database is moved, inside [`MICELIO_DIR`].
+const MIGRATED_DB: &str = "migrated-data.db";
 /// Who may log in to the partyline.
 const AUTHORIZED_KEYS: &str = "authorized_keys";
+/// How often the partyline hub is asked whether it is still alive.
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Maps the validated configuration onto the transport's.
 fn transport_config(config: &Config) -> TransportConfig {
@@ -55,8 +85,32 @@ fn gossip_config(config: &Config) -> GossipConfig {
     c.fanout = g.fanout;
     c.max_hops = g.max_hops;
     c.seen_ttl = g.seen_ttl;
+    c.seen_cap = g.seen_cap;
     c.rate_per_sec = g.rate_per_sec;
     c.rate_burst = g.rate_burst;
+    c.repair_interval = g.repair_interval;
+    c.repair_window = g.repair_window;
+    c.repair_retention = g.repair_retention;
+    c
+}
+
+/// Maps the validated configuration onto the partyline's.
+fn partyline_config(config: &Config) -> PartylineConfig {
+    let mut c = PartylineConfig::new(config.node.name.clone());
+    c.history_lines = config.partyline.history_lines;
+    c.presence_interval = config.partyline.presence_interval;
+    c
+}
+
+/// Maps the validated configuration onto the SSH server's.
+fn ssh_config(config: &Config) -> SshConfig {
+    let mut c = SshConfig::new(
+        config.ssh.listen,
+        config.node.data_dir.join(AUTHORIZED_KEYS),
+    );
+    c.max_connections = config.ssh.max_connections;
+    c.inactivity_timeout = config.ssh.inactivity_timeout;
+    c.write_timeout = config.ssh.write_timeout;
     c
 }
 
@@ -81,122 +135,617 @@ async fn ensure_authorized_keys(path: &std::path::Path) -> anyhow::Result<()> {
     .context("creating authorized_keys")?
 }
 
-/// Runs the node until `shutdown` is cancelled, then stops it.
+/// The node's storage, flushed last.
+struct Storage {
+    db: sled::Db,
+}
+
+impl Storage {
+    /// Flushes every write to disk.
+    async fn flush(&self) -> anyhow::Result<()> {
+        self.db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .context("flushing storage")
+    }
+}
+
+/// Opens the known-peers store of `data_dir`
+/// (`<data_dir>/micelio/peers`), migrating an old one first. The one place
+/// that knows where and how peers are stored.
+async fn open_peer_store(data_dir: &Path) -> anyhow::Result<(PeerStore, Storage)> {
+    let data_dir = data_dir.to_owned();
+    let (tree, db) = tokio::task::spawn_blocking(move || open_peer_tree(&data_dir))
+        .await
+        .context("opening storage")??;
+    Ok((PeerStore::new(tree), Storage { db }))
+}
+
+/// Blocking part of [`open_peer_store`].
+fn open_peer_tree(data_dir: &Path) -> anyhow::Result<(sled::Tree, sled::Db)> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let dir = data_dir.join(MICELIO_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(PEERS_DB);
+    let db =
+        sled::open(&path).with_context(|| format!("cannot open storage {}", path.display()))?;
+    let tree = db
+        .open_tree(PEERS_TREE)
+        .with_context(|| format!("cannot open the peers tree in {}", path.display()))?;
+    migrate_legacy_peers(data_dir, &tree);
+    Ok((tree, db))
+}
+
+/// Before this layout micelio kept a sled directory at `<data_dir>/data.db`,
+/// where the reference keeps a bbolt file. If that path is a directory, its
+/// known peers are copied (records already present are kept) and the old
+/// database is moved to `<data_dir>/micelio/migrated-data.db`, so that the
+/// reference can use the data dir again. A file at that path is the
+/// reference's and is never opened. A failed migration is logged and the
+/// node starts without those peers; the old directory is then left as is.
+fn migrate_legacy_peers(data_dir: &Path, tree: &sled::Tree) {
+    let old = data_dir.join(LEGACY_DB);
+    if !std::fs::symlink_metadata(&old).is_ok_and(|m| m.is_dir()) {
+        return;
+    }
+    let copied = (|| -> Result<(usize, usize), sled::Error> {
+        let old_db = sled::open(&old)?;
+        let old_tree = old_db.open_tree(PEERS_TREE)?;
+        let (mut copied, mut kept) = (0, 0);
+        for record in old_tree.iter() {
+            let (key, value) = record?;
+            if tree.get(&key)?.is_some() {
+                kept += 1;
+            } else {
+                tree.insert(key, value)?;
+                copied += 1;
+            }
+        }
+        tree.flush()?;
+        Ok((copied, kept))
+    })();
+    let (copied, kept) = match copied {
+        Ok(counts) => counts,
+        Err(e) => {
+            warn!(path = %old.display(), "cannot migrate the known peers of an old micelio database: {e}; left in place");
+            return;
+        }
+    };
+    let moved = data_dir.join(MICELIO_DIR).join(MIGRATED_DB);
+    if moved.exists() {
+        warn!(
+            from = %old.display(), copied, kept,
+            "copied known peers from an old micelio database; not moved, {} exists",
+            moved.display()
+        );
+        return;
+    }
+    match std::fs::rename(&old, &moved) {
+        Ok(()) => info!(
+            from = %old.display(), to = %moved.display(), copied, kept,
+            "migrated the known peers of an old micelio database and moved it out of the reference's data.db"
+        ),
+        Err(e) => warn!(
+            from = %old.display(), copied, kept,
+            "copied known peers from an old micelio database but cannot move it: {e}"
+        ),
+    }
+}
+
+/// Logs one received chat line, for operators without a session.
+fn log_chat(delivered: &Delivered) {
+    if let Some(line) = micelio_gossip::chat::ChatLine::from_delivered(delivered) {
+        info!(
+            message_id = %line.message_id,
+            sender = %line.node,
+            nick = %line.nick,
+            text = %line.text,
+            "chat received"
+        );
+    }
+}
+
+/// A fault to inject after start, for the tests of supervision: read from
+/// `MICELIO_DEBUG_FAULT` in debug builds only (release builds ignore it).
+/// It fires once the node has at least one peer, so that the peer store
+/// has something to flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// The chat-log task panics.
+    Panic,
+    /// The SSH server is stopped behind the node's back, as if its accept
+    /// loop had died.
+    StopSsh,
+}
+
+impl Fault {
+    const ENV: &'static str = "MICELIO_DEBUG_FAULT";
+
+    fn from_env() -> Option<Fault> {
+        if !cfg!(debug_assertions) {
+            return None;
+        }
+        match std::env::var(Self::ENV).ok()?.as_str() {
+            "panic" => Some(Fault::Panic),
+            "stop-ssh" => Some(Fault::StopSsh),
+            other => {
+                warn!(value = other, "ignoring unknown {}", Self::ENV);
+                None
+            }
+        }
+    }
+}
+
+/// Waits until `peers` has a connected peer.
+async fn first_peer(peers: &PeerManager) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while peers.peer_count() == 0 {
+        tick.tick().await;
+    }
+}
+
+/// How a watched component ended: `Ok` only when the node asked it to.
+type Ended = Result<(), String>;
+
+/// The running node: every component it has started, and the tasks that
+/// watch them. Fields are `None` until their component has started.
+#[derive(Default)]
+struct Node {
+    ssh: Option<SshServer>,
+    party: Option<Partyline>,
+    gossip: Option<Gossip>,
+    peers: Option<PeerManager>,
+    storage: Option<Storage>,
+    /// One task per watched component, named.
+    watches: JoinSet<(&'static str, Ended)>,
+    names: Vec<(tokio::task::Id, &'static str)>,
+}
+
+impl Node {
+    /// Spawns a task that watches one component; it returns when that
+    /// component ends.
+    fn watch(
+        &mut self,
+        name: &'static str,
+        task: impl std::future::Future<Output = Ended> + Send + 'static,
+    ) {
+        let handle = self.watches.spawn(async move { (name, task.await) });
+        self.names.push((handle.id(), name));
+    }
+
+    /// Starts every component in order, recording each as it starts so
+    /// that [`Node::stop`] can stop whatever did.
+    async fn start(
+        &mut self,
+        config: &Config,
+        identity: &Arc<Identity>,
+        fault: Option<Fault>,
+    ) -> anyhow::Result<()> {
+        let (store, storage) = open_peer_store(&config.node.data_dir).await?;
+        self.storage = Some(storage);
+
+        let tcfg = transport_config(config);
+        let transport = TcpTransport::new(identity.clone(), tcfg.dial_timeout, tcfg.hello_timeout);
+        let (peers, events) =
+            PeerManager::spawn(identity.clone(), Arc::new(transport), tcfg, Some(store))
+                .await
+                .context("cannot start the peer transport")?;
+        let peers = self.peers.insert(peers).clone();
+        let listening = match (peers.local_addr(), peers.advertise_addr()) {
+            (Some(addr), Some(adv)) if adv != addr => format!("{addr} (advertised as {adv})"),
+            (Some(addr), _) => addr.to_owned(),
+            (None, _) => "none (outbound only)".to_owned(),
+        };
+
+        let gossip = Gossip::spawn(
+            identity.clone(),
+            gossip_config(config),
+            peers.clone(),
+            events,
+        );
+        let gossip = self.gossip.insert(gossip).clone();
+        let chat = gossip
+            .subscribe(micelio_wire::MsgType::Chat)
+            .await
+            .context("gossip stopped")?;
+
+        let party = Partyline::spawn(partyline_config(config), gossip.clone(), peers.clone())
+            .await
+            .context("cannot start the partyline")?;
+        let party = self.party.insert(party).clone();
+
+        let scfg = ssh_config(config);
+        let keys_path = scfg.authorized_keys.clone();
+        ensure_authorized_keys(&keys_path).await?;
+        let ssh = SshServer::spawn(identity, scfg, party.clone())
+            .await
+            .context("cannot start the SSH server")?;
+        let ssh = self.ssh.insert(ssh);
+        let ssh_addr = ssh.local_addr();
+        let nobody = ssh.authorized_keys().is_empty().await;
+        let ssh_closed = ssh.closed();
+
+        self.watch("ssh", async move {
+            Err(format!("the SSH server {}", ssh_closed.await))
+        });
+        let chat_peers = (fault == Some(Fault::Panic)).then(|| peers.clone());
+        self.watch("chat-log", chat_log(chat, chat_peers));
+        self.watch("partyline", probe_partyline(party));
+        write_stdout(&format!(
+            "peers       {listening}\nssh         {ssh_addr}\n"
+        ))?;
+        if nobody {
+            write_stdout(&format!(
+                "\nNobody can log in yet: add an OpenSSH public key to {path}, for example\n  \
+                 cat ~/.ssh/id_ed25519.pub >> {path}\n\
+                 then connect with: ssh -p {port} <user>@<this host>\n",
+                path = keys_path.display(),
+                port = ssh_addr.port(),
+            ))?;
+        }
+        info!(
+            node_id = %identity.node_id(),
+            name = %config.node.name,
+            peers = %listening,
+            "node started"
+        );
+        Ok(())
+    }
+
+    /// Runs until `shutdown` is cancelled (`Ok`) or a component ends by
+    /// itself (`Err` naming it and its reason).
+    async fn supervise(
+        &mut self,
+        shutdown: &CancellationToken,
+        fault: Option<Fault>,
+    ) -> anyhow::Result<()> {
+        let peers = self.peers.clone();
+        let stop_ssh = async {
+            match (fault, &peers) {
+                (Some(Fault::StopSsh), Some(peers)) => first_peer(peers).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stop_ssh);
+        let mut injected = false;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = &mut stop_ssh, if !injected => {
+                    injected = true;
+                    warn!("debug fault injection: stopping the SSH server behind the node's back");
+                    if let Some(ssh) = &self.ssh {
+                        ssh.shutdown().await;
+                    }
+                }
+                Some(joined) = self.watches.join_next_with_id() => {
+                    let (name, reason) = match joined {
+                        Ok((_, (name, Ok(())))) => (name, "ended".to_owned()),
+                        Ok((_, (name, Err(reason)))) => (name, reason),
+                        Err(e) => {
+                            let name = self
+                                .names
+                                .iter()
+                                .find(|(id, _)| *id == e.id())
+                                .map_or("a component", |(_, name)| *name);
+                            (name, join_error_reason(e))
+                        }
+                    };
+                    error!(component = name, "component failed: {reason}; stopping the node");
+                    return Err(anyhow!("component {name} failed: {reason}"));
+                }
+            }
+        }
+    }
+
+    /// Stops whatever was started, in the fixed order of the module doc.
+    /// Safe to call after a partial start.
+    ///
+    /// # Errors
+    /// If storage cannot be flushed.
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        info!("stopping");
+        self.watches.abort_all();
+        if let Some(ssh) = &self.ssh {
+            ssh.shutdown().await;
+            info!(step = 1, "stopped the SSH server and its sessions");
+        }
+        if let Some(party) = &self.party {
+            party.shutdown().await;
+            info!(step = 2, "stopped the partyline");
+        }
+        if let Some(gossip) = &self.gossip {
+            gossip.shutdown().await;
+            info!(step = 3, "stopped gossip");
+        }
+        if let Some(peers) = &self.peers {
+            peers.shutdown().await;
+            info!(step = 4, "closed the peer connections");
+        }
+        let flushed = match &self.storage {
+            Some(storage) => storage.flush().await,
+            None => Ok(()),
+        };
+        if self.storage.is_some() && flushed.is_ok() {
+            info!(step = 5, "flushed storage");
+        }
+        while self.watches.join_next().await.is_some() {}
+        flushed
+    }
+}
+
+/// Logs every chat line until gossip's delivery stream ends, which happens
+/// only when the gossip task has stopped. With `fault_after_peer`, panics
+/// once the node has a peer (debug fault injection).
+async fn chat_log(
+    mut chat: mpsc::Receiver<Delivered>,
+    fault_after_peer: Option<PeerManager>,
+) -> Ended {
+    let fault = async {
+        match &fault_after_peer {
+            Some(peers) => first_peer(peers).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(fault);
+    loop {
+        tokio::select! {
+            () = &mut fault => panic!("debug fault injection: the chat log panics"),
+            delivered = chat.recv() => match delivered {
+                Some(d) => log_chat(&d),
+                None => return Err("its delivery stream ended: the gossip task has stopped".to_owned()),
+            },
+        }
+    }
+}
+
+/// Asks the partyline hub every [`PROBE_INTERVAL`] whether it still
+/// answers; returns when it does not.
+async fn probe_partyline(party: Partyline) -> Ended {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    loop {
+        tick.tick().await;
+        if let Err(e) = party.who().await {
+            return Err(format!("the hub does not answer: {e}"));
+        }
+    }
+}
+
+/// The panic message of a task that panicked, or why it was cancelled.
+fn join_error_reason(e: JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let panic = e.into_panic();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic".to_owned());
+    format!("panicked: {message}")
+}
+
+/// Runs the node until `shutdown` is cancelled or a component fails, then
+/// stops it in order.
 ///
 /// This is the composition point of the binary: everything the node is made
 /// of is built and wired here, and nowhere else. It returns promptly (well
 /// within the grace period of `main`, 5 s) once `shutdown` is cancelled,
-/// having stopped accepting, closed peers and flushed storage.
+/// having stopped accepting, closed peers and flushed storage. Every exit
+/// path, including an error during start-up, goes through the same ordered
+/// stop.
 ///
 /// Cancel safety: not meant to be dropped mid-way; cancel `shutdown` and
 /// await the returned future instead.
 ///
 /// # Errors
 /// Any failure that stops the node (a listener that cannot bind, storage
-/// that cannot be opened, …).
+/// that cannot be opened, a component that died, a flush that failed).
 pub(crate) async fn run(
     config: Config,
     identity: Identity,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let identity = Arc::new(identity);
-    let db_path = config.node.data_dir.join(DB_DIR);
-    let db = {
-        let path = db_path.clone();
-        tokio::task::spawn_blocking(move || sled::open(path))
-            .await
-            .context("opening storage")?
-            .with_context(|| format!("cannot open storage {}", db_path.display()))?
+    let mut node = Node::default();
+    let fault = Fault::from_env();
+    let result = match node.start(&config, &identity, fault).await {
+        Ok(()) => node.supervise(&shutdown, fault).await,
+        Err(e) => Err(e),
     };
-    let store = PeerStore::new(
-        db.open_tree(PEERS_TREE)
-            .with_context(|| format!("cannot open the peers tree in {}", db_path.display()))?,
-    );
-
-    let tcfg = transport_config(&config);
-    let transport = TcpTransport::new(identity.clone(), tcfg.dial_timeout, tcfg.hello_timeout);
-    let (peers, events) =
-        PeerManager::spawn(identity.clone(), Arc::new(transport), tcfg, Some(store))
-            .await
-            .context("cannot start the peer transport")?;
-    let listening = match (peers.local_addr(), peers.advertise_addr()) {
-        (Some(addr), Some(adv)) if adv != addr => format!("{addr} (advertised as {adv})"),
-        (Some(addr), _) => addr.to_owned(),
-        (None, _) => "none (outbound only)".to_owned(),
-    };
-    let gossip = Gossip::spawn(
-        identity.clone(),
-        gossip_config(&config),
-        peers.clone(),
-        events,
-    );
-    let party = Partyline::spawn(
-        PartylineConfig::new(config.node.name.clone()),
-        gossip.clone(),
-        peers.clone(),
-    )
-    .await
-    .context("cannot start the partyline")?;
-    let keys_path = config.node.data_dir.join(AUTHORIZED_KEYS);
-    ensure_authorized_keys(&keys_path).await?;
-    let ssh = SshServer::spawn(
-        &identity,
-        SshConfig::new(config.ssh.listen, &keys_path),
-        party.clone(),
-    )
-    .await
-    .context("cannot start the SSH server")?;
-    write_stdout(&format!(
-        "peers       {listening}\nssh         {}\n",
-        ssh.local_addr()
-    ))?;
-    if ssh.authorized_keys().is_empty().await {
-        write_stdout(&format!(
-            "\nNobody can log in yet: add an OpenSSH public key to {path}, for example\n  \
-             cat ~/.ssh/id_ed25519.pub >> {path}\n\
-             then connect with: ssh -p {port} <user>@<this host>\n",
-            path = keys_path.display(),
-            port = ssh.local_addr().port(),
-        ))?;
-    }
-    info!(
-        node_id = %identity.node_id(),
-        name = %config.node.name,
-        peers = %listening,
-        "node started"
-    );
-
-    // Chat also goes to the log, for operators without a session.
-    let mut chat = gossip
-        .subscribe(micelio_wire::MsgType::Chat)
-        .await
-        .context("gossip stopped")?;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            delivered = chat.recv() => match delivered {
-                Some(d) => {
-                    if let Some(line) = micelio_gossip::chat::ChatLine::from_delivered(&d) {
-                        info!(
-                            message_id = %line.message_id,
-                            sender = %line.node,
-                            nick = %line.nick,
-                            text = %line.text,
-                            "chat received"
-                        );
-                    }
-                }
-                None => break,
-            },
+    // After a signal, `shutdown::supervise` bounds the whole stop; after a
+    // failure nobody else does, so it is bounded here.
+    let stopped = if result.is_err() {
+        match tokio::time::timeout(crate::shutdown::GRACE_PERIOD, node.stop()).await {
+            Ok(stopped) => stopped,
+            Err(_) => Err(anyhow!(
+                "the node did not stop within {}",
+                humantime::format_duration(crate::shutdown::GRACE_PERIOD)
+            )),
         }
+    } else {
+        node.stop().await
+    };
+    match (result, stopped) {
+        (Ok(()), Ok(())) => {
+            info!(node_id = %identity.node_id(), "node stopped");
+            Ok(())
+        }
+        (Err(e), flushed) => {
+            if let Err(flush) = flushed {
+                error!("{flush:#}");
+            }
+            info!(node_id = %identity.node_id(), "node stopped after a failure");
+            Err(e)
+        }
+        (Ok(()), Err(flush)) => Err(flush),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_binary_defaults_are_the_libraries_defaults() {
+        let config = Config::defaults(&crate::config::check::Host::default());
+        assert_eq!(transport_config(&config), TransportConfig::default());
+        assert_eq!(gossip_config(&config), GossipConfig::default());
+        assert_eq!(
+            partyline_config(&config),
+            PartylineConfig::new(config.node.name.clone())
+        );
+        assert_eq!(
+            ssh_config(&config),
+            SshConfig::new(
+                SshConfig::DEFAULT_LISTEN,
+                config.node.data_dir.join(AUTHORIZED_KEYS)
+            )
+        );
     }
 
-    info!("stopping");
-    ssh.shutdown().await;
-    party.shutdown().await;
-    gossip.shutdown().await;
-    peers.shutdown().await;
-    db.flush_async().await.context("flushing storage")?;
-    info!(node_id = %identity.node_id(), "node stopped");
-    Ok(())
+    #[test]
+    fn every_setting_reaches_its_library() {
+        let mut config = Config::for_tests("/tmp/node");
+        config.gossip.seen_cap = 1234;
+        config.gossip.repair_interval = Duration::ZERO;
+        config.gossip.repair_window = Duration::from_secs(7);
+        config.gossip.repair_retention = Duration::from_secs(70);
+        config.ssh.max_connections = 5;
+        config.ssh.inactivity_timeout = Duration::from_secs(77);
+        config.ssh.write_timeout = Duration::from_secs(3);
+        config.partyline.history_lines = 0;
+        config.partyline.presence_interval = Duration::from_secs(9);
+        let g = gossip_config(&config);
+        assert_eq!(
+            (
+                g.seen_cap,
+                g.repair_interval,
+                g.repair_window,
+                g.repair_retention
+            ),
+            (
+                1234,
+                Duration::ZERO,
+                Duration::from_secs(7),
+                Duration::from_secs(70)
+            )
+        );
+        let s = ssh_config(&config);
+        assert_eq!(
+            (s.max_connections, s.inactivity_timeout, s.write_timeout),
+            (5, Duration::from_secs(77), Duration::from_secs(3))
+        );
+        let p = partyline_config(&config);
+        assert_eq!(
+            (p.history_lines, p.presence_interval),
+            (0, Duration::from_secs(9))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_component_is_named_with_its_panic() {
+        let mut node = Node::default();
+        node.watch("steady", std::future::pending());
+        node.watch("flaky", async { panic!("boom") });
+        let err = node
+            .supervise(&CancellationToken::new(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "component flaky failed: panicked: boom");
+        node.stop().await.unwrap();
+        assert!(node.watches.is_empty(), "watchers are reaped");
+    }
+
+    #[tokio::test]
+    async fn a_component_that_ends_stops_the_node_with_its_reason() {
+        let mut node = Node::default();
+        node.watch("gossip", async { Err("its stream ended".to_owned()) });
+        let err = node
+            .supervise(&CancellationToken::new(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "component gossip failed: its stream ended");
+    }
+
+    #[tokio::test]
+    async fn cancellation_is_a_clean_stop() {
+        let mut node = Node::default();
+        node.watch("steady", std::future::pending());
+        let token = CancellationToken::new();
+        token.cancel();
+        node.supervise(&token, None).await.unwrap();
+        node.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_still_flushes_what_was_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_tests(dir.path());
+        // Two listeners on one port: the SSH server cannot bind.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        config.ssh.listen = taken.local_addr().unwrap();
+        let identity = Arc::new(Identity::from_seed([7; 32]));
+        let mut node = Node::default();
+        let err = node.start(&config, &identity, None).await.unwrap_err();
+        assert!(format!("{err:#}").contains("SSH"), "{err:#}");
+        assert!(node.peers.is_some() && node.gossip.is_some() && node.party.is_some());
+        node.stop().await.unwrap();
+        // The store was flushed and released: it opens again.
+        drop(node);
+        open_peer_store(dir.path()).await.unwrap();
+    }
+
+    fn peer_record(seed: u8, addr: &str) -> (String, Vec<u8>) {
+        use micelio_wire::WireMessage as _;
+        let id = Identity::from_seed([seed; 32]);
+        let info = micelio_wire::proto::PeerInfo {
+            node_id: id.node_id().to_string(),
+            addr: addr.to_owned(),
+            reachable: true,
+            ed25519_pubkey: id.public_key().as_bytes().to_vec().into(),
+            ..Default::default()
+        };
+        (id.node_id().to_string(), info.encode_wire())
+    }
+
+    #[tokio::test]
+    async fn an_old_micelio_database_is_migrated_and_moved_out_of_data_db() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, value) = peer_record(9, "10.0.0.9:4000");
+        {
+            let old = sled::open(dir.path().join(LEGACY_DB)).unwrap();
+            old.open_tree(PEERS_TREE)
+                .unwrap()
+                .insert(key.as_bytes(), value)
+                .unwrap();
+            old.flush().unwrap();
+        }
+        let (store, _storage) = open_peer_store(dir.path()).await.unwrap();
+        let (infos, bad) = store.load();
+        assert_eq!(bad, 0);
+        assert_eq!(infos.len(), 1);
+        assert_eq!(infos[0].addr, "10.0.0.9:4000");
+        assert!(
+            !dir.path().join(LEGACY_DB).exists(),
+            "data.db is free again"
+        );
+        assert!(dir.path().join(MICELIO_DIR).join(MIGRATED_DB).is_dir());
+    }
+
+    #[tokio::test]
+    async fn a_data_db_file_is_never_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(LEGACY_DB);
+        std::fs::write(&file, b"not ours").unwrap();
+        let (store, _storage) = open_peer_store(dir.path()).await.unwrap();
+        assert_eq!(store.load().0.len(), 0);
+        assert_eq!(std::fs::read(&file).unwrap(), b"not ours");
+        assert!(dir.path().join(MICELIO_DIR).join(PEERS_DB).is_dir());
+    }
 }

@@ -1,6 +1,9 @@
 //! End-to-end: real `micelio` processes on 127.0.0.1 find each other, mesh,
-//! and rejoin after a restart from the peers persisted in their data dir.
-//! Every child is killed by handle when a test ends, pass or fail.
+//! and rejoin after a restart from the peers persisted in their data dir; a
+//! node whose component fails stops in order with status 1; a data dir the
+//! Go reference used (its identity, its bbolt `data.db`) is shared without
+//! touching the reference's file. Every child is killed by handle when a
+//! test ends, pass or fail.
 
 mod support;
 
@@ -151,4 +154,203 @@ fn a_chat_line_reaches_every_process_exactly_once() {
             .count();
         assert_eq!(count, 1, "exactly once");
     }
+}
+
+/// The lines of the ordered stop, in the order they must appear.
+const STOP_STEPS: [&str; 5] = [
+    "stopped the SSH server and its sessions",
+    "stopped the partyline",
+    "stopped gossip",
+    "closed the peer connections",
+    "flushed storage",
+];
+
+fn assert_ordered_stop(lines: &[String]) {
+    let mut at = 0;
+    for step in STOP_STEPS {
+        let found = lines[at..].iter().position(|l| l.contains(step));
+        let Some(i) = found else {
+            panic!("{step:?} missing or out of order:\n{}", lines.join("\n"));
+        };
+        at += i + 1;
+    }
+}
+
+/// A component of `b` is made to fail once it has a peer (debug fault
+/// injection); the node must stop in order, exit 1, and leave a store that
+/// reopens with the peer it learnt.
+#[cfg(debug_assertions)]
+fn a_failing_component_stops_the_node(fault: &str, needle: &str) {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("fast.toml");
+    std::fs::write(&config, FAST).unwrap();
+    let mut a = Node::start(
+        home.path(),
+        &home.path().join("a"),
+        &config,
+        &["--listen", "127.0.0.1:0"],
+    );
+    let ida = a.node_id.clone();
+    // b is outbound-only: nobody can dial it, so after its restart it can
+    // only reach a through the peers it stored before failing.
+    let b = Node::start_with_env(
+        home.path(),
+        &home.path().join("b"),
+        &config,
+        &["--listen", "", "--bootstrap", &a.addr],
+        &[("MICELIO_DEBUG_FAULT", fault)],
+    );
+    let idb = b.node_id.clone();
+    let (code, lines) = b.wait_exit();
+    let text = lines.join("\n");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("component failed") && l.contains(needle)),
+        "{text}"
+    );
+    assert!(text.contains("error: component"), "{text}");
+    assert!(text.contains("node stopped after a failure"), "{text}");
+    assert_ordered_stop(&lines);
+    a.wait_for(|l| l.contains("peer disconnected") && l.contains(&idb));
+
+    let mut b = Node::start(
+        home.path(),
+        &home.path().join("b"),
+        &config,
+        &["--listen", ""],
+    );
+    b.wait_for(|l| l.contains("loaded known peers") && l.contains("loaded=1"));
+    b.connected_to(&ida);
+    let lines = b.terminate();
+    assert_ordered_stop(&lines);
+    a.terminate();
+}
+
+#[test]
+#[cfg(debug_assertions)]
+fn a_panicking_component_stops_the_node_in_order_with_status_1() {
+    a_failing_component_stops_the_node("panic", "panicked: debug fault injection");
+}
+
+#[test]
+#[cfg(debug_assertions)]
+fn an_ssh_server_that_dies_stops_the_node_in_order_with_status_1() {
+    a_failing_component_stops_the_node("stop-ssh", "the SSH server stopped");
+}
+
+/// FNV-1a, 64 bits: bbolt's meta page checksum.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// An empty bbolt database as the reference's `data.db` is on disk: 4 KiB
+/// pages; two meta pages (magic 0xED0CDAED, version 2, checksummed), a free
+/// list page and an empty leaf page as the root bucket.
+fn bbolt_file() -> Vec<u8> {
+    const PAGE: usize = 4096;
+    let mut file = vec![0u8; PAGE * 4];
+    let header = |file: &mut Vec<u8>, id: u64, flags: u16| {
+        let at = id as usize * PAGE;
+        file[at..at + 8].copy_from_slice(&id.to_le_bytes());
+        file[at + 8..at + 10].copy_from_slice(&flags.to_le_bytes());
+    };
+    for (id, txid) in [(0u64, 0u64), (1, 1)] {
+        header(&mut file, id, 0x04);
+        let mut meta = Vec::with_capacity(64);
+        meta.extend_from_slice(&0xED0C_DAEDu32.to_le_bytes());
+        meta.extend_from_slice(&2u32.to_le_bytes());
+        meta.extend_from_slice(&(PAGE as u32).to_le_bytes());
+        meta.extend_from_slice(&0u32.to_le_bytes());
+        meta.extend_from_slice(&3u64.to_le_bytes()); // root bucket page
+        meta.extend_from_slice(&0u64.to_le_bytes()); // sequence
+        meta.extend_from_slice(&2u64.to_le_bytes()); // free list page
+        meta.extend_from_slice(&4u64.to_le_bytes()); // high water mark
+        meta.extend_from_slice(&txid.to_le_bytes());
+        let sum = fnv1a64(&meta);
+        meta.extend_from_slice(&sum.to_le_bytes());
+        let at = id as usize * PAGE + 16;
+        file[at..at + meta.len()].copy_from_slice(&meta);
+    }
+    header(&mut file, 2, 0x10);
+    header(&mut file, 3, 0x02);
+    file
+}
+
+/// A data dir the Go reference has used: its identity (from the
+/// known-answer vectors) and its bbolt `data.db`.
+fn reference_data_dir(dir: &std::path::Path) -> (String, Vec<u8>) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/reference-v1.json"
+    ))
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ident = &v["identities"][0];
+    let id_dir = dir.join("identity");
+    std::fs::create_dir_all(&id_dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let key = id_dir.join("node.key");
+    std::fs::write(&key, ident["private_key_pkcs8_pem"].as_str().unwrap()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut line = ident["public_key_openssh"].as_str().unwrap().to_owned();
+    line.push('\n');
+    std::fs::write(id_dir.join("node.pub"), line).unwrap();
+    let bbolt = bbolt_file();
+    std::fs::write(dir.join("data.db"), &bbolt).unwrap();
+    (ident["node_id"].as_str().unwrap().to_owned(), bbolt)
+}
+
+#[test]
+fn a_data_dir_the_reference_used_is_shared_and_its_data_db_left_alone() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("fast.toml");
+    std::fs::write(&config, FAST).unwrap();
+    let a = Node::start(
+        home.path(),
+        &home.path().join("a"),
+        &config,
+        &["--listen", "127.0.0.1:0"],
+    );
+    let ida = a.node_id.clone();
+    let shared = home.path().join("shared");
+    let (reference_id, bbolt) = reference_data_dir(&shared);
+
+    let mut r = Node::start(
+        home.path(),
+        &shared,
+        &config,
+        &["--listen", "", "--bootstrap", &a.addr],
+    );
+    assert_eq!(
+        r.node_id, reference_id,
+        "the reference's identity, same NodeId"
+    );
+    r.connected_to(&ida);
+    r.terminate();
+    assert_eq!(
+        std::fs::read(shared.join("data.db")).unwrap(),
+        bbolt,
+        "the reference's bbolt file is untouched"
+    );
+    assert!(
+        shared.join("micelio/peers").is_dir(),
+        "micelio keeps its own store"
+    );
+
+    // Again, without bootstrap: the peer comes from micelio/peers.
+    let mut r = Node::start(home.path(), &shared, &config, &["--listen", ""]);
+    assert_eq!(r.node_id, reference_id);
+    r.wait_for(|l| l.contains("loaded known peers") && l.contains("loaded=1"));
+    r.connected_to(&ida);
+    r.terminate();
+    assert_eq!(std::fs::read(shared.join("data.db")).unwrap(), bbolt);
+    a.terminate();
 }

@@ -1,7 +1,8 @@
 //! End-to-end with the real OpenSSH client (`/usr/bin/ssh`): meshed
 //! `micelio` processes on 127.0.0.1, users on different nodes, every
-//! command, exec requests, refused clients and hostile input. The host key
-//! is pinned: `known_hosts` is written from the node's own public key.
+//! command, exec requests, refused clients, `authorized_keys` options and
+//! hostile input. The host key is pinned: `known_hosts` is written from the
+//! node's own public key.
 
 mod support;
 
@@ -436,4 +437,83 @@ fn chat_crosses_the_middle_of_a_three_node_chain() {
     carol.wait_for("<alice@left> over the middle");
     carol.line("and back");
     alice.wait_for("<carol@right> and back");
+}
+
+#[test]
+fn authorized_keys_options_fail_closed() {
+    let mut mesh = Mesh::chain(&["guarded"]);
+    let (mut a, da) = mesh.nodes.remove(0);
+    let (a_ref, da) = (&mut a, da.as_path());
+    let local = Client::new(mesh.dir(), "local");
+    let elsewhere = Client::new(mesh.dir(), "elsewhere");
+    let negated = Client::new(mesh.dir(), "negated");
+    let forced = Client::new(mesh.dir(), "forced");
+    let nopty = Client::new(mesh.dir(), "nopty");
+    let lines = [
+        format!("from=\"127.0.0.1\" {}", local.public_line()),
+        format!("from=\"10.0.0.0/8\" {}", elsewhere.public_line()),
+        format!("from=\"!127.0.0.1,*\" {}", negated.public_line()),
+        format!("command=\"/who\" {}", forced.public_line()),
+        format!("no-pty {}", nopty.public_line()),
+    ];
+    std::fs::write(da.join("authorized_keys"), lines.concat()).unwrap();
+
+    let ok = local.exec(a_ref, da, "op", "/who");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for refused in [&elsewhere, &negated, &forced] {
+        let out = refused.exec(a_ref, da, "op", "/who");
+        assert_eq!(out.status.code(), Some(255));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    }
+
+    // The node says which line it refused and why, and why each login failed.
+    a_ref.wait_for(|l| {
+        l.contains("refusing the key of this authorized keys line")
+            && l.contains("line=4")
+            && l.contains("command")
+    });
+    a_ref.wait_for(|l| l.contains("refused ssh key") && l.contains("from= option of line 2"));
+    a_ref.wait_for(|l| l.contains("refused ssh key") && l.contains("from= option of line 3"));
+
+    // no-pty: the client asks for one (-tt) and is told no. OpenSSH treats
+    // a refused PTY it asked for explicitly as fatal for the session
+    // ("PTY allocation request failed", exit 255): the user never gets a
+    // terminal session, and never the line editor.
+    let input = mesh_file(da, "input", "/who\n");
+    let mut cmd = nopty.ssh(a_ref, da, "nopty");
+    cmd.arg("-tt").stdin(Stdio::from(input));
+    let out = run_bounded(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stderr.contains("PTY allocation request failed"), "{stderr}");
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        !stdout.contains("Welcome to the micelio partyline"),
+        "{stdout}"
+    );
+    // Without a PTY the same key is served: plain sessions and commands.
+    let input = mesh_file(da, "input", "/who\n");
+    let mut cmd = nopty.ssh(a_ref, da, "nopty");
+    cmd.arg("-T").stdin(Stdio::from(input));
+    let out = run_bounded(cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("nopty"), "{stdout}");
+    assert!(!stdout.contains("\x1b["), "no terminal control: {stdout:?}");
+    a_ref.wait_for(|l| l.contains("refused a pty"));
+}
+
+/// A file with `text`, opened for reading.
+fn mesh_file(dir: &Path, name: &str, text: &str) -> std::fs::File {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::File::open(path).unwrap()
 }

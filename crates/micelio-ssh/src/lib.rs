@@ -4,7 +4,9 @@
 //!
 //! - [`SshServer`]: a russh server whose host key is the node identity.
 //!   Public-key authentication only, against an OpenSSH `authorized_keys`
-//!   file re-read when it changes ([`AuthorizedKeys`]); passwords,
+//!   file re-read when it changes ([`AuthorizedKeys`]), whose options fail
+//!   closed (`from=` enforced, `restrict`/`no-pty` refuse a PTY, any other
+//!   option refuses the key); passwords,
 //!   keyboard-interactive, port, agent and X11 forwarding are all refused;
 //!   modern algorithms only (curve25519 / ML-KEM key exchange, Ed25519 host
 //!   key, ChaCha20-Poly1305 and AES-GCM). A semaphore bounds connections.
@@ -22,8 +24,9 @@
 
 mod auth;
 pub mod editor;
+mod keyopts;
 mod server;
 mod session;
 
-pub use auth::AuthorizedKeys;
-pub use server::{SshConfig, SshCounters, SshError, SshServer, host_key};
+pub use auth::{AuthorizedKeys, KeyPermissions, KeyRefusal};
+pub use server::{SshConfig, SshCounters, SshError, SshExit, SshServer, host_key};

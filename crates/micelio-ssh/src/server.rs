@@ -15,12 +15,12 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Preferred, cipher, kex};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use crate::auth::AuthorizedKeys;
+use crate::auth::{AuthorizedKeys, KeyPermissions};
 use crate::session::{ChanInput, run_exec, run_interactive, run_plain};
 
 /// Channels one connection may open at once.
@@ -46,15 +46,25 @@ pub struct SshConfig {
 }
 
 impl SshConfig {
+    /// The partyline's default address, `0.0.0.0:2222` (SPEC §10).
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 2222);
+    /// Default of [`SshConfig::max_connections`].
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+    /// Default of [`SshConfig::inactivity_timeout`]: 1 h.
+    pub const DEFAULT_INACTIVITY_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// Default of [`SshConfig::write_timeout`].
+    pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
     /// Defaults for `listen` and `authorized_keys`: 64 connections, 1 h of
     /// inactivity, 10 s write deadline.
     pub fn new(listen: SocketAddr, authorized_keys: impl Into<std::path::PathBuf>) -> Self {
         Self {
             listen,
             authorized_keys: authorized_keys.into(),
-            max_connections: 64,
-            inactivity_timeout: Duration::from_secs(3600),
-            write_timeout: Duration::from_secs(10),
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            inactivity_timeout: Self::DEFAULT_INACTIVITY_TIMEOUT,
+            write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
         }
     }
 }
@@ -74,27 +84,69 @@ pub enum SshError {
     },
 }
 
-/// Counters of the SSH server.
-#[derive(Debug, Default)]
+/// A snapshot of the SSH server's counters, from [`SshServer::counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SshCounters {
     /// Connections accepted.
-    pub connections: AtomicU64,
+    pub connections: u64,
     /// Connections refused because `max_connections` was reached.
-    pub refused: AtomicU64,
+    pub refused: u64,
     /// Authentication attempts refused.
-    pub auth_refused: AtomicU64,
+    pub auth_refused: u64,
     /// Logins accepted.
-    pub logins: AtomicU64,
+    pub logins: u64,
+}
+
+/// The live counters, shared by the server's tasks.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    connections: AtomicU64,
+    refused: AtomicU64,
+    auth_refused: AtomicU64,
+    logins: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> SshCounters {
+        SshCounters {
+            connections: self.connections.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            auth_refused: self.auth_refused.load(Ordering::Relaxed),
+            logins: self.logins.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How the server's accept loop ended, as told by [`SshServer::closed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SshExit {
+    /// [`SshServer::shutdown`] stopped it.
+    Stopped,
+    /// It panicked (the panic message) or was aborted.
+    Failed(String),
+}
+
+impl std::fmt::Display for SshExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stopped => f.write_str("stopped"),
+            Self::Failed(reason) => write!(f, "failed: {reason}"),
+        }
+    }
 }
 
 /// A running SSH partyline server.
 #[derive(Debug)]
+#[must_use = "dropping the handle does not stop the server; call shutdown()"]
 pub struct SshServer {
     local_addr: SocketAddr,
     cancel: CancellationToken,
     tracker: TaskTracker,
-    counters: Arc<SshCounters>,
+    counters: Arc<Counters>,
     keys: Arc<AuthorizedKeys>,
+    exit: watch::Receiver<Option<SshExit>>,
 }
 
 /// The node key as an SSH host key.
@@ -158,7 +210,7 @@ impl SshServer {
             russh: Arc::new(russh_config(identity, &config)),
             party,
             keys: keys.clone(),
-            counters: Arc::new(SshCounters::default()),
+            counters: Arc::new(Counters::default()),
             write_timeout: config.write_timeout,
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -166,16 +218,46 @@ impl SshServer {
             next_conn: AtomicU64::new(1),
         });
         let span = info_span!("ssh", addr = %local_addr);
-        shared
-            .tracker
-            .spawn(accept_loop(shared.clone(), listener).instrument(span));
+        let (exit_tx, exit) = watch::channel(None);
+        let accept = tokio::spawn(accept_loop(shared.clone(), listener).instrument(span.clone()));
+        // The accept loop is watched: how it ended is told to `closed`.
+        shared.tracker.spawn(
+            async move {
+                let ended = match accept.await {
+                    Ok(()) => SshExit::Stopped,
+                    Err(e) => SshExit::Failed(join_error_reason(e)),
+                };
+                if let SshExit::Failed(reason) = &ended {
+                    warn!("the ssh accept loop failed: {reason}");
+                }
+                let _ = exit_tx.send(Some(ended));
+            }
+            .instrument(span),
+        );
         Ok(Self {
             local_addr,
             cancel: shared.cancel.clone(),
             tracker: shared.tracker.clone(),
             counters: shared.counters.clone(),
             keys,
+            exit,
         })
+    }
+
+    /// Resolves once the accept loop has ended, saying how: after
+    /// [`SshServer::shutdown`], or by itself (a panic), which a supervisor
+    /// should treat as the server's death. The future owns what it needs,
+    /// so it can be moved into a watching task.
+    ///
+    /// Cancel safety: safe to cancel.
+    pub fn closed(&self) -> impl std::future::Future<Output = SshExit> + Send + 'static {
+        let mut exit = self.exit.clone();
+        async move {
+            match exit.wait_for(Option::is_some).await {
+                Ok(ended) => ended.clone().unwrap_or(SshExit::Stopped),
+                Err(_) => SshExit::Failed("the accept loop's watcher is gone".to_owned()),
+            }
+        }
     }
 
     /// The bound address.
@@ -183,9 +265,9 @@ impl SshServer {
         self.local_addr
     }
 
-    /// The counters.
-    pub fn counters(&self) -> &SshCounters {
-        &self.counters
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> SshCounters {
+        self.counters.snapshot()
     }
 
     /// The authorized keys in force.
@@ -207,11 +289,25 @@ impl SshServer {
     }
 }
 
+/// The panic message (or the cancellation) of a task that failed.
+fn join_error_reason(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return format!("{e}");
+    }
+    let panic = e.into_panic();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic".to_owned());
+    format!("panicked: {message}")
+}
+
 pub(crate) struct Shared {
     russh: Arc<russh::server::Config>,
     pub(crate) party: Partyline,
     keys: Arc<AuthorizedKeys>,
-    counters: Arc<SshCounters>,
+    counters: Arc<Counters>,
     pub(crate) write_timeout: Duration,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
@@ -246,6 +342,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             shared: shared.clone(),
             peer,
             user: None,
+            permissions: None,
             channels: HashMap::new(),
         };
         let s = shared.clone();
@@ -284,20 +381,27 @@ struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
     user: Option<String>,
+    /// What the key the client logged in with allows.
+    permissions: Option<KeyPermissions>,
     channels: HashMap<ChannelId, ChannelState>,
 }
 
 impl Conn {
-    async fn check_key(&self, user: &str, key: &russh::keys::PublicKey) -> Auth {
-        if self.shared.keys.allows(key).await {
-            Auth::Accept
-        } else {
-            self.shared
-                .counters
-                .auth_refused
-                .fetch_add(1, Ordering::Relaxed);
-            info!(peer = %self.peer, user, fingerprint = %key.fingerprint(Default::default()), "refused ssh key: not in authorized_keys");
-            Auth::reject()
+    async fn check_key(
+        &self,
+        user: &str,
+        key: &russh::keys::PublicKey,
+    ) -> Result<KeyPermissions, Auth> {
+        match self.shared.keys.check(key, self.peer.ip()).await {
+            Ok(permissions) => Ok(permissions),
+            Err(refusal) => {
+                self.shared
+                    .counters
+                    .auth_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(peer = %self.peer, user, fingerprint = %key.fingerprint(Default::default()), "refused ssh key: {refusal}");
+                Err(Auth::reject())
+            }
         }
     }
 
@@ -339,7 +443,10 @@ impl russh::server::Handler for Conn {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.check_key(user, offer.public_key).await)
+        Ok(match self.check_key(user, offer.public_key).await {
+            Ok(_) => Auth::Accept,
+            Err(reject) => reject,
+        })
     }
 
     async fn auth_publickey(
@@ -347,13 +454,16 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let auth = self.check_key(user, key.public_key).await;
-        if matches!(auth, Auth::Accept) {
-            self.shared.counters.logins.fetch_add(1, Ordering::Relaxed);
-            info!(peer = %self.peer, user, "ssh login");
-            self.user = Some(user.to_owned());
+        match self.check_key(user, key.public_key).await {
+            Ok(permissions) => {
+                self.shared.counters.logins.fetch_add(1, Ordering::Relaxed);
+                info!(peer = %self.peer, user, pty = permissions.pty, "ssh login");
+                self.user = Some(user.to_owned());
+                self.permissions = Some(permissions);
+                Ok(Auth::Accept)
+            }
+            Err(reject) => Ok(reject),
         }
-        Ok(auth)
     }
 
     async fn channel_open_session(
@@ -390,7 +500,11 @@ impl russh::server::Handler for Conn {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(state) = self.channels.get_mut(&channel) {
+        let pty_allowed = self.permissions.is_some_and(|p| p.pty);
+        if !pty_allowed {
+            info!(peer = %self.peer, "refused a pty: no-pty or restrict in authorized_keys");
+            session.channel_failure(channel)?;
+        } else if let Some(state) = self.channels.get_mut(&channel) {
             state.pty_width = Some(u16::try_from(col_width).unwrap_or(u16::MAX).max(20));
             session.channel_success(channel)?;
         } else {

@@ -288,3 +288,22 @@ pub(crate) async fn run_exec(
     };
     out.finish(status).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crlf_ends_every_line_once() {
+        assert_eq!(crlf("a"), b"a\r\n");
+        assert_eq!(crlf("a\nb"), b"a\r\nb\r\n");
+        assert_eq!(crlf("a\r\nb"), b"a\r\nb\r\n", "no doubled CR");
+        assert_eq!(crlf(""), b"\r\n");
+    }
+
+    #[test]
+    fn plain_text_ends_with_one_newline() {
+        assert_eq!(plain("a\nb"), b"a\nb\n");
+        assert_eq!(prompt("zoe"), "zoe> ");
+    }
+}

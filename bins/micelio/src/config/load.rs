@@ -18,7 +18,7 @@ use super::Config;
 use super::check::{Checker, FieldError, Host};
 
 /// The configuration sections, as environment variable names see them.
-const SECTIONS: &[&str] = &["node", "ssh", "network", "gossip", "logging"];
+const SECTIONS: &[&str] = &["node", "ssh", "network", "gossip", "partyline", "logging"];
 
 /// Prefix of the environment variables that set configuration keys.
 pub(crate) const ENV_PREFIX: &str = "MICELIO_";

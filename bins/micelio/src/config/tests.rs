@@ -125,25 +125,35 @@ fn defaults_follow_the_spec() {
         config.ssh.listen,
         "0.0.0.0:2222".parse::<SocketAddr>().unwrap()
     );
+    // Every other default is the library's own (see
+    // `node::tests::the_binary_defaults_are_the_libraries_defaults`); the
+    // numbers are pinned once, in the libraries' tests.
     let n = &config.network;
     assert_eq!(n.listen, None);
     assert_eq!(n.advertise_addr, None);
     assert!(n.bootstrap.is_empty());
-    assert_eq!(n.max_peers, 15);
-    assert_eq!(n.exchange_interval, Duration::from_secs(30));
-    assert_eq!(n.discovery_interval, Duration::from_secs(10));
-    assert_eq!(n.dial_timeout, Duration::from_secs(10));
-    assert_eq!(n.hello_timeout, Duration::from_secs(10));
-    assert_eq!(n.keepalive_interval, Duration::from_secs(20));
-    assert_eq!(n.idle_timeout, Duration::from_secs(60));
-    assert_eq!(n.write_timeout, Duration::from_secs(10));
-    assert_eq!(n.send_queue, 256);
-    let g = &config.gossip;
+    let t = micelio_transport::TransportConfig::default();
     assert_eq!(
-        (g.fanout, g.max_hops, g.rate_per_sec, g.rate_burst),
-        (3, 10, 10, 20)
+        (
+            n.max_peers,
+            n.send_queue,
+            n.idle_timeout,
+            n.keepalive_interval
+        ),
+        (
+            t.max_peers,
+            t.send_queue,
+            t.idle_timeout,
+            t.keepalive_interval
+        )
     );
-    assert_eq!(g.seen_ttl, Duration::from_secs(300));
+    let g = micelio_gossip::GossipConfig::default();
+    assert_eq!(config.gossip.fanout, g.fanout);
+    assert_eq!(config.gossip.repair_interval, g.repair_interval);
+    assert_eq!(
+        config.ssh.max_connections,
+        micelio_ssh::SshConfig::DEFAULT_MAX_CONNECTIONS
+    );
     assert_eq!(config.logging.level, "info");
     assert_eq!(config.logging.format, LogFormat::Text);
 }
@@ -367,6 +377,53 @@ fn gossip_ranges() {
     toml("[gossip]\nmax_hops = 256").fails("gossip.max_hops", "between 1 and 255");
     toml("[gossip]\nrate_per_sec = 0").fails("gossip.rate_per_sec", "between 1");
     toml("[gossip]\nrate_burst = -1").fails("gossip.rate_burst", "got -1");
+    toml("[gossip]\nseen_cap = 10").fails("gossip.seen_cap", "between 1000");
+}
+
+#[test]
+fn gossip_repair_can_be_disabled_and_must_keep_what_it_announces() {
+    let config = toml("[gossip]\nrepair_interval = \"0s\"").ok();
+    assert_eq!(config.gossip.repair_interval, Duration::ZERO);
+    toml("[gossip]\nrepair_window = \"0s\"").fails("gossip.repair_window", "greater than zero");
+    toml("[gossip]\nrepair_window = \"1m\"\nrepair_retention = \"30s\"").fails(
+        "gossip.repair_retention",
+        "at least gossip.repair_window (1m)",
+    );
+    let config = Case::new()
+        .env("MICELIO_GOSSIP__SEEN_CAP", "5000")
+        .env("MICELIO_GOSSIP__REPAIR_RETENTION", "2m")
+        .ok();
+    assert_eq!(config.gossip.seen_cap, 5000);
+    assert_eq!(config.gossip.repair_retention, Duration::from_secs(120));
+}
+
+#[test]
+fn ssh_limits_are_settable() {
+    let config = Case::new()
+        .env("MICELIO_SSH__MAX_CONNECTIONS", "8")
+        .env("MICELIO_SSH__INACTIVITY_TIMEOUT", "10m")
+        .toml("[ssh]\nwrite_timeout = \"2s\"")
+        .ok();
+    assert_eq!(config.ssh.max_connections, 8);
+    assert_eq!(config.ssh.inactivity_timeout, Duration::from_secs(600));
+    assert_eq!(config.ssh.write_timeout, Duration::from_secs(2));
+    toml("[ssh]\nmax_connections = 0").fails("ssh.max_connections", "between 1");
+    toml("[ssh]\nwrite_timeout = \"0s\"").fails("ssh.write_timeout", "greater than zero");
+}
+
+#[test]
+fn partyline_settings() {
+    let config = toml("[partyline]\nhistory_lines = 0\npresence_interval = \"1m\"").ok();
+    assert_eq!(config.partyline.history_lines, 0);
+    assert_eq!(config.partyline.presence_interval, Duration::from_secs(60));
+    toml("[partyline]\nhistory_lines = 1001")
+        .fails("partyline.history_lines", "between 0 and 1000");
+    toml("[partyline]\npresence_interval = \"500ms\"")
+        .fails("partyline.presence_interval", "at least 1s");
+    let config = Case::new()
+        .env("MICELIO_PARTYLINE__HISTORY_LINES", "5")
+        .ok();
+    assert_eq!(config.partyline.history_lines, 5);
 }
 
 // ---- [logging] ----

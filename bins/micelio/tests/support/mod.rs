@@ -49,6 +49,17 @@ fn pump(pipe: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>) {
 
 impl Node {
     pub fn start(home: &Path, data: &Path, config: &Path, extra: &[&str]) -> Node {
+        Self::start_with_env(home, data, config, extra, &[])
+    }
+
+    /// As [`Node::start`], with extra environment variables.
+    pub fn start_with_env(
+        home: &Path,
+        data: &Path,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_micelio"));
         cmd.arg("--config")
             .arg(config)
@@ -67,6 +78,7 @@ impl Node {
                 cmd.env_remove(name);
             }
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("micelio starts");
         let (tx, rx) = mpsc::channel();
         pump(child.stdout.take().expect("stdout"), tx.clone());
@@ -119,6 +131,26 @@ impl Node {
     pub fn connected_to(&mut self, other: &str) {
         let other = other.to_owned();
         self.wait_for(move |l| l.contains("peer connected") && l.contains(&other));
+    }
+
+    /// Waits (bounded) for the process to exit by itself; returns its exit
+    /// code and every line it printed.
+    pub fn wait_exit(mut self) -> (Option<i32>, Vec<String>) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                while let Ok(line) = self.rx.recv_timeout(Duration::from_secs(5)) {
+                    self.seen.push(line);
+                }
+                return (st.code(), std::mem::take(&mut self.seen));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not exit by itself:\n{}",
+                self.seen.join("\n")
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, then a bounded wait for a clean exit; returns every line the
