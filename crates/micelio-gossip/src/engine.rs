@@ -25,11 +25,14 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 
-use crate::parts::{KeyRing, RateLimiter, SeenCache, Trust};
+use crate::parts::{
+    DEFAULT_LEARNED_KEYS, DEFAULT_RATE_BUCKETS, KeyRing, RateLimiter, SeenCache, Trust,
+};
 
-/// Default cap on the seen cache (ids), far above what 5 minutes of traffic
-/// at the default rate limits produce.
-pub const DEFAULT_SEEN_CAP: usize = 1_000_000;
+/// Default cap on the seen cache (ids): 5 minutes of 870 accepted messages
+/// per second, far above a chat mesh's traffic, at about 200 bytes each
+/// (about 50 MiB at most). Past it the oldest ids go first.
+pub const DEFAULT_SEEN_CAP: usize = 262_144;
 
 /// Configuration of the gossip engine.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +58,10 @@ pub struct GossipConfig {
     pub repair_window: Duration,
     /// How long accepted envelopes are kept to answer repair requests.
     pub repair_retention: Duration,
+    /// Most gossip-learned sender keys kept (least recently used evicted).
+    pub learned_keys_cap: usize,
+    /// Most per-sender rate buckets kept (see [`RateLimiter`]).
+    pub rate_buckets_cap: usize,
 }
 
 impl Default for GossipConfig {
@@ -70,6 +77,8 @@ impl Default for GossipConfig {
             repair_interval: Duration::from_secs(1),
             repair_window: Duration::from_secs(5),
             repair_retention: Duration::from_secs(30),
+            learned_keys_cap: DEFAULT_LEARNED_KEYS,
+            rate_buckets_cap: DEFAULT_RATE_BUCKETS,
         }
     }
 }
@@ -169,10 +178,26 @@ pub struct GossipStats {
     pub unhandled: u64,
     /// Drops, by reason.
     pub dropped: BTreeMap<DropReason, u64>,
-    /// Keys held in the keyring.
+    /// Keys held in the keyring (direct and learned).
     pub keys: u64,
+    /// Gossip-learned keys held (at most `learned_keys_cap`).
+    pub learned_keys: u64,
+    /// Learned keys evicted to stay within the cap.
+    pub keys_evicted: u64,
     /// Ids held in the seen cache.
     pub seen: u64,
+    /// Seen ids forgotten before their TTL to stay within the cap.
+    pub seen_evicted: u64,
+    /// Per-sender rate buckets held (at most `rate_buckets_cap`).
+    pub rate_buckets: u64,
+    /// Rate buckets evicted before they had refilled.
+    pub rate_buckets_evicted: u64,
+    /// Envelopes kept for repair (at most [`MAX_RETAINED`]).
+    pub retained: u64,
+    /// Their approximate size in bytes (at most [`MAX_RETAINED_BYTES`]).
+    pub retained_bytes: u64,
+    /// Kept envelopes evicted before their retention to stay within a cap.
+    pub retained_evicted: u64,
     /// Repair digests sent (one per peer per round with news).
     pub digests_sent: u64,
     /// Message ids asked for after a peer's digest.
@@ -212,28 +237,58 @@ pub struct Engine {
 pub const MAX_REPAIR_IDS: usize = 256;
 /// Most envelopes kept to answer repair requests.
 pub const MAX_RETAINED: usize = 4096;
+/// Most bytes of envelopes kept to answer repair requests (payloads can be
+/// up to 64 KiB each; 4096 of those would be 256 MiB).
+pub const MAX_RETAINED_BYTES: usize = 8 << 20;
 
-/// Envelopes accepted or originated recently, for gossip repair.
+/// The memory an envelope kept for repair is counted as.
+fn retained_size(env: &Envelope) -> usize {
+    env.payload.len()
+        + env.message_id.len()
+        + env.sender_id.len()
+        + env.signature.len()
+        + env.sender_pubkey.len()
+        + 128
+}
+
+/// Envelopes accepted or originated recently, for gossip repair: at most
+/// [`MAX_RETAINED`] of them and [`MAX_RETAINED_BYTES`], oldest evicted
+/// first, each forgotten after the retention time.
 #[derive(Debug, Default)]
 struct Recent {
     map: HashMap<String, Envelope>,
     order: VecDeque<(Instant, String)>,
+    bytes: usize,
+    evicted: u64,
 }
 
 impl Recent {
+    fn pop_oldest(&mut self) -> bool {
+        let Some((_, old)) = self.order.pop_front() else {
+            return false;
+        };
+        if let Some(e) = self.map.remove(&old) {
+            self.bytes = self.bytes.saturating_sub(retained_size(&e));
+        }
+        true
+    }
+
     fn insert(&mut self, now: Instant, env: &Envelope) {
-        if self.map.len() >= MAX_RETAINED
-            && let Some((_, old)) = self.order.pop_front()
-        {
-            self.map.remove(&old);
+        if self.map.contains_key(&env.message_id) {
+            return;
         }
-        if self
-            .map
-            .insert(env.message_id.clone(), env.clone())
-            .is_none()
+        let size = retained_size(env);
+        while !self.map.is_empty()
+            && (self.map.len() >= MAX_RETAINED || self.bytes + size > MAX_RETAINED_BYTES)
         {
-            self.order.push_back((now, env.message_id.clone()));
+            if !self.pop_oldest() {
+                break;
+            }
+            self.evicted += 1;
         }
+        self.bytes += size;
+        self.map.insert(env.message_id.clone(), env.clone());
+        self.order.push_back((now, env.message_id.clone()));
     }
 
     fn expire(&mut self, now: Instant, retention: Duration) {
@@ -241,9 +296,7 @@ impl Recent {
             if now.saturating_duration_since(*t) < retention {
                 break;
             }
-            if let Some((_, id)) = self.order.pop_front() {
-                self.map.remove(&id);
-            }
+            self.pop_oldest();
         }
     }
 
@@ -264,9 +317,13 @@ impl Engine {
     /// tests for reproducible runs).
     pub fn new(identity: Arc<Identity>, config: GossipConfig, seed: u64) -> Self {
         Self {
-            keyring: KeyRing::new(),
+            keyring: KeyRing::with_cap(config.learned_keys_cap),
             seen: SeenCache::new(config.seen_ttl, config.seen_cap),
-            limiter: RateLimiter::new(config.rate_per_sec, config.rate_burst),
+            limiter: RateLimiter::with_cap(
+                config.rate_per_sec,
+                config.rate_burst,
+                config.rate_buckets_cap,
+            ),
             peers: Vec::new(),
             handlers: HashSet::new(),
             stats: GossipStats::default(),
@@ -296,9 +353,11 @@ impl Engine {
         }
     }
 
-    /// A peer disconnected (its key stays known).
+    /// A peer disconnected: its key stays known as a gossip-learned one
+    /// (subject to the cap).
     pub fn peer_down(&mut self, id: &NodeId) {
         self.peers.retain(|p| p != id);
+        self.keyring.release(id);
     }
 
     /// Learns a key from elsewhere (for example a peer exchange), with
@@ -528,7 +587,15 @@ impl Engine {
     pub fn stats(&self) -> GossipStats {
         let mut s = self.stats.clone();
         s.keys = self.keyring.len() as u64;
+        s.learned_keys = self.keyring.learned_len() as u64;
+        s.keys_evicted = self.keyring.evicted();
         s.seen = self.seen.len() as u64;
+        s.seen_evicted = self.seen.evicted();
+        s.rate_buckets = self.limiter.len() as u64;
+        s.rate_buckets_evicted = self.limiter.evicted();
+        s.retained = self.recent.map.len() as u64;
+        s.retained_bytes = self.recent.bytes as u64;
+        s.retained_evicted = self.recent.evicted;
         s
     }
 }

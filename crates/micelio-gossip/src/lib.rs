@@ -43,7 +43,9 @@ mod service;
 
 pub use engine::{
     Action, DEFAULT_SEEN_CAP, Delivered, DropReason, Engine, GossipConfig, GossipStats,
-    MAX_REPAIR_IDS, MAX_RETAINED,
+    MAX_REPAIR_IDS, MAX_RETAINED, MAX_RETAINED_BYTES,
 };
-pub use parts::{KeyRing, RateLimiter, SeenCache, Trust};
+pub use parts::{
+    DEFAULT_LEARNED_KEYS, DEFAULT_RATE_BUCKETS, KeyRing, RateLimiter, SeenCache, Trust,
+};
 pub use service::{Gossip, GossipError};
