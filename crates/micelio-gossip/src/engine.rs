@@ -34,6 +34,15 @@ use crate::parts::{
 /// (about 50 MiB at most). Past it the oldest ids go first.
 pub const DEFAULT_SEEN_CAP: usize = 262_144;
 
+/// Default pace of paced originations: 80% of the mesh's per-sender rate
+/// (10/s), so that relays' buckets refill faster than we spend them.
+pub const DEFAULT_PACE_PER_SEC: u32 = 8;
+/// Default burst of paced originations: half the mesh's burst (20), so
+/// that relays keep headroom for jitter.
+pub const DEFAULT_PACE_BURST: u32 = 10;
+/// Default bound of the paced origination queue.
+pub const DEFAULT_ORIGIN_QUEUE: usize = 256;
+
 /// Configuration of the gossip engine.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -62,6 +71,14 @@ pub struct GossipConfig {
     pub learned_keys_cap: usize,
     /// Most per-sender rate buckets kept (see [`RateLimiter`]).
     pub rate_buckets_cap: usize,
+    /// Pace of this node's own originations through
+    /// [`crate::Gossip::try_originate`], messages per second: below the
+    /// mesh's per-sender rate so that relays never drop our messages.
+    pub pace_per_sec: u32,
+    /// Burst of this node's paced originations: below the mesh's burst.
+    pub pace_burst: u32,
+    /// Paced originations queued (in order) before further ones are refused.
+    pub origin_queue: usize,
 }
 
 impl Default for GossipConfig {
@@ -79,6 +96,9 @@ impl Default for GossipConfig {
             repair_retention: Duration::from_secs(30),
             learned_keys_cap: DEFAULT_LEARNED_KEYS,
             rate_buckets_cap: DEFAULT_RATE_BUCKETS,
+            pace_per_sec: DEFAULT_PACE_PER_SEC,
+            pace_burst: DEFAULT_PACE_BURST,
+            origin_queue: DEFAULT_ORIGIN_QUEUE,
         }
     }
 }
@@ -198,6 +218,10 @@ pub struct GossipStats {
     pub retained_bytes: u64,
     /// Kept envelopes evicted before their retention to stay within a cap.
     pub retained_evicted: u64,
+    /// Paced originations refused because the origin queue was full.
+    pub origin_refused: u64,
+    /// Paced originations waiting in the origin queue.
+    pub origin_queued: u64,
     /// Repair digests sent (one per peer per round with news).
     pub digests_sent: u64,
     /// Message ids asked for after a peer's digest.

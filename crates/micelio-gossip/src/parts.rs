@@ -125,7 +125,9 @@ impl KeyRing {
         if let Some(k) = self.direct.get(id) {
             return Some((*k, Trust::Direct));
         }
-        self.learned.get(id).map(|(k, _)| (*k, Trust::GossipLearned))
+        self.learned
+            .get(id)
+            .map(|(k, _)| (*k, Trust::GossipLearned))
     }
 
     /// Number of keys held, both tables.

@@ -1,12 +1,23 @@
 //! The hub: one task that owns the sessions, their nicks, the history and
 //! what is known of other nodes' users, driven by channels.
+//!
+//! Everything it sends to the mesh goes through one ordered, bounded, paced
+//! path: [`micelio_gossip::Gossip::try_originate`], which never waits. A line
+//! the queue refuses is reported to its author, never silently lost.
+//!
+//! What other nodes announce (presence) is untrusted and capped: at most
+//! [`MAX_REMOTE_NODES`] nodes of at most [`MAX_REMOTE_NICKS`] nicks each,
+//! each forgotten when its announcement's TTL (clamped to 10..=600 s) runs
+//! out. When the table is full, the node first heard most recently is
+//! evicted: nodes already known keep their place during a flood of fresh
+//! identities, and a newcomer gets in once the flood stops.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
 use micelio_gossip::chat::{ChatLine, unix_now};
-use micelio_gossip::{Delivered, Gossip};
+use micelio_gossip::{Delivered, GossipError};
 use micelio_identity::NodeId;
 use micelio_wire::proto::{ChatMessage, DirectMessage, Presence};
 use micelio_wire::{MsgType, WireMessage as _};
@@ -19,6 +30,47 @@ use crate::text::{ChatView, NickError, check_nick, nick_from_user, sanitize};
 
 /// Lines queued per session before further ones are dropped for it.
 pub(crate) const SESSION_QUEUE: usize = 256;
+/// Most other nodes whose users are remembered.
+pub const MAX_REMOTE_NODES: usize = 1024;
+/// Most nicks remembered per other node (the rest of an announcement is
+/// ignored, and counted).
+pub const MAX_REMOTE_NICKS: usize = 256;
+/// Longest node name kept, in characters.
+pub const MAX_NODE_NAME: usize = 64;
+/// Shortest TTL a presence announcement is given.
+pub const PRESENCE_TTL_MIN: Duration = Duration::from_secs(10);
+/// Longest TTL a presence announcement is given, whatever it asks.
+pub const PRESENCE_TTL_MAX: Duration = Duration::from_secs(600);
+/// How often sessions and remote nodes are checked for expiry.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// Sends one message to the mesh without waiting: in production
+/// [`micelio_gossip::Gossip::try_originate`].
+pub(crate) type Origin = Box<dyn FnMut(MsgType, Bytes) -> Result<(), GossipError> + Send>;
+
+/// The hub's counters, as a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct PartylineStats {
+    /// Sessions open on this node (quiet ones included).
+    pub sessions: u64,
+    /// Other nodes whose users are known.
+    pub remote_nodes: u64,
+    /// Users known on other nodes.
+    pub remote_users: u64,
+    /// Other nodes evicted to stay within [`MAX_REMOTE_NODES`].
+    pub remote_evicted: u64,
+    /// Other nodes forgotten because their announcement expired.
+    pub remote_expired: u64,
+    /// Nicks of announcements ignored beyond [`MAX_REMOTE_NICKS`].
+    pub remote_nicks_ignored: u64,
+    /// Lines (chat, private) refused because the outgoing queue was full.
+    pub lines_refused: u64,
+    /// Presence announcements sent.
+    pub presence_sent: u64,
+    /// Presence announcements put off because the outgoing queue was full.
+    pub presence_deferred: u64,
+}
 
 /// What a session receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +122,7 @@ pub(crate) enum HubMsg {
         id: u64,
         text: String,
         action: bool,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     Private {
         id: u64,
@@ -83,6 +136,9 @@ pub(crate) enum HubMsg {
     NodeName {
         id: NodeId,
         reply: oneshot::Sender<Option<String>>,
+    },
+    Stats {
+        reply: oneshot::Sender<PartylineStats>,
     },
 }
 
@@ -99,42 +155,77 @@ struct RemoteNode {
     nicks: Vec<String>,
     seq: u64,
     expires: Instant,
+    /// When this node was first heard (eviction goes newest first).
+    first_heard: Instant,
+}
+
+/// How often presence is announced.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PresenceTiming {
+    /// Periodic refresh.
+    pub(crate) every: Duration,
+    /// A change is announced this long after it, so that a burst of changes
+    /// costs one announcement.
+    pub(crate) debounce: Duration,
 }
 
 pub(crate) struct Hub {
     node_id: NodeId,
     node_name: String,
-    gossip: Gossip,
+    origin: Origin,
     history_len: usize,
-    presence_every: Duration,
+    presence: PresenceTiming,
     sessions: BTreeMap<u64, SessionSlot>,
     next_id: u64,
     history: VecDeque<ChatView>,
     remote: HashMap<NodeId, RemoteNode>,
     presence_seq: u64,
+    /// When the next periodic announcement is due.
+    presence_due: Instant,
+    /// When a pending change is to be announced.
+    presence_dirty: Option<Instant>,
+    stats: PartylineStats,
+    refuse_logged: bool,
 }
 
 impl Hub {
     pub(crate) fn new(
         node_id: NodeId,
         node_name: String,
-        gossip: Gossip,
+        origin: Origin,
         history_len: usize,
-        presence_every: Duration,
+        presence: PresenceTiming,
     ) -> Self {
         Self {
             node_id,
             node_name,
-            gossip,
+            origin,
             history_len,
-            presence_every,
+            presence,
             sessions: BTreeMap::new(),
             next_id: 1,
             history: VecDeque::new(),
             remote: HashMap::new(),
             // Milliseconds since the epoch: a restarted node keeps increasing.
             presence_seq: unix_now().saturating_mul(1000),
+            presence_due: Instant::now(),
+            presence_dirty: None,
+            stats: PartylineStats::default(),
+            refuse_logged: false,
         }
+    }
+
+    fn next_presence(&self) -> Instant {
+        match self.presence_dirty {
+            Some(at) => at.min(self.presence_due),
+            None => self.presence_due,
+        }
+    }
+
+    /// Our users changed: announce it after the debounce delay.
+    fn presence_changed(&mut self) {
+        let at = Instant::now() + self.presence.debounce;
+        self.presence_dirty = Some(self.presence_dirty.map_or(at, |d| d.min(at)));
     }
 
     pub(crate) async fn run(
@@ -145,9 +236,10 @@ impl Hub {
         mut direct: mpsc::Receiver<Delivered>,
         cancel: CancellationToken,
     ) {
-        let mut tick = tokio::time::interval(self.presence_every);
+        let mut tick = tokio::time::interval(HOUSEKEEPING);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let presence_at = self.next_presence();
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 msg = rx.recv() => match msg {
@@ -160,8 +252,8 @@ impl Hub {
                 _ = tick.tick() => {
                     self.prune();
                     self.expire_remote();
-                    self.announce();
                 }
+                _ = tokio::time::sleep_until(presence_at) => self.announce(),
             }
         }
         for slot in self.sessions.values() {
@@ -199,7 +291,7 @@ impl Hub {
                 );
                 let _ = reply.send((id, nick, rx));
                 if !quiet {
-                    self.announce();
+                    self.presence_changed();
                 }
             }
             HubMsg::Leave { id } => {
@@ -207,17 +299,27 @@ impl Hub {
                     && !slot.quiet
                 {
                     self.broadcast(Output::Notice(format!("{} left", slot.nick)));
-                    self.announce();
+                    self.presence_changed();
                 }
             }
             HubMsg::Nick { id, nick, reply } => {
                 let result = self.rename(id, &nick);
                 if result.is_ok() {
-                    self.announce();
+                    self.presence_changed();
                 }
                 let _ = reply.send(result);
             }
-            HubMsg::Say { id, text, action } => self.say(id, text, action),
+            HubMsg::Say {
+                id,
+                text,
+                action,
+                reply,
+            } => {
+                let _ = reply.send(self.say(id, text, action));
+            }
+            HubMsg::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
             HubMsg::Private {
                 id,
                 to,
@@ -306,39 +408,57 @@ impl Hub {
         }
     }
 
-    fn say(&mut self, id: u64, text: String, action: bool) {
+    /// A line typed here: queued for the mesh first; shown here only if the
+    /// mesh will see it too.
+    fn say(&mut self, id: u64, text: String, action: bool) -> Result<(), String> {
         let Some(nick) = self.sessions.get(&id).map(|s| s.nick.clone()) else {
-            return;
+            return Err("no such session".into());
         };
         let timestamp = unix_now();
-        let view = ChatView {
+        let wire_text = if action {
+            format!("/me {text}")
+        } else {
+            text.clone()
+        };
+        let payload = ChatMessage {
             nick: nick.clone(),
+            text: wire_text,
+            timestamp,
+        }
+        .encode_wire();
+        self.send_line(MsgType::Chat, payload.into())?;
+        let view = ChatView {
+            nick,
             node: self.node_name.clone(),
-            text: text.clone(),
+            text,
             timestamp,
             action,
             private: false,
         };
         self.broadcast(Output::Chat(view.clone()));
         self.remember(view);
-        let wire_text = if action { format!("/me {text}") } else { text };
-        let payload = ChatMessage {
-            nick,
-            text: wire_text,
-            timestamp,
-        }
-        .encode_wire();
-        self.originate(MsgType::Chat, payload.into());
+        Ok(())
     }
 
-    /// Originates without making the hub wait on the gossip task.
-    fn originate(&self, kind: MsgType, payload: Bytes) {
-        let gossip = self.gossip.clone();
-        tokio::spawn(async move {
-            if let Err(e) = gossip.originate(kind, payload).await {
-                debug!(%kind, "not sent: {e}");
+    /// Queues a user's line for the mesh; a refusal is the user's to know.
+    fn send_line(&mut self, kind: MsgType, payload: Bytes) -> Result<(), String> {
+        match (self.origin)(kind, payload) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.stats.lines_refused += 1;
+                if !self.refuse_logged {
+                    self.refuse_logged = true;
+                    warn!(%kind, "line refused: {e} (logged once)");
+                }
+                Err(match e {
+                    GossipError::QueueFull(n) => format!(
+                        "line not sent: {n} lines are already waiting to go out to the mesh; \
+                         wait a moment and send it again"
+                    ),
+                    other => format!("line not sent: {other}"),
+                })
             }
-        });
+        }
     }
 
     fn private(&mut self, id: u64, to: &str, text: String) -> Result<String, String> {
@@ -385,7 +505,7 @@ impl Hub {
                     timestamp: view.timestamp,
                 }
                 .encode_wire();
-                self.originate(MsgType::DirectMessage, payload.into());
+                self.send_line(MsgType::DirectMessage, payload.into())?;
                 Ok(format!("-> {nick}@{name}: {text}"))
             }
             many => Err(format!(
@@ -467,20 +587,29 @@ impl Hub {
             if n.is_empty() {
                 d.sender.short(8)
             } else {
-                n.chars().take(64).collect()
+                n.chars().take(MAX_NODE_NAME).collect()
             }
         };
         let mut nicks: Vec<String> = p
             .nicks
             .iter()
+            .take(4 * MAX_REMOTE_NICKS)
             .map(|n| sanitize(n))
             .filter(|n| check_nick(n).is_ok())
-            .take(1024)
             .collect();
         nicks.sort();
         nicks.dedup();
-        let ttl = Duration::from_secs(u64::from(p.ttl_secs.clamp(10, 3600)));
-        let expires = Instant::now() + ttl;
+        if nicks.len() > MAX_REMOTE_NICKS {
+            self.stats.remote_nicks_ignored += (nicks.len() - MAX_REMOTE_NICKS) as u64;
+            nicks.truncate(MAX_REMOTE_NICKS);
+        }
+        let ttl =
+            Duration::from_secs(u64::from(p.ttl_secs)).clamp(PRESENCE_TTL_MIN, PRESENCE_TTL_MAX);
+        let now = Instant::now();
+        let expires = now + ttl;
+        if !self.remote.contains_key(&d.sender) && self.remote.len() >= MAX_REMOTE_NODES {
+            self.evict_newest_remote();
+        }
         match self.remote.get_mut(&d.sender) {
             Some(r) if p.seq <= r.seq => {}
             Some(r) => {
@@ -495,12 +624,10 @@ impl Hub {
                     .filter(|n| !nicks.contains(n))
                     .cloned()
                     .collect();
-                *r = RemoteNode {
-                    name: name.clone(),
-                    nicks,
-                    seq: p.seq,
-                    expires,
-                };
+                r.name.clone_from(&name);
+                r.nicks = nicks;
+                r.seq = p.seq;
+                r.expires = expires;
                 for n in joined {
                     self.broadcast(Output::Notice(format!("{n} joined on {name}")));
                 }
@@ -516,21 +643,49 @@ impl Hub {
                         nicks,
                         seq: p.seq,
                         expires,
+                        first_heard: now,
                     },
                 );
             }
         }
     }
 
-    fn expire_remote(&mut self) {
-        let now = Instant::now();
-        self.remote.retain(|_, r| r.expires > now);
+    /// Makes room for a newcomer: the node first heard most recently goes.
+    fn evict_newest_remote(&mut self) {
+        let newest = self
+            .remote
+            .iter()
+            .max_by_key(|(id, r)| (r.first_heard, **id))
+            .map(|(id, _)| *id);
+        if let Some(id) = newest {
+            self.remote.remove(&id);
+            self.stats.remote_evicted += 1;
+        }
     }
 
+    fn expire_remote(&mut self) {
+        let now = Instant::now();
+        let before = self.remote.len();
+        self.remote.retain(|_, r| r.expires > now);
+        self.stats.remote_expired += (before - self.remote.len()) as u64;
+    }
+
+    fn stats(&self) -> PartylineStats {
+        PartylineStats {
+            sessions: self.sessions.len() as u64,
+            remote_nodes: self.remote.len() as u64,
+            remote_users: self.remote.values().map(|r| r.nicks.len() as u64).sum(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Announces our users (presence, type 9); if the outgoing queue is
+    /// full, tries again after the debounce delay.
     fn announce(&mut self) {
+        let now = Instant::now();
         self.presence_seq += 1;
         let ttl =
-            u32::try_from(self.presence_every.as_secs().saturating_mul(3)).unwrap_or(u32::MAX);
+            u32::try_from(self.presence.every.as_secs().saturating_mul(3)).unwrap_or(u32::MAX);
         let payload = Presence {
             node_name: self.node_name.clone(),
             nicks: self
@@ -543,7 +698,20 @@ impl Hub {
             ttl_secs: ttl.max(10),
         }
         .encode_wire();
-        self.originate(MsgType::Presence, payload.into());
+        match (self.origin)(MsgType::Presence, payload.into()) {
+            Ok(()) => {
+                self.stats.presence_sent += 1;
+                self.presence_dirty = None;
+                self.presence_due = now + self.presence.every;
+            }
+            Err(e) => {
+                debug!("presence put off: {e}");
+                self.stats.presence_deferred += 1;
+                let retry = now + self.presence.debounce.max(HOUSEKEEPING);
+                self.presence_dirty = Some(retry);
+                self.presence_due = self.presence_due.max(retry);
+            }
+        }
     }
 
     fn who(&self) -> Vec<WhoEntry> {
@@ -573,5 +741,139 @@ impl Hub {
         remote.sort_by(|a, b| a.node.cmp(&b.node).then(a.node_id.cmp(&b.node_id)));
         out.extend(remote);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use micelio_identity::Identity;
+    use micelio_wire::EnvelopeBuilder;
+
+    use super::*;
+
+    type Sent = Arc<Mutex<Vec<(MsgType, Bytes)>>>;
+
+    /// A hub whose outgoing queue holds `room` messages (taken by nobody).
+    fn hub_with_room(room: usize) -> (Hub, Sent) {
+        let sent: Sent = Arc::default();
+        let log = sent.clone();
+        let origin: Origin = Box::new(move |kind, payload| {
+            let mut v = log.lock().unwrap();
+            if v.len() >= room {
+                return Err(GossipError::QueueFull(room));
+            }
+            v.push((kind, payload));
+            Ok(())
+        });
+        let me = Identity::from_seed([1; 32]);
+        let hub = Hub::new(
+            *me.node_id(),
+            "here".into(),
+            origin,
+            20,
+            PresenceTiming {
+                every: Duration::from_secs(60),
+                debounce: Duration::from_secs(2),
+            },
+        );
+        (hub, sent)
+    }
+
+    fn hub() -> (Hub, Sent) {
+        hub_with_room(usize::MAX)
+    }
+
+    fn fresh(n: u32) -> Identity {
+        let mut seed = [0x5A; 32];
+        seed[..4].copy_from_slice(&n.to_le_bytes());
+        Identity::from_seed(seed)
+    }
+
+    fn presence(from: &Identity, name: &str, nicks: &[&str], seq: u64, ttl: u32) -> Delivered {
+        let payload = Presence {
+            node_name: name.into(),
+            nicks: nicks.iter().map(|n| (*n).to_owned()).collect(),
+            seq,
+            ttl_secs: ttl,
+        }
+        .encode_wire();
+        Delivered {
+            msg_type: MsgType::Presence,
+            sender: *from.node_id(),
+            from_peer: *from.node_id(),
+            envelope: EnvelopeBuilder::gossip(MsgType::Presence, payload).sign(from),
+        }
+    }
+
+    fn listed(h: &Hub, name: &str) -> bool {
+        h.who().iter().any(|w| w.node == name)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_presence_flood_stays_within_the_caps_and_known_nodes_stay_listed() {
+        let (mut h, _) = hub();
+        let honest = fresh(1_000_000);
+        h.remote_presence(&presence(&honest, "honest", &["hana"], 1, 180));
+        let flood = 5000u32;
+        for n in 0..flood {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            h.remote_presence(&presence(&fresh(n), "sybil", &["x"], 1, 600));
+            assert!(h.remote.len() <= MAX_REMOTE_NODES);
+        }
+        let s = h.stats();
+        assert_eq!(s.remote_nodes as usize, MAX_REMOTE_NODES);
+        assert_eq!(
+            s.remote_evicted,
+            u64::from(flood) + 1 - MAX_REMOTE_NODES as u64
+        );
+        assert!(listed(&h, "honest"), "known before the flood, still listed");
+        // A newcomer after the flood is listed.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let newcomer = fresh(2_000_000);
+        h.remote_presence(&presence(&newcomer, "newcomer", &["nora"], 1, 180));
+        assert!(listed(&h, "newcomer"));
+        assert_eq!(h.remote.len(), MAX_REMOTE_NODES);
+        // The honest node refreshes; the flood's nodes stop and expire.
+        tokio::time::advance(Duration::from_secs(170)).await;
+        h.remote_presence(&presence(&honest, "honest", &["hana"], 2, 180));
+        h.remote_presence(&presence(&newcomer, "newcomer", &["nora"], 2, 180));
+        tokio::time::advance(Duration::from_secs(600)).await;
+        h.remote_presence(&presence(&honest, "honest", &["hana"], 3, 180));
+        h.remote_presence(&presence(&newcomer, "newcomer", &["nora"], 3, 180));
+        h.expire_remote();
+        let s = h.stats();
+        assert_eq!(s.remote_nodes, 2, "{s:?}");
+        assert_eq!(s.remote_expired as usize, MAX_REMOTE_NODES - 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nicks_per_node_and_names_are_capped() {
+        let (mut h, _) = hub();
+        let big = fresh(7);
+        let nicks: Vec<String> = (0..1000).map(|i| format!("n{i:04}")).collect();
+        let refs: Vec<&str> = nicks.iter().map(String::as_str).collect();
+        let long_name = "x".repeat(500);
+        h.remote_presence(&presence(&big, &long_name, &refs, 1, 60));
+        let s = h.stats();
+        assert_eq!(s.remote_users as usize, MAX_REMOTE_NICKS);
+        assert_eq!(s.remote_nicks_ignored as usize, 1000 - MAX_REMOTE_NICKS);
+        let who = h.who();
+        assert_eq!(who[1].node.chars().count(), MAX_NODE_NAME);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ttl_is_clamped_so_silent_nodes_expire() {
+        let (mut h, _) = hub();
+        let forever = fresh(8);
+        h.remote_presence(&presence(&forever, "forever", &["f"], 1, u32::MAX));
+        tokio::time::advance(PRESENCE_TTL_MAX - Duration::from_secs(1)).await;
+        h.expire_remote();
+        assert!(listed(&h, "forever"));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        h.expire_remote();
+        assert!(!listed(&h, "forever"));
+        assert_eq!(h.stats().remote_expired, 1);
     }
 }

@@ -286,7 +286,10 @@ fn a_flood_from_thousands_of_fresh_identities_stays_within_every_cap() {
     ));
     // A connected peer too.
     let env = EnvelopeBuilder::gossip(MsgType::Chat, &b"peer"[..]).sign(&id(5));
-    assert!(delivered_from(&e.handle(now, peer(5), env).unwrap(), peer(5)));
+    assert!(delivered_from(
+        &e.handle(now, peer(5), env).unwrap(),
+        peer(5)
+    ));
 }
 
 #[test]
