@@ -176,7 +176,7 @@ pub(crate) async fn run(
             _ = shutdown.cancelled() => break,
             delivered = chat.recv() => match delivered {
                 Some(d) => {
-                    if let Some(line) = micelio_gossip::chat::ChatLine::from_delivered(&d) {
+                    if let Some(line) = micelio_partyline::chat::ChatLine::from_delivered(&d) {
                         info!(
                             message_id = %line.message_id,
                             sender = %line.node,

@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use micelio_gossip::chat::{ChatLine, unix_now};
 use micelio_gossip::{Delivered, GossipError};
 use micelio_identity::NodeId;
 use micelio_wire::proto::{ChatMessage, DirectMessage, Presence};
@@ -26,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::chat::{ChatLine, unix_now};
 use crate::text::{ChatView, NickError, check_nick, nick_from_user, sanitize};
 
 /// Lines queued per session before further ones are dropped for it.

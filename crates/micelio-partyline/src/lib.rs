@@ -8,10 +8,13 @@
 //! - [`Session`]: one user's end: [`Session::input`] takes a typed line
 //!   (chat, or a `/command`), [`Session::recv`] yields what to show;
 //! - [`CommandSpec`]: the registry later layers and plugins extend; `/help`
-//!   is generated from it.
+//!   is generated from it;
+//! - [`chat`]: the chat line (type 3) on the wire.
 //!
-//! Chat goes to every local session at once and to the mesh through
-//! [`micelio_gossip::Gossip`]; lines from the mesh come back the same way.
+//! Chat goes to the mesh through [`micelio_gossip::Gossip::try_originate`]
+//! (ordered, bounded, paced under the mesh's rate limit; a refused line is
+//! reported to its author) and to every local session; lines from the mesh
+//! come back as gossip deliveries.
 //! A session that stops reading loses lines; it never slows anyone else.
 //!
 //! The crate knows nothing of SSH or terminals: output is text.
@@ -42,6 +45,7 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod chat;
 mod commands;
 mod hub;
 pub mod text;
