@@ -131,6 +131,12 @@ pub enum DropReason {
     NotGossip,
     /// A message that claims to come from this node.
     FromSelf,
+    /// A repair digest or request (types 11, 12) whose payload does not
+    /// decode.
+    BadRepairPayload,
+    /// A point-to-point message whose `sender_id` names another node than
+    /// the connected peer it came from.
+    SenderNotPeer,
 }
 
 impl DropReason {
@@ -149,6 +155,8 @@ impl DropReason {
             Self::RateLimited => "rate_limited",
             Self::NotGossip => "not_gossip",
             Self::FromSelf => "from_self",
+            Self::BadRepairPayload => "bad_repair_payload",
+            Self::SenderNotPeer => "sender_not_peer",
         }
     }
 }
@@ -222,6 +230,8 @@ pub struct GossipStats {
     pub origin_refused: u64,
     /// Paced originations waiting in the origin queue.
     pub origin_queued: u64,
+    /// Each live subscriber's deliveries and drops (filled by the service).
+    pub subscribers: Vec<SubscriberStats>,
     /// Repair digests sent (one per peer per round with news).
     pub digests_sent: u64,
     /// Message ids asked for after a peer's digest.
@@ -230,7 +240,26 @@ pub struct GossipStats {
     pub repairs_served: u64,
 }
 
+/// One subscriber's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriberStats {
+    /// The subscription's number, in order of subscription (from 1).
+    pub id: u64,
+    /// The type it subscribed to.
+    pub msg_type: MsgType,
+    /// Deliveries queued to it.
+    pub delivered: u64,
+    /// Deliveries dropped because its queue was full.
+    pub dropped: u64,
+}
+
 impl GossipStats {
+    /// Deliveries dropped for subscribers that fell behind, all of them.
+    pub fn subscriber_drops(&self) -> u64 {
+        self.subscribers.iter().map(|s| s.dropped).sum()
+    }
+
     /// Total drops, all reasons.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.values().sum()
@@ -425,6 +454,11 @@ impl Engine {
         (env, actions)
     }
 
+    /// Counts a drop decided outside the engine (by its driver).
+    pub(crate) fn count_drop(&mut self, reason: DropReason) {
+        self.drop_for(reason);
+    }
+
     fn drop_for(&mut self, reason: DropReason) -> DropReason {
         *self.stats.dropped.entry(reason).or_insert(0) += 1;
         reason
@@ -552,7 +586,8 @@ impl Engine {
     /// delivered once and relayed.
     ///
     /// # Errors
-    /// [`DropReason::NotGossip`] for another type or an undecodable payload.
+    /// [`DropReason::BadRepairPayload`] for an undecodable payload,
+    /// [`DropReason::NotGossip`] for another type.
     pub fn handle_repair(
         &mut self,
         now: Instant,
@@ -562,7 +597,7 @@ impl Engine {
         match env.kind() {
             MsgType::GossipDigest => {
                 let Ok(d) = GossipDigest::decode_wire(env.payload.clone()) else {
-                    return Err(self.drop_for(DropReason::NotGossip));
+                    return Err(self.drop_for(DropReason::BadRepairPayload));
                 };
                 let missing: Vec<String> = d
                     .message_ids
@@ -588,7 +623,7 @@ impl Engine {
             }
             MsgType::GossipRequest => {
                 let Ok(r) = GossipRequest::decode_wire(env.payload.clone()) else {
-                    return Err(self.drop_for(DropReason::NotGossip));
+                    return Err(self.drop_for(DropReason::BadRepairPayload));
                 };
                 let actions: Vec<Action> = r
                     .message_ids

@@ -43,7 +43,7 @@ mod service;
 pub use engine::{
     Action, DEFAULT_ORIGIN_QUEUE, DEFAULT_PACE_BURST, DEFAULT_PACE_PER_SEC, DEFAULT_SEEN_CAP,
     Delivered, DropReason, Engine, GossipConfig, GossipStats, MAX_REPAIR_IDS, MAX_RETAINED,
-    MAX_RETAINED_BYTES,
+    MAX_RETAINED_BYTES, SubscriberStats,
 };
 pub use parts::{
     DEFAULT_LEARNED_KEYS, DEFAULT_RATE_BUCKETS, KeyRing, RateLimiter, SeenCache, Trust,

@@ -23,7 +23,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info_span, warn};
 
-use crate::engine::{Action, Delivered, Engine, GossipConfig, GossipStats};
+use crate::engine::{
+    Action, Delivered, DropReason, Engine, GossipConfig, GossipStats, SubscriberStats,
+};
 
 /// Commands queued to the task.
 const COMMAND_QUEUE: usize = 1024;
@@ -79,9 +81,12 @@ impl Gossip {
     /// Starts the service over `peers`, consuming its event stream.
     ///
     /// Messages the connection layer hands up that are not gossip (state
-    /// sync requests and responses) are delivered, unverified and
-    /// unrelayed, to the subscribers of their type, so that the layer above
-    /// can answer them.
+    /// sync requests and responses) are delivered unrelayed to the
+    /// subscribers of their type, so that the layer above can answer them.
+    /// Their [`Delivered::sender`] is the connected peer (authenticated by
+    /// Noise and the hello); one whose `sender_id` names another node is
+    /// dropped ([`DropReason::SenderNotPeer`]). Their signature is not
+    /// checked here.
     pub fn spawn(
         identity: Arc<Identity>,
         config: GossipConfig,
@@ -107,7 +112,7 @@ impl Gossip {
                 engine,
                 peers,
                 subscribers: HashMap::new(),
-                full_logged: HashMap::new(),
+                next_subscriber: 1,
                 pacer,
                 refused: refused.clone(),
                 paced_queued: 0,
@@ -198,7 +203,8 @@ impl Gossip {
 
     /// Registers a handler for `msg_type` and returns the stream of its
     /// deliveries (each message once). A subscriber that falls more than
-    /// 1024 deliveries behind loses messages (counted and logged).
+    /// 1024 deliveries behind loses messages (counted per subscriber in
+    /// [`GossipStats::subscribers`], logged once).
     ///
     /// # Errors
     /// [`GossipError::Stopped`].
@@ -286,11 +292,18 @@ impl Pacer {
     }
 }
 
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Delivered>,
+    delivered: u64,
+    dropped: u64,
+}
+
 struct Service {
     engine: Engine,
     peers: PeerManager,
-    subscribers: HashMap<MsgType, Vec<mpsc::Sender<Delivered>>>,
-    full_logged: HashMap<MsgType, bool>,
+    subscribers: HashMap<MsgType, Vec<Subscriber>>,
+    next_subscriber: u64,
     pacer: Pacer,
     refused: Arc<AtomicU64>,
     paced_queued: u64,
@@ -367,13 +380,37 @@ impl Service {
             Command::Subscribe { msg_type, reply } => {
                 let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
                 self.engine.register(msg_type);
-                self.subscribers.entry(msg_type).or_default().push(tx);
+                let id = self.next_subscriber;
+                self.next_subscriber += 1;
+                self.subscribers
+                    .entry(msg_type)
+                    .or_default()
+                    .push(Subscriber {
+                        id,
+                        tx,
+                        delivered: 0,
+                        dropped: 0,
+                    });
                 let _ = reply.send(rx);
             }
             Command::Stats(reply) => {
                 let mut stats = self.engine.stats();
                 stats.origin_refused = self.refused.load(Ordering::Relaxed);
                 stats.origin_queued = self.paced_queued;
+                let mut subs: Vec<SubscriberStats> = self
+                    .subscribers
+                    .iter()
+                    .flat_map(|(t, v)| {
+                        v.iter().map(|s| SubscriberStats {
+                            id: s.id,
+                            msg_type: *t,
+                            delivered: s.delivered,
+                            dropped: s.dropped,
+                        })
+                    })
+                    .collect();
+                subs.sort_by_key(|s| s.id);
+                stats.subscribers = subs;
                 let _ = reply.send(stats);
             }
         }
@@ -390,6 +427,16 @@ impl Service {
 
     fn message(&mut self, from: NodeId, envelope: Envelope) {
         let kind = envelope.kind();
+        // Point-to-point messages come from the connected peer, never from
+        // whoever the envelope claims.
+        if kind.routing() != Routing::Gossip
+            && !envelope.sender_id.is_empty()
+            && !from.matches_str(&envelope.sender_id)
+        {
+            self.engine.count_drop(DropReason::SenderNotPeer);
+            debug!(peer = %from.short(12), %kind, "dropped a point-to-point message naming another sender");
+            return;
+        }
         if matches!(kind, MsgType::GossipDigest | MsgType::GossipRequest) {
             match self
                 .engine
@@ -404,7 +451,7 @@ impl Service {
         }
         if kind.routing() != Routing::Gossip {
             // Point-to-point messages for the layers above (state sync).
-            let sender = envelope.sender_id.parse().unwrap_or(from);
+            let sender = from;
             self.deliver(Delivered {
                 msg_type: kind,
                 sender,
@@ -445,14 +492,19 @@ impl Service {
         let Some(subs) = self.subscribers.get_mut(&d.msg_type) else {
             return;
         };
-        subs.retain(|s| !s.is_closed());
-        for s in subs.iter() {
-            if s.try_send(d.clone()).is_err() {
-                let logged = self.full_logged.entry(d.msg_type).or_insert(false);
-                if !*logged {
-                    *logged = true;
-                    warn!(kind = %d.msg_type, "a subscriber is not keeping up: deliveries dropped");
+        subs.retain(|s| !s.tx.is_closed());
+        for s in subs.iter_mut() {
+            if s.tx.try_send(d.clone()).is_ok() {
+                s.delivered += 1;
+            } else {
+                if s.dropped == 0 {
+                    warn!(
+                        kind = %d.msg_type,
+                        subscriber = s.id,
+                        "a subscriber is not keeping up: deliveries dropped (logged once)"
+                    );
                 }
+                s.dropped += 1;
             }
         }
     }

@@ -306,3 +306,20 @@ fn the_repair_store_is_bounded_in_bytes() {
     assert!(s.retained < 300 && s.retained > 100, "{s:?}");
     assert!(s.retained_evicted > 0);
 }
+
+#[test]
+fn an_undecodable_repair_payload_has_its_own_drop_reason() {
+    let mut e = receiver(GossipConfig::default());
+    for kind in [MsgType::GossipDigest, MsgType::GossipRequest] {
+        // Field 1 as a varint, where a repeated string is expected.
+        let env = EnvelopeBuilder::new(kind, &[0x08, 0x01][..]).sign(&id(2));
+        let before = e.stats().dropped_for(DropReason::BadRepairPayload);
+        assert_eq!(
+            e.handle_repair(Instant::now(), peer(2), &env),
+            Err(DropReason::BadRepairPayload)
+        );
+        let s = e.stats();
+        assert_eq!(s.dropped_for(DropReason::BadRepairPayload), before + 1);
+        assert_eq!(s.dropped_for(DropReason::NotGossip), 0);
+    }
+}

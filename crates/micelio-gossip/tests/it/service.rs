@@ -326,3 +326,125 @@ async fn everyone_ready(nodes: &[Node]) {
         }
     }
 }
+
+/// Waits until `n`'s gossip knows `peers` connected peers.
+async fn knows(n: &Node, peers: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while (n.gossip.stats().await.unwrap().keys as usize) < peers {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gossip never saw its peers"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_point_to_point_message_carries_the_connected_peer_as_sender() {
+    let net = MemoryNetwork::new();
+    let (a, b) = (node(&net, 60, true).await, node(&net, 61, true).await);
+    link(&a, &b).await;
+    knows(&b, 1).await;
+    let mut sync = b.gossip.subscribe(MsgType::StateSyncRequest).await.unwrap();
+    let someone_else = Identity::from_seed([62; 32]);
+    let me = Identity::from_seed([60; 32]);
+    let claims = |who: &Identity, body: &'static [u8]| {
+        micelio_wire::EnvelopeBuilder::new(MsgType::StateSyncRequest, body).sign(who)
+    };
+    // Claims to be another node: refused, counted.
+    a.pm.send(&b.id, &claims(&someone_else, b"forged")).unwrap();
+    // Names nobody: delivered as from the connected peer.
+    let mut anonymous = claims(&me, b"anonymous");
+    anonymous.sender_id.clear();
+    a.pm.send(&b.id, &anonymous).unwrap();
+    // Honest.
+    a.pm.send(&b.id, &claims(&me, b"honest")).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let d = tokio::time::timeout(Duration::from_secs(5), sync.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push(d);
+    }
+    for d in &got {
+        assert_eq!(d.sender, a.id, "the connected peer");
+        assert_eq!(d.from_peer, a.id);
+        assert_ne!(&d.envelope.payload[..], b"forged");
+    }
+    let s = b.gossip.stats().await.unwrap();
+    assert_eq!(s.dropped_for(micelio_gossip::DropReason::SenderNotPeer), 1);
+    assert!(sync.try_recv().is_err(), "the forged one never arrives");
+    for n in [&a, &b] {
+        n.gossip.shutdown().await;
+        n.pm.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_has_its_drops_counted() {
+    let net = MemoryNetwork::new();
+    let mut config = GossipConfig::default();
+    config.rate_per_sec = 1_000_000;
+    config.rate_burst = 1_000_000;
+    let mk = |seed: u8| {
+        let net = net.clone();
+        let config = config.clone();
+        async move {
+            let identity = Arc::new(Identity::from_seed([seed; 32]));
+            let mut cfg = TransportConfig::for_tests();
+            cfg.discovery_interval = Duration::from_secs(3600);
+            cfg.listen = Some(format!("127.0.3.{seed}:4000"));
+            cfg.send_queue = 4096;
+            let (pm, events) = PeerManager::spawn(
+                identity.clone(),
+                Arc::new(net.transport(&identity)),
+                cfg,
+                None,
+            )
+            .await
+            .unwrap();
+            let gossip = Gossip::spawn(identity.clone(), config, pm.clone(), events);
+            (*identity.node_id(), pm, gossip)
+        }
+    };
+    let (_, a_pm, a) = mk(63).await;
+    let (_, b_pm, b) = mk(64).await;
+    b_pm.dial(a_pm.local_addr().unwrap()).await.unwrap();
+    // One subscriber that reads, one that never does.
+    let mut reader = b.subscribe(MsgType::Chat).await.unwrap();
+    let _stuck = b.subscribe(MsgType::Chat).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a.stats().await.unwrap().keys == 0 || b.stats().await.unwrap().keys == 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let total = 1500u64;
+    let mut read = 0u64;
+    for _ in 0..total {
+        a.say("x", "line").await.unwrap();
+        while reader.try_recv().is_ok() {
+            read += 1;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while read < total {
+        assert!(tokio::time::Instant::now() < deadline, "read {read}");
+        match tokio::time::timeout(Duration::from_secs(5), reader.recv()).await {
+            Ok(Some(_)) => read += 1,
+            _ => panic!("reader got {read} of {total}"),
+        }
+    }
+    let s = b.stats().await.unwrap();
+    assert_eq!(s.delivered, total);
+    assert_eq!(s.subscribers.len(), 2, "{:?}", s.subscribers);
+    let (r, st) = (&s.subscribers[0], &s.subscribers[1]);
+    assert_eq!((r.delivered, r.dropped), (total, 0));
+    assert_eq!(st.delivered, 1024, "its queue filled");
+    assert_eq!(st.dropped, total - 1024, "and the rest was counted");
+    assert_eq!(s.subscriber_drops(), total - 1024);
+    for (g, pm) in [(&a, &a_pm), (&b, &b_pm)] {
+        g.shutdown().await;
+        pm.shutdown().await;
+    }
+}

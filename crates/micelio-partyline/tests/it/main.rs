@@ -527,3 +527,55 @@ async fn an_overflowing_paste_tells_the_user_and_keeps_the_rest_in_order() {
     drop(alice);
     stop(&[&a, &b]).await;
 }
+
+#[tokio::test]
+async fn stats_show_the_drops_of_a_subscriber_that_falls_behind() {
+    let net = MemoryNetwork::new();
+    let mut gc = GossipConfig::default();
+    gc.rate_per_sec = 1_000_000;
+    gc.rate_burst = 1_000_000;
+    let presence = Duration::from_millis(300);
+    let a = node_with(&net, 30, "alpha", gc.clone(), presence).await;
+    let b = node_with(&net, 31, "beta", gc, presence).await;
+    link(&a, &b).await;
+    // The partyline subscribed to chat, presence and direct lines (1-3).
+    let _stuck = b
+        .gossip
+        .subscribe(micelio_wire::MsgType::Chat)
+        .await
+        .unwrap();
+    for _ in 0..1100 {
+        micelio_partyline::chat::say(&a.gossip, "x", "l")
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + T;
+    let stuck = loop {
+        let s = b.gossip.stats().await.unwrap();
+        let st = s.subscribers.iter().find(|s| s.id == 4).cloned().unwrap();
+        if st.dropped > 0 && s.delivered >= 1100 - 20 {
+            break st;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stuck.delivered, 1024);
+    let mut op = b.party.join("op").await.unwrap();
+    let text = op.input("/stats").await.text;
+    assert!(
+        text.contains(&format!(
+            "subscriber #4 (chat(3)): delivered 1024 dropped {}",
+            stuck.dropped
+        )),
+        "{text}"
+    );
+    let json = op.input("/stats --json").await.text;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v["gossip"]["subscriber_drops"].as_u64(),
+        Some(stuck.dropped)
+    );
+    assert!(v["partyline"]["sessions"].as_u64().unwrap() >= 1);
+    drop(op);
+    stop(&[&a, &b]).await;
+}
