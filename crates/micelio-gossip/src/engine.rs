@@ -137,6 +137,9 @@ pub enum DropReason {
     /// A point-to-point message whose `sender_id` names another node than
     /// the connected peer it came from.
     SenderNotPeer,
+    /// A repair message (types 11, 12) from a peer whose hello did not
+    /// announce micelio's extensions: it is never answered.
+    NotExtensionPeer,
 }
 
 impl DropReason {
@@ -157,6 +160,7 @@ impl DropReason {
             Self::FromSelf => "from_self",
             Self::BadRepairPayload => "bad_repair_payload",
             Self::SenderNotPeer => "sender_not_peer",
+            Self::NotExtensionPeer => "not_extension_peer",
         }
     }
 }
@@ -238,6 +242,8 @@ pub struct GossipStats {
     pub repairs_requested: u64,
     /// Envelopes sent back in answer to repair requests.
     pub repairs_served: u64,
+    /// Repair messages (types 11, 12) received from peers.
+    pub repair_received: u64,
 }
 
 /// One subscriber's counters.
@@ -280,6 +286,9 @@ pub struct Engine {
     seen: SeenCache,
     limiter: RateLimiter,
     peers: Vec<NodeId>,
+    /// The connected peers whose hello announced micelio's extensions: the
+    /// only ones repair messages are sent to or answered for.
+    extension_peers: HashSet<NodeId>,
     handlers: HashSet<MsgType>,
     stats: GossipStats,
     rng: SmallRng,
@@ -378,6 +387,7 @@ impl Engine {
                 config.rate_buckets_cap,
             ),
             peers: Vec::new(),
+            extension_peers: HashSet::new(),
             handlers: HashSet::new(),
             stats: GossipStats::default(),
             rng: SmallRng::seed_from_u64(seed),
@@ -398,11 +408,26 @@ impl Engine {
         self.handlers.insert(msg_type);
     }
 
-    /// A peer connected, having proved `key` in its hello (direct trust).
+    /// A micelio peer connected, having proved `key` in its hello (direct
+    /// trust) and announced micelio's extensions. As
+    /// [`Engine::peer_up_with`] with `extensions` true.
     pub fn peer_up(&mut self, id: NodeId, key: PublicKey) {
+        self.peer_up_with(id, key, true);
+    }
+
+    /// A peer connected, having proved `key` in its hello (direct trust).
+    /// `extensions`: whether its hello announced micelio's extensions
+    /// (`PeerHelloInfo::speaks_extensions`); repair traffic (types 11, 12)
+    /// goes only to peers that did, so reference nodes never pay for it.
+    pub fn peer_up_with(&mut self, id: NodeId, key: PublicKey, extensions: bool) {
         self.keyring.add(id, key, Trust::Direct);
         if !self.peers.contains(&id) {
             self.peers.push(id);
+        }
+        if extensions {
+            self.extension_peers.insert(id);
+        } else {
+            self.extension_peers.remove(&id);
         }
     }
 
@@ -410,6 +435,7 @@ impl Engine {
     /// (subject to the cap).
     pub fn peer_down(&mut self, id: &NodeId) {
         self.peers.retain(|p| p != id);
+        self.extension_peers.remove(id);
         self.keyring.release(id);
     }
 
@@ -560,10 +586,17 @@ impl Engine {
     }
 
     /// One round of gossip repair: announces the ids of the messages
-    /// received or originated within `repair_window` to every peer (a
-    /// `GossipDigest`, type 11, hop count 1). Call every `repair_interval`.
+    /// received or originated within `repair_window` to every peer that
+    /// speaks micelio's extensions (a `GossipDigest`, type 11, hop count 1).
+    /// Call every `repair_interval`.
     pub fn repair_tick(&mut self, now: Instant) -> Vec<Action> {
-        if self.config.repair_interval.is_zero() || self.peers.is_empty() {
+        let to: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|p| self.extension_peers.contains(p))
+            .copied()
+            .collect();
+        if self.config.repair_interval.is_zero() || to.is_empty() {
             return Vec::new();
         }
         let ids = self.recent.since(now, self.config.repair_window);
@@ -572,11 +605,8 @@ impl Engine {
         }
         let payload = GossipDigest { message_ids: ids }.encode_wire();
         let envelope = EnvelopeBuilder::new(MsgType::GossipDigest, payload).sign(&self.identity);
-        self.stats.digests_sent += self.peers.len() as u64;
-        vec![Action::Send {
-            to: self.peers.clone(),
-            envelope,
-        }]
+        self.stats.digests_sent += to.len() as u64;
+        vec![Action::Send { to, envelope }]
     }
 
     /// Handles a repair message from connected peer `from`: a digest is
@@ -587,13 +617,18 @@ impl Engine {
     ///
     /// # Errors
     /// [`DropReason::BadRepairPayload`] for an undecodable payload,
-    /// [`DropReason::NotGossip`] for another type.
+    /// [`DropReason::NotExtensionPeer`] when `from` did not announce the
+    /// extensions, [`DropReason::NotGossip`] for another type.
     pub fn handle_repair(
         &mut self,
         now: Instant,
         from: NodeId,
         env: &Envelope,
     ) -> Result<Vec<Action>, DropReason> {
+        self.stats.repair_received += 1;
+        if !self.extension_peers.contains(&from) {
+            return Err(self.drop_for(DropReason::NotExtensionPeer));
+        }
         match env.kind() {
             MsgType::GossipDigest => {
                 let Ok(d) = GossipDigest::decode_wire(env.payload.clone()) else {

@@ -418,7 +418,11 @@ impl Service {
 
     fn event(&mut self, ev: PeerEvent) {
         match ev {
-            PeerEvent::Up(peer) => self.engine.peer_up(peer.node_id, peer.public_key),
+            PeerEvent::Up(peer) => self.engine.peer_up_with(
+                peer.node_id,
+                peer.public_key,
+                peer.hello.speaks_extensions(),
+            ),
             PeerEvent::Down { node_id, .. } => self.engine.peer_down(&node_id),
             PeerEvent::Message { from, envelope } => self.message(from, envelope),
             _ => {}

@@ -323,3 +323,34 @@ fn an_undecodable_repair_payload_has_its_own_drop_reason() {
         assert_eq!(s.dropped_for(DropReason::NotGossip), 0);
     }
 }
+
+#[test]
+fn repair_traffic_goes_only_to_peers_that_speak_the_extensions() {
+    let mut e = Engine::new(id(1), GossipConfig::default(), 7);
+    let (micelio, reference) = (id(2), id(3));
+    e.peer_up_with(*micelio.node_id(), micelio.public_key(), true);
+    e.peer_up_with(*reference.node_id(), reference.public_key(), false);
+    let now = Instant::now();
+    let (_, sent) = e.originate(now, MsgType::Chat, Bytes::from_static(b"hi"));
+    match &sent[..] {
+        [Action::Send { to, .. }] => assert_eq!(to.len(), 2, "gossip goes to both"),
+        other => panic!("{other:?}"),
+    }
+    match &e.repair_tick(now)[..] {
+        [Action::Send { to, envelope }] => {
+            assert_eq!(to, &vec![peer(2)], "the digest skips the reference peer");
+            assert_eq!(envelope.kind(), MsgType::GossipDigest);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A repair message from a peer that did not announce the extensions is
+    // never answered.
+    let digest = EnvelopeBuilder::new(MsgType::GossipDigest, &b""[..]).sign(&reference);
+    assert_eq!(
+        e.handle_repair(now, peer(3), &digest),
+        Err(DropReason::NotExtensionPeer)
+    );
+    // With only reference peers, no digest at all.
+    e.peer_down(&peer(2));
+    assert!(e.repair_tick(now).is_empty());
+}

@@ -448,3 +448,68 @@ async fn a_subscriber_that_falls_behind_has_its_drops_counted() {
         pm.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_reference_like_peer_gets_no_repair_traffic_while_micelio_peers_repair() {
+    let net = MemoryNetwork::new();
+    // m1 says a line while alone; m2 and a reference-like node r (no
+    // extensions announced, no repair of its own, as the Go node) then join.
+    let m1 = node(&net, 70, true).await;
+    let mut m2 = node(&net, 71, true).await;
+    let mut r = {
+        let identity = Arc::new(Identity::from_seed([72; 32]));
+        let mut cfg = TransportConfig::for_tests();
+        cfg.discovery_interval = Duration::from_secs(3600);
+        cfg.listen = Some("127.0.3.72:4000".into());
+        cfg.features = Vec::new();
+        let (pm, events) = PeerManager::spawn(
+            identity.clone(),
+            Arc::new(net.transport(&identity)),
+            cfg,
+            None,
+        )
+        .await
+        .unwrap();
+        let mut gc = GossipConfig::default();
+        gc.repair_interval = Duration::ZERO;
+        let gossip = Gossip::spawn(identity.clone(), gc, pm.clone(), events);
+        let chat = gossip.subscribe(MsgType::Chat).await.unwrap();
+        Node {
+            id: *identity.node_id(),
+            pm,
+            gossip,
+            chat,
+            got: Vec::new(),
+        }
+    };
+    m1.gossip.say("m", "said alone").await.unwrap();
+    link(&m2, &m1).await;
+    link(&r, &m1).await;
+    link(&r, &m2).await;
+    knows(&m1, 2).await;
+    // m2 is repaired from m1's digest.
+    wait_line(&mut m2, "said alone").await;
+    // Several more repair rounds, with traffic: still nothing for r.
+    for i in 0..3 {
+        m1.gossip.say("m", &format!("later {i}")).await.unwrap();
+        wait_line(&mut r, &format!("later {i}")).await;
+        wait_line(&mut m2, &format!("later {i}")).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let rs = r.gossip.stats().await.unwrap();
+    assert_eq!(rs.repair_received, 0, "no type 11/12 frame reached r");
+    // r may still get the repaired line: m2 relays it as ordinary gossip.
+    let (s1, s2) = (
+        m1.gossip.stats().await.unwrap(),
+        m2.gossip.stats().await.unwrap(),
+    );
+    assert!(
+        s1.digests_sent > 0 && s2.repair_received > 0,
+        "{s1:?} {s2:?}"
+    );
+    assert!(s1.repairs_served > 0, "m1 answered m2's request");
+    for n in [&m1, &m2, &r] {
+        n.gossip.shutdown().await;
+        n.pm.shutdown().await;
+    }
+}
