@@ -876,4 +876,340 @@ mod tests {
         assert!(!listed(&h, "forever"));
         assert_eq!(h.stats().remote_expired, 1);
     }
+
+    /// A hub running in its task, driven through its channels.
+    struct Running {
+        tx: mpsc::Sender<HubMsg>,
+        sent: Sent,
+        presence: mpsc::Sender<Delivered>,
+        direct: mpsc::Sender<Delivered>,
+        cancel: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+        _chat: mpsc::Sender<Delivered>,
+    }
+
+    impl Running {
+        fn spawn(room: usize) -> Self {
+            let (hub, sent) = hub_with_room(room);
+            let (tx, rx) = mpsc::channel(64);
+            let (chat, chat_rx) = mpsc::channel(64);
+            let (presence, presence_rx) = mpsc::channel(64);
+            let (direct, direct_rx) = mpsc::channel(64);
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(hub.run(rx, chat_rx, presence_rx, direct_rx, cancel.clone()));
+            Self {
+                tx,
+                sent,
+                presence,
+                direct,
+                cancel,
+                task,
+                _chat: chat,
+            }
+        }
+
+        async fn ask<T>(&self, msg: impl FnOnce(oneshot::Sender<T>) -> HubMsg) -> T {
+            let (reply, rx) = oneshot::channel();
+            self.tx.send(msg(reply)).await.unwrap();
+            rx.await.unwrap()
+        }
+
+        async fn join(&self, user: &str) -> (u64, String, mpsc::Receiver<Output>) {
+            let user = user.to_owned();
+            self.ask(|reply| HubMsg::Join {
+                user,
+                quiet: false,
+                reply,
+            })
+            .await
+        }
+
+        async fn say(&self, id: u64, text: &str) -> Result<(), String> {
+            let text = text.to_owned();
+            self.ask(|reply| HubMsg::Say {
+                id,
+                text,
+                action: false,
+                reply,
+            })
+            .await
+        }
+
+        async fn who(&self) -> Vec<WhoEntry> {
+            self.ask(|reply| HubMsg::Who { reply }).await
+        }
+
+        async fn stats(&self) -> PartylineStats {
+            self.ask(|reply| HubMsg::Stats { reply }).await
+        }
+
+        fn sent_of(&self, kind: MsgType) -> Vec<Bytes> {
+            self.sent
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, p)| p.clone())
+                .collect()
+        }
+
+        async fn stop(self) {
+            self.cancel.cancel();
+            self.task.await.unwrap();
+        }
+    }
+
+    fn texts(rx: &mut mpsc::Receiver<Output>) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            v.push(o.to_string());
+        }
+        v
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn presence_is_announced_on_change_debounced_and_rarely_otherwise() {
+        let h = Running::spawn(usize::MAX);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(h.sent_of(MsgType::Presence).len(), 1, "announced at start");
+        let mut sessions = Vec::new();
+        for n in 0..5 {
+            sessions.push(h.join(&format!("user{n}")).await);
+        }
+        tokio::time::sleep(Duration::from_millis(1900)).await;
+        assert_eq!(h.sent_of(MsgType::Presence).len(), 1, "debounced");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = h.sent_of(MsgType::Presence);
+        assert_eq!(sent.len(), 2, "five joins, one announcement");
+        let p = Presence::decode_wire(sent[1].clone()).unwrap();
+        assert_eq!(p.nicks.len(), 5);
+        assert_eq!(p.ttl_secs, 180);
+        // Ten idle minutes: one refresh a minute, no more.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let n = h.sent_of(MsgType::Presence).len();
+        assert!((11..=12).contains(&n), "{n} announcements");
+        assert_eq!(h.stats().await.presence_sent as usize, n);
+        drop(sessions);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_outbox_defers_presence_and_retries() {
+        let h = Running::spawn(0);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let s = h.stats().await;
+        assert_eq!(s.presence_sent, 0);
+        assert!(
+            (2..=4).contains(&s.presence_deferred),
+            "retried every 2 s, not in a loop: {s:?}"
+        );
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_join_and_leave_with_notices() {
+        let h = Running::spawn(usize::MAX);
+        let (a, nick_a, mut out_a) = h.join("alice").await;
+        let (b, nick_b, mut out_b) = h.join("bob").await;
+        assert_eq!((nick_a.as_str(), nick_b.as_str()), ("alice", "bob"));
+        assert!(texts(&mut out_a).contains(&"*** bob joined".to_owned()));
+        assert!(
+            texts(&mut out_b).is_empty(),
+            "no history, own join not shown"
+        );
+        assert_eq!(h.who().await[0].nicks, vec!["alice", "bob"]);
+        h.tx.send(HubMsg::Leave { id: b }).await.unwrap();
+        assert_eq!(h.who().await[0].nicks, vec!["alice"]);
+        assert!(texts(&mut out_a).contains(&"*** bob left".to_owned()));
+        // A session whose end is dropped without a leave is pruned.
+        let (_, _, out_c) = h.join("carol").await;
+        drop(out_c);
+        assert_eq!(h.who().await[0].nicks, vec!["alice"]);
+        assert!(texts(&mut out_a).contains(&"*** carol left".to_owned()));
+        assert_eq!(h.stats().await.sessions, 1);
+        let _ = a;
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nicks_collide_case_insensitively_and_are_made_unique() {
+        let h = Running::spawn(usize::MAX);
+        let (_, n1, _o1) = h.join("root").await;
+        let (id2, n2, _o2) = h.join("root").await;
+        let (id3, n3, _o3) = h.join("ROOT").await;
+        assert_eq!(
+            (n1.as_str(), n2.as_str(), n3.as_str()),
+            ("root", "root2", "ROOT3")
+        );
+        let long = "x".repeat(crate::text::MAX_NICK_LEN);
+        let (_, l1, _o4) = h.join(&long).await;
+        let (_, l2, _o5) = h.join(&long).await;
+        assert_eq!(l1, long);
+        assert_eq!(l2.chars().count(), crate::text::MAX_NICK_LEN, "{l2}");
+        assert!(l2.ends_with('2'));
+        let rename = |id: u64, nick: &str| {
+            let nick = nick.to_owned();
+            h.ask(move |reply| HubMsg::Nick { id, nick, reply })
+        };
+        assert_eq!(
+            rename(id2, "Root").await,
+            Err(NickError::Taken("Root".into()))
+        );
+        assert_eq!(rename(id2, "bad nick").await, Err(NickError::BadCharacter));
+        assert_eq!(rename(id2, "admin").await, Ok("root2".into()));
+        assert_eq!(rename(id3, "root2").await, Ok("ROOT3".into()), "freed");
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_joining_session_sees_the_last_twenty_lines_in_order() {
+        let h = Running::spawn(usize::MAX);
+        let (a, _, _out) = h.join("alice").await;
+        for i in 0..25 {
+            h.say(a, &format!("line {i:02}")).await.unwrap();
+        }
+        let (_, _, mut late) = h.join("late").await;
+        let seen = texts(&mut late);
+        let lines: Vec<&String> = seen.iter().filter(|l| l.contains("line ")).collect();
+        assert_eq!(lines.len(), 20, "{seen:?}");
+        for (k, l) in lines.iter().enumerate() {
+            assert!(
+                l.contains(&format!("<alice@here> line {:02}", k + 5)),
+                "{l}"
+            );
+        }
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remote_presence_expires_after_its_ttl() {
+        let h = Running::spawn(usize::MAX);
+        let other = fresh(42);
+        h.presence
+            .send(presence(&other, "far", &["zed"], 1, 30))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let who = h.who().await;
+        assert_eq!(who.len(), 2);
+        assert_eq!(
+            (who[1].node.as_str(), who[1].nicks.clone()),
+            ("far", vec!["zed".to_owned()])
+        );
+        // An older seq changes nothing.
+        h.presence
+            .send(presence(&other, "far", &[], 0, 30))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert_eq!(h.who().await[1].nicks, vec!["zed"]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(h.who().await.len(), 1, "expired");
+        assert_eq!(h.stats().await.remote_expired, 1);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn direct_messages_reach_only_their_addressee() {
+        let h = Running::spawn(usize::MAX);
+        let (a, _, mut out_a) = h.join("alice").await;
+        let (_, _, mut out_b) = h.join("bob").await;
+        let other = fresh(43);
+        h.presence
+            .send(presence(&other, "far", &["zed"], 1, 60))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let private = |to: &str, text: &str| {
+            let (to, text) = (to.to_owned(), text.to_owned());
+            h.ask(move |reply| HubMsg::Private {
+                id: a,
+                to,
+                text,
+                reply,
+            })
+        };
+        // Local: shown to bob only, nothing sent.
+        assert!(private("bob", "psst").await.is_ok());
+        assert!(
+            texts(&mut out_b)
+                .iter()
+                .any(|l| l.contains("*alice@here* psst"))
+        );
+        assert!(!texts(&mut out_a).iter().any(|l| l.contains("psst")));
+        assert!(h.sent_of(MsgType::DirectMessage).is_empty());
+        // Remote: one DirectMessage to zed on far.
+        assert_eq!(
+            private("zed@far", "over there").await.unwrap(),
+            "-> zed@far: over there"
+        );
+        let sent = h.sent_of(MsgType::DirectMessage);
+        let m = DirectMessage::decode_wire(sent[0].clone()).unwrap();
+        assert_eq!(
+            (m.to_node, m.to_nick, m.from_nick),
+            (other.node_id().to_hex(), "zed".into(), "alice".into())
+        );
+        assert!(private("nobody", "hi").await.is_err());
+        // Incoming: for bob on this node, shown to bob only.
+        let me = Identity::from_seed([1; 32]);
+        let incoming = |to_node: String, text: &str| {
+            let payload = DirectMessage {
+                to_node,
+                to_nick: "bob".into(),
+                from_nick: "zed".into(),
+                text: text.into(),
+                timestamp: 0,
+            }
+            .encode_wire();
+            Delivered {
+                msg_type: MsgType::DirectMessage,
+                sender: *other.node_id(),
+                from_peer: *other.node_id(),
+                envelope: EnvelopeBuilder::gossip(MsgType::DirectMessage, payload).sign(&other),
+            }
+        };
+        h.direct
+            .send(incoming(me.node_id().to_hex(), "hi bob"))
+            .await
+            .unwrap();
+        h.direct
+            .send(incoming(other.node_id().to_hex(), "not for here"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let b_lines = texts(&mut out_b);
+        assert!(
+            b_lines.iter().any(|l| l.contains("*zed@far* hi bob")),
+            "{b_lines:?}"
+        );
+        assert!(!b_lines.iter().any(|l| l.contains("not for here")));
+        assert!(!texts(&mut out_a).iter().any(|l| l.contains("hi bob")));
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_outbox_keeps_order_and_a_refused_line_is_reported_not_shown() {
+        let h = Running::spawn(6);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // One slot went to the start-up presence.
+        let (a, _, mut out) = h.join("alice").await;
+        for i in 0..5 {
+            h.say(a, &format!("l{i}")).await.unwrap();
+        }
+        let err = h.say(a, "one too many").await.unwrap_err();
+        assert!(err.contains("line not sent"), "{err}");
+        let shown = texts(&mut out);
+        assert!(
+            !shown.iter().any(|l| l.contains("one too many")),
+            "{shown:?}"
+        );
+        let order: Vec<String> = h
+            .sent_of(MsgType::Chat)
+            .into_iter()
+            .map(|p| ChatMessage::decode_wire(p).unwrap().text)
+            .collect();
+        assert_eq!(order, vec!["l0", "l1", "l2", "l3", "l4"]);
+        assert_eq!(h.stats().await.lines_refused, 1);
+        h.stop().await;
+    }
 }
