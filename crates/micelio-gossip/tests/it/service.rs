@@ -185,7 +185,7 @@ async fn build(net: &MemoryNetwork, n: u8, listen: impl Fn(u8) -> bool) -> Vec<N
     v
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn star() {
     let net = MemoryNetwork::new();
     let mut n = build(&net, 5, |_| true).await;
@@ -195,7 +195,7 @@ async fn star() {
     everyone_hears_everyone_once(&mut n).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn chain() {
     let net = MemoryNetwork::new();
     let mut n = build(&net, 6, |_| true).await;
@@ -205,7 +205,7 @@ async fn chain() {
     everyone_hears_everyone_once(&mut n).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn full_mesh() {
     let net = MemoryNetwork::new();
     let mut n = build(&net, 6, |_| true).await;
@@ -217,7 +217,7 @@ async fn full_mesh() {
     everyone_hears_everyone_once(&mut n).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_outbound_only_bridge_joins_two_meshes() {
     let net = MemoryNetwork::new();
     // 0,1,2 and 3,4,5 are two meshes; 6 listens nowhere and dials 1 and 4.
@@ -256,7 +256,7 @@ async fn wait_line(n: &mut Node, text: &str) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_partition_hears_only_itself_and_catches_up_when_healed() {
     let net = MemoryNetwork::new();
     let mut n = build(&net, 4, |_| true).await;
@@ -339,7 +339,7 @@ async fn knows(n: &Node, peers: usize) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_point_to_point_message_carries_the_connected_peer_as_sender() {
     let net = MemoryNetwork::new();
     let (a, b) = (node(&net, 60, true).await, node(&net, 61, true).await);
@@ -381,7 +381,7 @@ async fn a_point_to_point_message_carries_the_connected_peer_as_sender() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_subscriber_that_falls_behind_has_its_drops_counted() {
     let net = MemoryNetwork::new();
     let mut config = GossipConfig::default();
@@ -449,7 +449,7 @@ async fn a_subscriber_that_falls_behind_has_its_drops_counted() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_reference_like_peer_gets_no_repair_traffic_while_micelio_peers_repair() {
     let net = MemoryNetwork::new();
     // m1 says a line while alone; m2 and a reference-like node r (no

@@ -116,7 +116,7 @@ async fn who_shows(s: &mut Session, nicks: &[&str]) -> String {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn chat_crosses_the_mesh_once_with_nick_and_node() {
     let net = MemoryNetwork::new();
     let (a, b) = (node(&net, 1, "alpha").await, node(&net, 2, "beta").await);
@@ -153,7 +153,7 @@ async fn chat_crosses_the_mesh_once_with_nick_and_node() {
     stop(&[&a, &b]).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn commands_behave() {
     let net = MemoryNetwork::new();
     let (a, b) = (node(&net, 3, "alpha").await, node(&net, 4, "beta").await);
@@ -237,7 +237,7 @@ async fn commands_behave() {
     stop(&[&a, &b]).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_newcomer_sees_the_last_twenty_lines() {
     let net = MemoryNetwork::new();
     let a = node(&net, 5, "alpha").await;
@@ -255,7 +255,7 @@ async fn a_newcomer_sees_the_last_twenty_lines() {
     stop(&[&a]).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn nicks_are_made_unique_and_commands_can_be_added() {
     let net = MemoryNetwork::new();
     let a = node(&net, 6, "alpha").await;
@@ -294,7 +294,7 @@ async fn nicks_are_made_unique_and_commands_can_be_added() {
     stop(&[&a]).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_session_that_never_reads_does_not_slow_the_others() {
     let net = MemoryNetwork::new();
     // Room for every line in the outgoing queue: this test is about the
@@ -315,7 +315,7 @@ async fn a_session_that_never_reads_does_not_slow_the_others() {
     stop(&[&a]).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn chat_crosses_the_middle_of_a_three_node_chain() {
     let net = MemoryNetwork::new();
     let (a, b, c) = (
@@ -342,7 +342,7 @@ async fn chat_crosses_the_middle_of_a_three_node_chain() {
     stop(&[&a, &b, &c]).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn quiet_sessions_run_commands_without_being_announced() {
     let net = MemoryNetwork::new();
     let a = node(&net, 11, "alpha").await;
@@ -528,7 +528,7 @@ async fn an_overflowing_paste_tells_the_user_and_keeps_the_rest_in_order() {
     stop(&[&a, &b]).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stats_show_the_drops_of_a_subscriber_that_falls_behind() {
     let net = MemoryNetwork::new();
     let mut gc = GossipConfig::default();
