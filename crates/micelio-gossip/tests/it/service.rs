@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use micelio_gossip::{Delivered, Gossip, GossipConfig, GossipError};
 use micelio_identity::{Identity, NodeId};
 use micelio_transport::memory::MemoryNetwork;
@@ -509,6 +510,63 @@ async fn a_reference_like_peer_gets_no_repair_traffic_while_micelio_peers_repair
     );
     assert!(s1.repairs_served > 0, "m1 answered m2's request");
     for n in [&m1, &m2, &r] {
+        n.gossip.shutdown().await;
+        n.pm.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn paced_originations_leave_in_order_under_the_mesh_rate_and_overflow_is_refused() {
+    let net = MemoryNetwork::new();
+    let (a, mut b) = (node(&net, 80, true).await, node(&net, 81, true).await);
+    link(&a, &b).await;
+    knows(&a, 1).await;
+    knows(&b, 1).await;
+    let config = a.gossip.config().clone();
+    let (mut accepted, mut refused) = (0usize, 0usize);
+    for i in 0..300u32 {
+        match a
+            .gossip
+            .try_originate(MsgType::Chat, i.to_be_bytes().to_vec().into())
+        {
+            Ok(()) => accepted += 1,
+            Err(GossipError::QueueFull(n)) => {
+                assert_eq!(n, config.origin_queue);
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(accepted, config.origin_queue, "the queue is bounded");
+    assert_eq!(refused, 300 - config.origin_queue);
+    let start = tokio::time::Instant::now();
+    for k in 0..accepted {
+        let d = tokio::time::timeout(Duration::from_secs(120), b.chat.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let n = u32::from_be_bytes(d.envelope.payload[..4].try_into().unwrap());
+        assert_eq!(n as usize, k, "in order");
+        // No faster than the origin's bucket: burst, then the pace.
+        let earliest =
+            k.saturating_sub(config.pace_burst as usize) as f64 / f64::from(config.pace_per_sec);
+        let at = start.elapsed().as_secs_f64();
+        assert!(at + 0.01 >= earliest, "message {k} left at {at} s");
+    }
+    let (sa, sb) = (
+        a.gossip.stats().await.unwrap(),
+        b.gossip.stats().await.unwrap(),
+    );
+    assert_eq!(sa.origin_refused as usize, refused);
+    assert_eq!(sa.origin_queued, 0);
+    assert_eq!(sb.dropped_for(micelio_gossip::DropReason::RateLimited), 0);
+    // Not gossip, or too large: refused at once.
+    assert!(matches!(
+        a.gossip
+            .try_originate(MsgType::StateSyncRequest, Bytes::new()),
+        Err(GossipError::NotGossip(_))
+    ));
+    for n in [&a, &b] {
         n.gossip.shutdown().await;
         n.pm.shutdown().await;
     }
