@@ -201,7 +201,14 @@ impl Hub {
             node_name,
             origin,
             history_len,
-            presence,
+            presence: PresenceTiming {
+                // Refreshed before receivers forget it (TTL = 3 periods,
+                // clamped to PRESENCE_TTL_MAX), and never in a busy loop.
+                every: presence
+                    .every
+                    .clamp(Duration::from_millis(100), PRESENCE_TTL_MAX / 3),
+                debounce: presence.debounce,
+            },
             sessions: BTreeMap::new(),
             next_id: 1,
             history: VecDeque::new(),

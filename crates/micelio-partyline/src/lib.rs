@@ -88,8 +88,9 @@ pub struct PartylineConfig {
     /// Chat lines a joining session is shown.
     pub history_lines: usize,
     /// How often this node re-announces its users to the mesh (their TTL
-    /// is three times this). Changes are announced as they happen, after
-    /// `presence_debounce`.
+    /// is three times this; taken within 100 ms..=200 s, so that receivers,
+    /// which keep an announcement at most 600 s, never forget a live node).
+    /// Changes are announced as they happen, after `presence_debounce`.
     pub presence_interval: Duration,
     /// How long after a change of users (join, leave, nick) it is
     /// announced, so that a burst of changes costs one message.
