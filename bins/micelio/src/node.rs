@@ -239,7 +239,7 @@ fn migrate_legacy_peers(data_dir: &Path, tree: &sled::Tree) {
 
 /// Logs one received chat line, for operators without a session.
 fn log_chat(delivered: &Delivered) {
-    if let Some(line) = micelio_gossip::chat::ChatLine::from_delivered(delivered) {
+    if let Some(line) = micelio_partyline::chat::ChatLine::from_delivered(delivered) {
         info!(
             message_id = %line.message_id,
             sender = %line.node,

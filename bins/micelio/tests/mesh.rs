@@ -132,7 +132,9 @@ fn a_chat_line_reaches_every_process_exactly_once() {
             assert!(tokio::time::Instant::now() < deadline, "never connected");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let id = gossip.say("tester", "hello, mesh ✓").await.unwrap();
+        let id = micelio_partyline::chat::say(&gossip, "tester", "hello, mesh ✓")
+            .await
+            .unwrap();
         // Stay up until every process has logged it, so relays can finish.
         (id, gossip, pm)
     });

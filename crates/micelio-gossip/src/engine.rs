@@ -25,11 +25,23 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 
-use crate::parts::{KeyRing, RateLimiter, SeenCache, Trust};
+use crate::parts::{
+    DEFAULT_LEARNED_KEYS, DEFAULT_RATE_BUCKETS, KeyRing, RateLimiter, SeenCache, Trust,
+};
 
-/// Default cap on the seen cache (ids), far above what 5 minutes of traffic
-/// at the default rate limits produce.
-pub const DEFAULT_SEEN_CAP: usize = 1_000_000;
+/// Default cap on the seen cache (ids): 5 minutes of 870 accepted messages
+/// per second, far above a chat mesh's traffic, at about 200 bytes each
+/// (about 50 MiB at most). Past it the oldest ids go first.
+pub const DEFAULT_SEEN_CAP: usize = 262_144;
+
+/// Default pace of paced originations: 80% of the mesh's per-sender rate
+/// (10/s), so that relays' buckets refill faster than we spend them.
+pub const DEFAULT_PACE_PER_SEC: u32 = 8;
+/// Default burst of paced originations: half the mesh's burst (20), so
+/// that relays keep headroom for jitter.
+pub const DEFAULT_PACE_BURST: u32 = 10;
+/// Default bound of the paced origination queue.
+pub const DEFAULT_ORIGIN_QUEUE: usize = 256;
 
 /// Configuration of the gossip engine.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +67,18 @@ pub struct GossipConfig {
     pub repair_window: Duration,
     /// How long accepted envelopes are kept to answer repair requests.
     pub repair_retention: Duration,
+    /// Most gossip-learned sender keys kept (least recently used evicted).
+    pub learned_keys_cap: usize,
+    /// Most per-sender rate buckets kept (see [`RateLimiter`]).
+    pub rate_buckets_cap: usize,
+    /// Pace of this node's own originations through
+    /// [`crate::Gossip::try_originate`], messages per second: below the
+    /// mesh's per-sender rate so that relays never drop our messages.
+    pub pace_per_sec: u32,
+    /// Burst of this node's paced originations: below the mesh's burst.
+    pub pace_burst: u32,
+    /// Paced originations queued (in order) before further ones are refused.
+    pub origin_queue: usize,
 }
 
 impl Default for GossipConfig {
@@ -70,6 +94,11 @@ impl Default for GossipConfig {
             repair_interval: Duration::from_secs(1),
             repair_window: Duration::from_secs(5),
             repair_retention: Duration::from_secs(30),
+            learned_keys_cap: DEFAULT_LEARNED_KEYS,
+            rate_buckets_cap: DEFAULT_RATE_BUCKETS,
+            pace_per_sec: DEFAULT_PACE_PER_SEC,
+            pace_burst: DEFAULT_PACE_BURST,
+            origin_queue: DEFAULT_ORIGIN_QUEUE,
         }
     }
 }
@@ -102,6 +131,15 @@ pub enum DropReason {
     NotGossip,
     /// A message that claims to come from this node.
     FromSelf,
+    /// A repair digest or request (types 11, 12) whose payload does not
+    /// decode.
+    BadRepairPayload,
+    /// A point-to-point message whose `sender_id` names another node than
+    /// the connected peer it came from.
+    SenderNotPeer,
+    /// A repair message (types 11, 12) from a peer whose hello did not
+    /// announce micelio's extensions: it is never answered.
+    NotExtensionPeer,
 }
 
 impl DropReason {
@@ -120,6 +158,9 @@ impl DropReason {
             Self::RateLimited => "rate_limited",
             Self::NotGossip => "not_gossip",
             Self::FromSelf => "from_self",
+            Self::BadRepairPayload => "bad_repair_payload",
+            Self::SenderNotPeer => "sender_not_peer",
+            Self::NotExtensionPeer => "not_extension_peer",
         }
     }
 }
@@ -169,19 +210,62 @@ pub struct GossipStats {
     pub unhandled: u64,
     /// Drops, by reason.
     pub dropped: BTreeMap<DropReason, u64>,
-    /// Keys held in the keyring.
+    /// Keys held in the keyring (direct and learned).
     pub keys: u64,
+    /// Gossip-learned keys held (at most `learned_keys_cap`).
+    pub learned_keys: u64,
+    /// Learned keys evicted to stay within the cap.
+    pub keys_evicted: u64,
     /// Ids held in the seen cache.
     pub seen: u64,
+    /// Seen ids forgotten before their TTL to stay within the cap.
+    pub seen_evicted: u64,
+    /// Per-sender rate buckets held (at most `rate_buckets_cap`).
+    pub rate_buckets: u64,
+    /// Rate buckets evicted before they had refilled.
+    pub rate_buckets_evicted: u64,
+    /// Envelopes kept for repair (at most [`MAX_RETAINED`]).
+    pub retained: u64,
+    /// Their approximate size in bytes (at most [`MAX_RETAINED_BYTES`]).
+    pub retained_bytes: u64,
+    /// Kept envelopes evicted before their retention to stay within a cap.
+    pub retained_evicted: u64,
+    /// Paced originations refused because the origin queue was full.
+    pub origin_refused: u64,
+    /// Paced originations waiting in the origin queue.
+    pub origin_queued: u64,
+    /// Each live subscriber's deliveries and drops (filled by the service).
+    pub subscribers: Vec<SubscriberStats>,
     /// Repair digests sent (one per peer per round with news).
     pub digests_sent: u64,
     /// Message ids asked for after a peer's digest.
     pub repairs_requested: u64,
     /// Envelopes sent back in answer to repair requests.
     pub repairs_served: u64,
+    /// Repair messages (types 11, 12) received from peers.
+    pub repair_received: u64,
+}
+
+/// One subscriber's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriberStats {
+    /// The subscription's number, in order of subscription (from 1).
+    pub id: u64,
+    /// The type it subscribed to.
+    pub msg_type: MsgType,
+    /// Deliveries queued to it.
+    pub delivered: u64,
+    /// Deliveries dropped because its queue was full.
+    pub dropped: u64,
 }
 
 impl GossipStats {
+    /// Deliveries dropped for subscribers that fell behind, all of them.
+    pub fn subscriber_drops(&self) -> u64 {
+        self.subscribers.iter().map(|s| s.dropped).sum()
+    }
+
     /// Total drops, all reasons.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.values().sum()
@@ -202,6 +286,9 @@ pub struct Engine {
     seen: SeenCache,
     limiter: RateLimiter,
     peers: Vec<NodeId>,
+    /// The connected peers whose hello announced micelio's extensions: the
+    /// only ones repair messages are sent to or answered for.
+    extension_peers: HashSet<NodeId>,
     handlers: HashSet<MsgType>,
     stats: GossipStats,
     rng: SmallRng,
@@ -212,28 +299,58 @@ pub struct Engine {
 pub const MAX_REPAIR_IDS: usize = 256;
 /// Most envelopes kept to answer repair requests.
 pub const MAX_RETAINED: usize = 4096;
+/// Most bytes of envelopes kept to answer repair requests (payloads can be
+/// up to 64 KiB each; 4096 of those would be 256 MiB).
+pub const MAX_RETAINED_BYTES: usize = 8 << 20;
 
-/// Envelopes accepted or originated recently, for gossip repair.
+/// The memory an envelope kept for repair is counted as.
+fn retained_size(env: &Envelope) -> usize {
+    env.payload.len()
+        + env.message_id.len()
+        + env.sender_id.len()
+        + env.signature.len()
+        + env.sender_pubkey.len()
+        + 128
+}
+
+/// Envelopes accepted or originated recently, for gossip repair: at most
+/// [`MAX_RETAINED`] of them and [`MAX_RETAINED_BYTES`], oldest evicted
+/// first, each forgotten after the retention time.
 #[derive(Debug, Default)]
 struct Recent {
     map: HashMap<String, Envelope>,
     order: VecDeque<(Instant, String)>,
+    bytes: usize,
+    evicted: u64,
 }
 
 impl Recent {
+    fn pop_oldest(&mut self) -> bool {
+        let Some((_, old)) = self.order.pop_front() else {
+            return false;
+        };
+        if let Some(e) = self.map.remove(&old) {
+            self.bytes = self.bytes.saturating_sub(retained_size(&e));
+        }
+        true
+    }
+
     fn insert(&mut self, now: Instant, env: &Envelope) {
-        if self.map.len() >= MAX_RETAINED
-            && let Some((_, old)) = self.order.pop_front()
-        {
-            self.map.remove(&old);
+        if self.map.contains_key(&env.message_id) {
+            return;
         }
-        if self
-            .map
-            .insert(env.message_id.clone(), env.clone())
-            .is_none()
+        let size = retained_size(env);
+        while !self.map.is_empty()
+            && (self.map.len() >= MAX_RETAINED || self.bytes + size > MAX_RETAINED_BYTES)
         {
-            self.order.push_back((now, env.message_id.clone()));
+            if !self.pop_oldest() {
+                break;
+            }
+            self.evicted += 1;
         }
+        self.bytes += size;
+        self.map.insert(env.message_id.clone(), env.clone());
+        self.order.push_back((now, env.message_id.clone()));
     }
 
     fn expire(&mut self, now: Instant, retention: Duration) {
@@ -241,9 +358,7 @@ impl Recent {
             if now.saturating_duration_since(*t) < retention {
                 break;
             }
-            if let Some((_, id)) = self.order.pop_front() {
-                self.map.remove(&id);
-            }
+            self.pop_oldest();
         }
     }
 
@@ -264,10 +379,15 @@ impl Engine {
     /// tests for reproducible runs).
     pub fn new(identity: Arc<Identity>, config: GossipConfig, seed: u64) -> Self {
         Self {
-            keyring: KeyRing::new(),
+            keyring: KeyRing::with_cap(config.learned_keys_cap),
             seen: SeenCache::new(config.seen_ttl, config.seen_cap),
-            limiter: RateLimiter::new(config.rate_per_sec, config.rate_burst),
+            limiter: RateLimiter::with_cap(
+                config.rate_per_sec,
+                config.rate_burst,
+                config.rate_buckets_cap,
+            ),
             peers: Vec::new(),
+            extension_peers: HashSet::new(),
             handlers: HashSet::new(),
             stats: GossipStats::default(),
             rng: SmallRng::seed_from_u64(seed),
@@ -288,17 +408,35 @@ impl Engine {
         self.handlers.insert(msg_type);
     }
 
-    /// A peer connected, having proved `key` in its hello (direct trust).
+    /// A micelio peer connected, having proved `key` in its hello (direct
+    /// trust) and announced micelio's extensions. As
+    /// [`Engine::peer_up_with`] with `extensions` true.
     pub fn peer_up(&mut self, id: NodeId, key: PublicKey) {
+        self.peer_up_with(id, key, true);
+    }
+
+    /// A peer connected, having proved `key` in its hello (direct trust).
+    /// `extensions`: whether its hello announced micelio's extensions
+    /// (`PeerHelloInfo::speaks_extensions`); repair traffic (types 11, 12)
+    /// goes only to peers that did, so reference nodes never pay for it.
+    pub fn peer_up_with(&mut self, id: NodeId, key: PublicKey, extensions: bool) {
         self.keyring.add(id, key, Trust::Direct);
         if !self.peers.contains(&id) {
             self.peers.push(id);
         }
+        if extensions {
+            self.extension_peers.insert(id);
+        } else {
+            self.extension_peers.remove(&id);
+        }
     }
 
-    /// A peer disconnected (its key stays known).
+    /// A peer disconnected: its key stays known as a gossip-learned one
+    /// (subject to the cap).
     pub fn peer_down(&mut self, id: &NodeId) {
         self.peers.retain(|p| p != id);
+        self.extension_peers.remove(id);
+        self.keyring.release(id);
     }
 
     /// Learns a key from elsewhere (for example a peer exchange), with
@@ -340,6 +478,11 @@ impl Engine {
             });
         }
         (env, actions)
+    }
+
+    /// Counts a drop decided outside the engine (by its driver).
+    pub(crate) fn count_drop(&mut self, reason: DropReason) {
+        self.drop_for(reason);
     }
 
     fn drop_for(&mut self, reason: DropReason) -> DropReason {
@@ -443,10 +586,17 @@ impl Engine {
     }
 
     /// One round of gossip repair: announces the ids of the messages
-    /// received or originated within `repair_window` to every peer (a
-    /// `GossipDigest`, type 11, hop count 1). Call every `repair_interval`.
+    /// received or originated within `repair_window` to every peer that
+    /// speaks micelio's extensions (a `GossipDigest`, type 11, hop count 1).
+    /// Call every `repair_interval`.
     pub fn repair_tick(&mut self, now: Instant) -> Vec<Action> {
-        if self.config.repair_interval.is_zero() || self.peers.is_empty() {
+        let to: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|p| self.extension_peers.contains(p))
+            .copied()
+            .collect();
+        if self.config.repair_interval.is_zero() || to.is_empty() {
             return Vec::new();
         }
         let ids = self.recent.since(now, self.config.repair_window);
@@ -455,11 +605,8 @@ impl Engine {
         }
         let payload = GossipDigest { message_ids: ids }.encode_wire();
         let envelope = EnvelopeBuilder::new(MsgType::GossipDigest, payload).sign(&self.identity);
-        self.stats.digests_sent += self.peers.len() as u64;
-        vec![Action::Send {
-            to: self.peers.clone(),
-            envelope,
-        }]
+        self.stats.digests_sent += to.len() as u64;
+        vec![Action::Send { to, envelope }]
     }
 
     /// Handles a repair message from connected peer `from`: a digest is
@@ -469,17 +616,23 @@ impl Engine {
     /// delivered once and relayed.
     ///
     /// # Errors
-    /// [`DropReason::NotGossip`] for another type or an undecodable payload.
+    /// [`DropReason::BadRepairPayload`] for an undecodable payload,
+    /// [`DropReason::NotExtensionPeer`] when `from` did not announce the
+    /// extensions, [`DropReason::NotGossip`] for another type.
     pub fn handle_repair(
         &mut self,
         now: Instant,
         from: NodeId,
         env: &Envelope,
     ) -> Result<Vec<Action>, DropReason> {
+        self.stats.repair_received += 1;
+        if !self.extension_peers.contains(&from) {
+            return Err(self.drop_for(DropReason::NotExtensionPeer));
+        }
         match env.kind() {
             MsgType::GossipDigest => {
                 let Ok(d) = GossipDigest::decode_wire(env.payload.clone()) else {
-                    return Err(self.drop_for(DropReason::NotGossip));
+                    return Err(self.drop_for(DropReason::BadRepairPayload));
                 };
                 let missing: Vec<String> = d
                     .message_ids
@@ -505,7 +658,7 @@ impl Engine {
             }
             MsgType::GossipRequest => {
                 let Ok(r) = GossipRequest::decode_wire(env.payload.clone()) else {
-                    return Err(self.drop_for(DropReason::NotGossip));
+                    return Err(self.drop_for(DropReason::BadRepairPayload));
                 };
                 let actions: Vec<Action> = r
                     .message_ids
@@ -528,7 +681,15 @@ impl Engine {
     pub fn stats(&self) -> GossipStats {
         let mut s = self.stats.clone();
         s.keys = self.keyring.len() as u64;
+        s.learned_keys = self.keyring.learned_len() as u64;
+        s.keys_evicted = self.keyring.evicted();
         s.seen = self.seen.len() as u64;
+        s.seen_evicted = self.seen.evicted();
+        s.rate_buckets = self.limiter.len() as u64;
+        s.rate_buckets_evicted = self.limiter.evicted();
+        s.retained = self.recent.map.len() as u64;
+        s.retained_bytes = self.recent.bytes as u64;
+        s.retained_evicted = self.recent.evicted;
         s
     }
 }

@@ -9,11 +9,11 @@
 //!   token buckets, hop handling, random fanout, the handler registry and
 //!   [`GossipStats`];
 //! - [`Gossip`]: the tokio task that drives an engine over a
-//!   [`micelio_transport::PeerManager`];
-//! - [`chat`]: chat lines (type 3) for the partyline.
+//!   [`micelio_transport::PeerManager`], with one paced, ordered, bounded
+//!   origin queue ([`Gossip::try_originate`]) for everything this node says.
 //!
-//! The crate knows nothing of SSH, state or plugins: they subscribe to
-//! message types.
+//! The crate knows nothing of chat, SSH, state or plugins: they originate
+//! and subscribe to message types.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -36,14 +36,16 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod chat;
 mod engine;
 mod parts;
 mod service;
 
 pub use engine::{
-    Action, DEFAULT_SEEN_CAP, Delivered, DropReason, Engine, GossipConfig, GossipStats,
-    MAX_REPAIR_IDS, MAX_RETAINED,
+    Action, DEFAULT_ORIGIN_QUEUE, DEFAULT_PACE_BURST, DEFAULT_PACE_PER_SEC, DEFAULT_SEEN_CAP,
+    Delivered, DropReason, Engine, GossipConfig, GossipStats, MAX_REPAIR_IDS, MAX_RETAINED,
+    MAX_RETAINED_BYTES, SubscriberStats,
 };
-pub use parts::{KeyRing, RateLimiter, SeenCache, Trust};
+pub use parts::{
+    DEFAULT_LEARNED_KEYS, DEFAULT_RATE_BUCKETS, KeyRing, RateLimiter, SeenCache, Trust,
+};
 pub use service::{Gossip, GossipError};

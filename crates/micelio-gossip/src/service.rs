@@ -4,11 +4,13 @@
 //! The task reads the transport's [`PeerEvent`]s and the handle's commands
 //! from bounded channels, carries out the engine's actions (encoding each
 //! envelope once and queueing the frame for every target peer without ever
-//! waiting on a slow one), expires the seen cache every second, and stops on
-//! its cancellation token.
+//! waiting on a slow one), drains the paced origin queue no faster than its
+//! token bucket allows, expires the engine's tables every second, and stops
+//! on its cancellation token.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +23,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info_span, warn};
 
-use crate::engine::{Action, Delivered, Engine, GossipConfig, GossipStats};
+use crate::engine::{
+    Action, Delivered, DropReason, Engine, GossipConfig, GossipStats, SubscriberStats,
+};
 
 /// Commands queued to the task.
 const COMMAND_QUEUE: usize = 1024;
@@ -43,6 +47,9 @@ pub enum GossipError {
     /// The payload is over 64 KiB.
     #[error("payload of {0} bytes exceeds the gossip limit")]
     TooLarge(usize),
+    /// The paced origin queue is full: the message was not sent.
+    #[error("the outgoing queue is full ({0} messages waiting)")]
+    QueueFull(usize),
 }
 
 enum Command {
@@ -62,6 +69,9 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct Gossip {
     tx: mpsc::Sender<Command>,
+    paced: mpsc::Sender<(MsgType, Bytes)>,
+    refused: Arc<AtomicU64>,
+    config: Arc<GossipConfig>,
     cancel: CancellationToken,
     task: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
     node_id: NodeId,
@@ -71,9 +81,12 @@ impl Gossip {
     /// Starts the service over `peers`, consuming its event stream.
     ///
     /// Messages the connection layer hands up that are not gossip (state
-    /// sync requests and responses) are delivered, unverified and
-    /// unrelayed, to the subscribers of their type, so that the layer above
-    /// can answer them.
+    /// sync requests and responses) are delivered unrelayed to the
+    /// subscribers of their type, so that the layer above can answer them.
+    /// Their [`Delivered::sender`] is the connected peer (authenticated by
+    /// Noise and the hello); one whose `sender_id` names another node is
+    /// dropped ([`DropReason::SenderNotPeer`]). Their signature is not
+    /// checked here.
     pub fn spawn(
         identity: Arc<Identity>,
         config: GossipConfig,
@@ -86,6 +99,10 @@ impl Gossip {
                 .unwrap_or([0; 8]),
         ) ^ u64::from(std::process::id());
         let node_id = *identity.node_id();
+        let (paced, paced_rx) = mpsc::channel(config.origin_queue.max(1));
+        let refused = Arc::new(AtomicU64::new(0));
+        let shared_config = Arc::new(config.clone());
+        let pacer = Pacer::new(config.pace_per_sec, config.pace_burst);
         let engine = Engine::new(identity, config, seed);
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let cancel = CancellationToken::new();
@@ -95,13 +112,19 @@ impl Gossip {
                 engine,
                 peers,
                 subscribers: HashMap::new(),
-                full_logged: HashMap::new(),
+                next_subscriber: 1,
+                pacer,
+                refused: refused.clone(),
+                paced_queued: 0,
             }
-            .run(rx, events, cancel.clone())
+            .run(rx, events, paced_rx, cancel.clone())
             .instrument(span),
         );
         Gossip {
             tx,
+            paced,
+            refused,
+            config: shared_config,
             cancel,
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
             node_id,
@@ -113,7 +136,42 @@ impl Gossip {
         &self.node_id
     }
 
-    /// Originates a message of `msg_type` and returns its id.
+    /// The configuration the service runs with.
+    pub fn config(&self) -> &GossipConfig {
+        &self.config
+    }
+
+    /// Queues a message of `msg_type` for paced origination, never waiting:
+    /// queued messages leave in order, no faster than `pace_per_sec` with a
+    /// burst of `pace_burst` (below the mesh's per-sender limit, so relays
+    /// do not drop them). Use it for everything a user or a periodic task
+    /// originates; the whole node shares the one queue.
+    ///
+    /// # Errors
+    /// [`GossipError::QueueFull`] when `origin_queue` messages are waiting
+    /// (counted in [`GossipStats::origin_refused`]), and as
+    /// [`Gossip::originate`].
+    pub fn try_originate(&self, msg_type: MsgType, payload: Bytes) -> Result<(), GossipError> {
+        if msg_type.routing() != Routing::Gossip {
+            return Err(GossipError::NotGossip(msg_type));
+        }
+        if payload.len() > micelio_wire::limits::MAX_GOSSIP_PAYLOAD {
+            return Err(GossipError::TooLarge(payload.len()));
+        }
+        self.paced
+            .try_send((msg_type, payload))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    GossipError::QueueFull(self.config.origin_queue)
+                }
+                mpsc::error::TrySendError::Closed(_) => GossipError::Stopped,
+            })
+    }
+
+    /// Originates a message of `msg_type` now and returns its id. It is not
+    /// paced (it only spends a token of the pace bucket if one is there):
+    /// callers that originate in bursts use [`Gossip::try_originate`].
     ///
     /// Cancel safe: if dropped before the service took it, nothing is sent.
     ///
@@ -145,7 +203,8 @@ impl Gossip {
 
     /// Registers a handler for `msg_type` and returns the stream of its
     /// deliveries (each message once). A subscriber that falls more than
-    /// 1024 deliveries behind loses messages (counted and logged).
+    /// 1024 deliveries behind loses messages (counted per subscriber in
+    /// [`GossipStats::subscribers`], logged once).
     ///
     /// # Errors
     /// [`GossipError::Stopped`].
@@ -184,11 +243,70 @@ impl Gossip {
     }
 }
 
+/// The origin's token bucket: how fast this node's paced originations
+/// leave.
+#[derive(Debug)]
+struct Pacer {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pacer {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: f64::from(rate.max(1)),
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// When the next token is there (now if one is).
+    fn ready_at(&mut self, now: Instant) -> Instant {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        }
+    }
+
+    /// Spends a token; false if none was there.
+    fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Delivered>,
+    delivered: u64,
+    dropped: u64,
+}
+
 struct Service {
     engine: Engine,
     peers: PeerManager,
-    subscribers: HashMap<MsgType, Vec<mpsc::Sender<Delivered>>>,
-    full_logged: HashMap<MsgType, bool>,
+    subscribers: HashMap<MsgType, Vec<Subscriber>>,
+    next_subscriber: u64,
+    pacer: Pacer,
+    refused: Arc<AtomicU64>,
+    paced_queued: u64,
 }
 
 impl Service {
@@ -196,6 +314,7 @@ impl Service {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut events: mpsc::Receiver<PeerEvent>,
+        mut paced: mpsc::Receiver<(MsgType, Bytes)>,
         cancel: CancellationToken,
     ) {
         let mut expire = tokio::time::interval(EXPIRE_EVERY);
@@ -209,8 +328,24 @@ impl Service {
         });
         repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let now = Instant::now();
+            let ready_at = self.pacer.ready_at(now);
+            let ready = ready_at <= now;
+            self.paced_queued = paced.len() as u64;
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                next = paced.recv(), if ready => match next {
+                    Some((msg_type, payload)) => {
+                        let now = Instant::now();
+                        self.pacer.take(now);
+                        let (_, actions) = self.engine.originate(now.into_std(), msg_type, payload);
+                        self.execute(actions);
+                    }
+                    // Only the handles hold senders: with none left, nobody
+                    // can command us either.
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(ready_at), if !ready => {}
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.command(cmd),
                     None => break,
@@ -236,27 +371,58 @@ impl Service {
                 payload,
                 reply,
             } => {
-                let (env, actions) =
-                    self.engine
-                        .originate(Instant::now().into_std(), msg_type, payload);
+                let now = Instant::now();
+                self.pacer.take(now);
+                let (env, actions) = self.engine.originate(now.into_std(), msg_type, payload);
                 self.execute(actions);
                 let _ = reply.send(env.message_id);
             }
             Command::Subscribe { msg_type, reply } => {
                 let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
                 self.engine.register(msg_type);
-                self.subscribers.entry(msg_type).or_default().push(tx);
+                let id = self.next_subscriber;
+                self.next_subscriber += 1;
+                self.subscribers
+                    .entry(msg_type)
+                    .or_default()
+                    .push(Subscriber {
+                        id,
+                        tx,
+                        delivered: 0,
+                        dropped: 0,
+                    });
                 let _ = reply.send(rx);
             }
             Command::Stats(reply) => {
-                let _ = reply.send(self.engine.stats());
+                let mut stats = self.engine.stats();
+                stats.origin_refused = self.refused.load(Ordering::Relaxed);
+                stats.origin_queued = self.paced_queued;
+                let mut subs: Vec<SubscriberStats> = self
+                    .subscribers
+                    .iter()
+                    .flat_map(|(t, v)| {
+                        v.iter().map(|s| SubscriberStats {
+                            id: s.id,
+                            msg_type: *t,
+                            delivered: s.delivered,
+                            dropped: s.dropped,
+                        })
+                    })
+                    .collect();
+                subs.sort_by_key(|s| s.id);
+                stats.subscribers = subs;
+                let _ = reply.send(stats);
             }
         }
     }
 
     fn event(&mut self, ev: PeerEvent) {
         match ev {
-            PeerEvent::Up(peer) => self.engine.peer_up(peer.node_id, peer.public_key),
+            PeerEvent::Up(peer) => self.engine.peer_up_with(
+                peer.node_id,
+                peer.public_key,
+                peer.hello.speaks_extensions(),
+            ),
             PeerEvent::Down { node_id, .. } => self.engine.peer_down(&node_id),
             PeerEvent::Message { from, envelope } => self.message(from, envelope),
             _ => {}
@@ -265,6 +431,16 @@ impl Service {
 
     fn message(&mut self, from: NodeId, envelope: Envelope) {
         let kind = envelope.kind();
+        // Point-to-point messages come from the connected peer, never from
+        // whoever the envelope claims.
+        if kind.routing() != Routing::Gossip
+            && !envelope.sender_id.is_empty()
+            && !from.matches_str(&envelope.sender_id)
+        {
+            self.engine.count_drop(DropReason::SenderNotPeer);
+            debug!(peer = %from.short(12), %kind, "dropped a point-to-point message naming another sender");
+            return;
+        }
         if matches!(kind, MsgType::GossipDigest | MsgType::GossipRequest) {
             match self
                 .engine
@@ -279,7 +455,7 @@ impl Service {
         }
         if kind.routing() != Routing::Gossip {
             // Point-to-point messages for the layers above (state sync).
-            let sender = envelope.sender_id.parse().unwrap_or(from);
+            let sender = from;
             self.deliver(Delivered {
                 msg_type: kind,
                 sender,
@@ -320,14 +496,19 @@ impl Service {
         let Some(subs) = self.subscribers.get_mut(&d.msg_type) else {
             return;
         };
-        subs.retain(|s| !s.is_closed());
-        for s in subs.iter() {
-            if s.try_send(d.clone()).is_err() {
-                let logged = self.full_logged.entry(d.msg_type).or_insert(false);
-                if !*logged {
-                    *logged = true;
-                    warn!(kind = %d.msg_type, "a subscriber is not keeping up: deliveries dropped");
+        subs.retain(|s| !s.tx.is_closed());
+        for s in subs.iter_mut() {
+            if s.tx.try_send(d.clone()).is_ok() {
+                s.delivered += 1;
+            } else {
+                if s.dropped == 0 {
+                    warn!(
+                        kind = %d.msg_type,
+                        subscriber = s.id,
+                        "a subscriber is not keeping up: deliveries dropped (logged once)"
+                    );
                 }
+                s.dropped += 1;
             }
         }
     }

@@ -336,11 +336,26 @@ async fn stats(c: CommandCall) -> Reply {
     let Ok(g) = c.party.gossip().stats().await else {
         return Reply::fail("gossip has stopped");
     };
+    let Ok(p) = c.party.stats().await else {
+        return Reply::fail("the partyline is stopping");
+    };
     let t = c.party.peers().stats();
     let dropped: serde_json::Map<String, serde_json::Value> = g
         .dropped
         .iter()
         .map(|(k, v)| (k.label().to_owned(), json!(v)))
+        .collect();
+    let subscribers: Vec<serde_json::Value> = g
+        .subscribers
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "type": s.msg_type.to_string(),
+                "delivered": s.delivered,
+                "dropped": s.dropped,
+            })
+        })
         .collect();
     if c.json {
         let transport: serde_json::Map<String, serde_json::Value> = t
@@ -357,8 +372,21 @@ async fn stats(c: CommandCall) -> Reply {
                 "unhandled": g.unhandled,
                 "dropped": dropped,
                 "keys": g.keys,
+                "learned_keys": g.learned_keys,
+                "keys_evicted": g.keys_evicted,
                 "seen": g.seen,
+                "seen_evicted": g.seen_evicted,
+                "rate_buckets": g.rate_buckets,
+                "rate_buckets_evicted": g.rate_buckets_evicted,
+                "retained": g.retained,
+                "retained_bytes": g.retained_bytes,
+                "retained_evicted": g.retained_evicted,
+                "origin_queued": g.origin_queued,
+                "origin_refused": g.origin_refused,
+                "subscriber_drops": g.subscriber_drops(),
+                "subscribers": subscribers,
             },
+            "partyline": p,
             "transport": transport,
         }));
     }
@@ -375,8 +403,37 @@ async fn stats(c: CommandCall) -> Reply {
         out.push_str(&format!("\n  dropped {}: {v}", k.label()));
     }
     out.push_str(&format!(
-        "\n  keys known {}, ids remembered {}",
-        g.keys, g.seen
+        "\n  keys known {} (learned {}, evicted {}), ids remembered {} (evicted {})",
+        g.keys, g.learned_keys, g.keys_evicted, g.seen, g.seen_evicted
+    ));
+    out.push_str(&format!(
+        "\n  rate buckets {} (evicted {}), kept for repair {} ({} bytes, evicted {})",
+        g.rate_buckets, g.rate_buckets_evicted, g.retained, g.retained_bytes, g.retained_evicted
+    ));
+    out.push_str(&format!(
+        "\n  outgoing queue {} (refused {}), subscriber drops {}",
+        g.origin_queued,
+        g.origin_refused,
+        g.subscriber_drops()
+    ));
+    for s in g.subscribers.iter().filter(|s| s.dropped > 0) {
+        out.push_str(&format!(
+            "\n  subscriber #{} ({}): delivered {} dropped {}",
+            s.id, s.msg_type, s.delivered, s.dropped
+        ));
+    }
+    out.push_str(&format!(
+        "\npartyline: sessions {} remote nodes {} (evicted {}, expired {}) remote users {} \
+         (ignored {}) lines refused {} presence sent {} (put off {})",
+        p.sessions,
+        p.remote_nodes,
+        p.remote_evicted,
+        p.remote_expired,
+        p.remote_users,
+        p.remote_nicks_ignored,
+        p.lines_refused,
+        p.presence_sent,
+        p.presence_deferred
     ));
     out.push_str("\ntransport:");
     for (k, v) in t.entries() {

@@ -1,12 +1,22 @@
 //! The hub: one task that owns the sessions, their nicks, the history and
 //! what is known of other nodes' users, driven by channels.
+//!
+//! Everything it sends to the mesh goes through one ordered, bounded, paced
+//! path: [`micelio_gossip::Gossip::try_originate`], which never waits. A line
+//! the queue refuses is reported to its author, never silently lost.
+//!
+//! What other nodes announce (presence) is untrusted and capped: at most
+//! [`MAX_REMOTE_NODES`] nodes of at most [`MAX_REMOTE_NICKS`] nicks each,
+//! each forgotten when its announcement's TTL (clamped to 10..=600 s) runs
+//! out. When the table is full, the node first heard most recently is
+//! evicted: nodes already known keep their place during a flood of fresh
+//! identities, and a newcomer gets in once the flood stops.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use micelio_gossip::chat::{ChatLine, unix_now};
-use micelio_gossip::{Delivered, Gossip};
+use micelio_gossip::{Delivered, GossipError};
 use micelio_identity::NodeId;
 use micelio_wire::proto::{ChatMessage, DirectMessage, Presence};
 use micelio_wire::{MsgType, WireMessage as _};
@@ -15,10 +25,52 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::chat::{ChatLine, unix_now};
 use crate::text::{ChatView, NickError, check_nick, nick_from_user, sanitize};
 
 /// Lines queued per session before further ones are dropped for it.
 pub(crate) const SESSION_QUEUE: usize = 256;
+/// Most other nodes whose users are remembered.
+pub const MAX_REMOTE_NODES: usize = 1024;
+/// Most nicks remembered per other node (the rest of an announcement is
+/// ignored, and counted).
+pub const MAX_REMOTE_NICKS: usize = 256;
+/// Longest node name kept, in characters.
+pub const MAX_NODE_NAME: usize = 64;
+/// Shortest TTL a presence announcement is given.
+pub const PRESENCE_TTL_MIN: Duration = Duration::from_secs(10);
+/// Longest TTL a presence announcement is given, whatever it asks.
+pub const PRESENCE_TTL_MAX: Duration = Duration::from_secs(600);
+/// How often sessions and remote nodes are checked for expiry.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// Sends one message to the mesh without waiting: in production
+/// [`micelio_gossip::Gossip::try_originate`].
+pub(crate) type Origin = Box<dyn FnMut(MsgType, Bytes) -> Result<(), GossipError> + Send>;
+
+/// The hub's counters, as a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct PartylineStats {
+    /// Sessions open on this node (quiet ones included).
+    pub sessions: u64,
+    /// Other nodes whose users are known.
+    pub remote_nodes: u64,
+    /// Users known on other nodes.
+    pub remote_users: u64,
+    /// Other nodes evicted to stay within [`MAX_REMOTE_NODES`].
+    pub remote_evicted: u64,
+    /// Other nodes forgotten because their announcement expired.
+    pub remote_expired: u64,
+    /// Nicks of announcements ignored beyond [`MAX_REMOTE_NICKS`].
+    pub remote_nicks_ignored: u64,
+    /// Lines (chat, private) refused because the outgoing queue was full.
+    pub lines_refused: u64,
+    /// Presence announcements sent.
+    pub presence_sent: u64,
+    /// Presence announcements put off because the outgoing queue was full.
+    pub presence_deferred: u64,
+}
 
 /// What a session receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +122,7 @@ pub(crate) enum HubMsg {
         id: u64,
         text: String,
         action: bool,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     Private {
         id: u64,
@@ -83,6 +136,9 @@ pub(crate) enum HubMsg {
     NodeName {
         id: NodeId,
         reply: oneshot::Sender<Option<String>>,
+    },
+    Stats {
+        reply: oneshot::Sender<PartylineStats>,
     },
 }
 
@@ -99,42 +155,84 @@ struct RemoteNode {
     nicks: Vec<String>,
     seq: u64,
     expires: Instant,
+    /// When this node was first heard (eviction goes newest first).
+    first_heard: Instant,
+}
+
+/// How often presence is announced.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PresenceTiming {
+    /// Periodic refresh.
+    pub(crate) every: Duration,
+    /// A change is announced this long after it, so that a burst of changes
+    /// costs one announcement.
+    pub(crate) debounce: Duration,
 }
 
 pub(crate) struct Hub {
     node_id: NodeId,
     node_name: String,
-    gossip: Gossip,
+    origin: Origin,
     history_len: usize,
-    presence_every: Duration,
+    presence: PresenceTiming,
     sessions: BTreeMap<u64, SessionSlot>,
     next_id: u64,
     history: VecDeque<ChatView>,
     remote: HashMap<NodeId, RemoteNode>,
     presence_seq: u64,
+    /// When the next periodic announcement is due.
+    presence_due: Instant,
+    /// When a pending change is to be announced.
+    presence_dirty: Option<Instant>,
+    stats: PartylineStats,
+    refuse_logged: bool,
 }
 
 impl Hub {
     pub(crate) fn new(
         node_id: NodeId,
         node_name: String,
-        gossip: Gossip,
+        origin: Origin,
         history_len: usize,
-        presence_every: Duration,
+        presence: PresenceTiming,
     ) -> Self {
         Self {
             node_id,
             node_name,
-            gossip,
+            origin,
             history_len,
-            presence_every,
+            presence: PresenceTiming {
+                // Refreshed before receivers forget it (TTL = 3 periods,
+                // clamped to PRESENCE_TTL_MAX), and never in a busy loop.
+                every: presence
+                    .every
+                    .clamp(Duration::from_millis(100), PRESENCE_TTL_MAX / 3),
+                debounce: presence.debounce,
+            },
             sessions: BTreeMap::new(),
             next_id: 1,
             history: VecDeque::new(),
             remote: HashMap::new(),
             // Milliseconds since the epoch: a restarted node keeps increasing.
             presence_seq: unix_now().saturating_mul(1000),
+            presence_due: Instant::now(),
+            presence_dirty: None,
+            stats: PartylineStats::default(),
+            refuse_logged: false,
         }
+    }
+
+    fn next_presence(&self) -> Instant {
+        match self.presence_dirty {
+            Some(at) => at.min(self.presence_due),
+            None => self.presence_due,
+        }
+    }
+
+    /// Our users changed: announce it after the debounce delay.
+    fn presence_changed(&mut self) {
+        let at = Instant::now() + self.presence.debounce;
+        self.presence_dirty = Some(self.presence_dirty.map_or(at, |d| d.min(at)));
     }
 
     pub(crate) async fn run(
@@ -145,9 +243,10 @@ impl Hub {
         mut direct: mpsc::Receiver<Delivered>,
         cancel: CancellationToken,
     ) {
-        let mut tick = tokio::time::interval(self.presence_every);
+        let mut tick = tokio::time::interval(HOUSEKEEPING);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let presence_at = self.next_presence();
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 msg = rx.recv() => match msg {
@@ -160,8 +259,8 @@ impl Hub {
                 _ = tick.tick() => {
                     self.prune();
                     self.expire_remote();
-                    self.announce();
                 }
+                _ = tokio::time::sleep_until(presence_at) => self.announce(),
             }
         }
         for slot in self.sessions.values() {
@@ -199,7 +298,7 @@ impl Hub {
                 );
                 let _ = reply.send((id, nick, rx));
                 if !quiet {
-                    self.announce();
+                    self.presence_changed();
                 }
             }
             HubMsg::Leave { id } => {
@@ -207,17 +306,27 @@ impl Hub {
                     && !slot.quiet
                 {
                     self.broadcast(Output::Notice(format!("{} left", slot.nick)));
-                    self.announce();
+                    self.presence_changed();
                 }
             }
             HubMsg::Nick { id, nick, reply } => {
                 let result = self.rename(id, &nick);
                 if result.is_ok() {
-                    self.announce();
+                    self.presence_changed();
                 }
                 let _ = reply.send(result);
             }
-            HubMsg::Say { id, text, action } => self.say(id, text, action),
+            HubMsg::Say {
+                id,
+                text,
+                action,
+                reply,
+            } => {
+                let _ = reply.send(self.say(id, text, action));
+            }
+            HubMsg::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
             HubMsg::Private {
                 id,
                 to,
@@ -306,39 +415,57 @@ impl Hub {
         }
     }
 
-    fn say(&mut self, id: u64, text: String, action: bool) {
+    /// A line typed here: queued for the mesh first; shown here only if the
+    /// mesh will see it too.
+    fn say(&mut self, id: u64, text: String, action: bool) -> Result<(), String> {
         let Some(nick) = self.sessions.get(&id).map(|s| s.nick.clone()) else {
-            return;
+            return Err("no such session".into());
         };
         let timestamp = unix_now();
-        let view = ChatView {
+        let wire_text = if action {
+            format!("/me {text}")
+        } else {
+            text.clone()
+        };
+        let payload = ChatMessage {
             nick: nick.clone(),
+            text: wire_text,
+            timestamp,
+        }
+        .encode_wire();
+        self.send_line(MsgType::Chat, payload.into())?;
+        let view = ChatView {
+            nick,
             node: self.node_name.clone(),
-            text: text.clone(),
+            text,
             timestamp,
             action,
             private: false,
         };
         self.broadcast(Output::Chat(view.clone()));
         self.remember(view);
-        let wire_text = if action { format!("/me {text}") } else { text };
-        let payload = ChatMessage {
-            nick,
-            text: wire_text,
-            timestamp,
-        }
-        .encode_wire();
-        self.originate(MsgType::Chat, payload.into());
+        Ok(())
     }
 
-    /// Originates without making the hub wait on the gossip task.
-    fn originate(&self, kind: MsgType, payload: Bytes) {
-        let gossip = self.gossip.clone();
-        tokio::spawn(async move {
-            if let Err(e) = gossip.originate(kind, payload).await {
-                debug!(%kind, "not sent: {e}");
+    /// Queues a user's line for the mesh; a refusal is the user's to know.
+    fn send_line(&mut self, kind: MsgType, payload: Bytes) -> Result<(), String> {
+        match (self.origin)(kind, payload) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.stats.lines_refused += 1;
+                if !self.refuse_logged {
+                    self.refuse_logged = true;
+                    warn!(%kind, "line refused: {e} (logged once)");
+                }
+                Err(match e {
+                    GossipError::QueueFull(n) => format!(
+                        "line not sent: {n} lines are already waiting to go out to the mesh; \
+                         wait a moment and send it again"
+                    ),
+                    other => format!("line not sent: {other}"),
+                })
             }
-        });
+        }
     }
 
     fn private(&mut self, id: u64, to: &str, text: String) -> Result<String, String> {
@@ -385,7 +512,7 @@ impl Hub {
                     timestamp: view.timestamp,
                 }
                 .encode_wire();
-                self.originate(MsgType::DirectMessage, payload.into());
+                self.send_line(MsgType::DirectMessage, payload.into())?;
                 Ok(format!("-> {nick}@{name}: {text}"))
             }
             many => Err(format!(
@@ -467,20 +594,29 @@ impl Hub {
             if n.is_empty() {
                 d.sender.short(8)
             } else {
-                n.chars().take(64).collect()
+                n.chars().take(MAX_NODE_NAME).collect()
             }
         };
         let mut nicks: Vec<String> = p
             .nicks
             .iter()
+            .take(4 * MAX_REMOTE_NICKS)
             .map(|n| sanitize(n))
             .filter(|n| check_nick(n).is_ok())
-            .take(1024)
             .collect();
         nicks.sort();
         nicks.dedup();
-        let ttl = Duration::from_secs(u64::from(p.ttl_secs.clamp(10, 3600)));
-        let expires = Instant::now() + ttl;
+        if nicks.len() > MAX_REMOTE_NICKS {
+            self.stats.remote_nicks_ignored += (nicks.len() - MAX_REMOTE_NICKS) as u64;
+            nicks.truncate(MAX_REMOTE_NICKS);
+        }
+        let ttl =
+            Duration::from_secs(u64::from(p.ttl_secs)).clamp(PRESENCE_TTL_MIN, PRESENCE_TTL_MAX);
+        let now = Instant::now();
+        let expires = now + ttl;
+        if !self.remote.contains_key(&d.sender) && self.remote.len() >= MAX_REMOTE_NODES {
+            self.evict_newest_remote();
+        }
         match self.remote.get_mut(&d.sender) {
             Some(r) if p.seq <= r.seq => {}
             Some(r) => {
@@ -495,12 +631,10 @@ impl Hub {
                     .filter(|n| !nicks.contains(n))
                     .cloned()
                     .collect();
-                *r = RemoteNode {
-                    name: name.clone(),
-                    nicks,
-                    seq: p.seq,
-                    expires,
-                };
+                r.name.clone_from(&name);
+                r.nicks = nicks;
+                r.seq = p.seq;
+                r.expires = expires;
                 for n in joined {
                     self.broadcast(Output::Notice(format!("{n} joined on {name}")));
                 }
@@ -516,21 +650,49 @@ impl Hub {
                         nicks,
                         seq: p.seq,
                         expires,
+                        first_heard: now,
                     },
                 );
             }
         }
     }
 
-    fn expire_remote(&mut self) {
-        let now = Instant::now();
-        self.remote.retain(|_, r| r.expires > now);
+    /// Makes room for a newcomer: the node first heard most recently goes.
+    fn evict_newest_remote(&mut self) {
+        let newest = self
+            .remote
+            .iter()
+            .max_by_key(|(id, r)| (r.first_heard, **id))
+            .map(|(id, _)| *id);
+        if let Some(id) = newest {
+            self.remote.remove(&id);
+            self.stats.remote_evicted += 1;
+        }
     }
 
+    fn expire_remote(&mut self) {
+        let now = Instant::now();
+        let before = self.remote.len();
+        self.remote.retain(|_, r| r.expires > now);
+        self.stats.remote_expired += (before - self.remote.len()) as u64;
+    }
+
+    fn stats(&self) -> PartylineStats {
+        PartylineStats {
+            sessions: self.sessions.len() as u64,
+            remote_nodes: self.remote.len() as u64,
+            remote_users: self.remote.values().map(|r| r.nicks.len() as u64).sum(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Announces our users (presence, type 9); if the outgoing queue is
+    /// full, tries again after the debounce delay.
     fn announce(&mut self) {
+        let now = Instant::now();
         self.presence_seq += 1;
         let ttl =
-            u32::try_from(self.presence_every.as_secs().saturating_mul(3)).unwrap_or(u32::MAX);
+            u32::try_from(self.presence.every.as_secs().saturating_mul(3)).unwrap_or(u32::MAX);
         let payload = Presence {
             node_name: self.node_name.clone(),
             nicks: self
@@ -543,7 +705,20 @@ impl Hub {
             ttl_secs: ttl.max(10),
         }
         .encode_wire();
-        self.originate(MsgType::Presence, payload.into());
+        match (self.origin)(MsgType::Presence, payload.into()) {
+            Ok(()) => {
+                self.stats.presence_sent += 1;
+                self.presence_dirty = None;
+                self.presence_due = now + self.presence.every;
+            }
+            Err(e) => {
+                debug!("presence put off: {e}");
+                self.stats.presence_deferred += 1;
+                let retry = now + self.presence.debounce.max(HOUSEKEEPING);
+                self.presence_dirty = Some(retry);
+                self.presence_due = self.presence_due.max(retry);
+            }
+        }
     }
 
     fn who(&self) -> Vec<WhoEntry> {
@@ -573,5 +748,475 @@ impl Hub {
         remote.sort_by(|a, b| a.node.cmp(&b.node).then(a.node_id.cmp(&b.node_id)));
         out.extend(remote);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use micelio_identity::Identity;
+    use micelio_wire::EnvelopeBuilder;
+
+    use super::*;
+
+    type Sent = Arc<Mutex<Vec<(MsgType, Bytes)>>>;
+
+    /// A hub whose outgoing queue holds `room` messages (taken by nobody).
+    fn hub_with_room(room: usize) -> (Hub, Sent) {
+        let sent: Sent = Arc::default();
+        let log = sent.clone();
+        let origin: Origin = Box::new(move |kind, payload| {
+            let mut v = log.lock().unwrap();
+            if v.len() >= room {
+                return Err(GossipError::QueueFull(room));
+            }
+            v.push((kind, payload));
+            Ok(())
+        });
+        let me = Identity::from_seed([1; 32]);
+        let hub = Hub::new(
+            *me.node_id(),
+            "here".into(),
+            origin,
+            20,
+            PresenceTiming {
+                every: Duration::from_secs(60),
+                debounce: Duration::from_secs(2),
+            },
+        );
+        (hub, sent)
+    }
+
+    fn hub() -> (Hub, Sent) {
+        hub_with_room(usize::MAX)
+    }
+
+    fn fresh(n: u32) -> Identity {
+        let mut seed = [0x5A; 32];
+        seed[..4].copy_from_slice(&n.to_le_bytes());
+        Identity::from_seed(seed)
+    }
+
+    fn presence(from: &Identity, name: &str, nicks: &[&str], seq: u64, ttl: u32) -> Delivered {
+        let payload = Presence {
+            node_name: name.into(),
+            nicks: nicks.iter().map(|n| (*n).to_owned()).collect(),
+            seq,
+            ttl_secs: ttl,
+        }
+        .encode_wire();
+        Delivered {
+            msg_type: MsgType::Presence,
+            sender: *from.node_id(),
+            from_peer: *from.node_id(),
+            envelope: EnvelopeBuilder::gossip(MsgType::Presence, payload).sign(from),
+        }
+    }
+
+    fn listed(h: &Hub, name: &str) -> bool {
+        h.who().iter().any(|w| w.node == name)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_presence_flood_stays_within_the_caps_and_known_nodes_stay_listed() {
+        let (mut h, _) = hub();
+        let honest = fresh(1_000_000);
+        h.remote_presence(&presence(&honest, "honest", &["hana"], 1, 180));
+        let flood = 5000u32;
+        for n in 0..flood {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            h.remote_presence(&presence(&fresh(n), "sybil", &["x"], 1, 600));
+            assert!(h.remote.len() <= MAX_REMOTE_NODES);
+        }
+        let s = h.stats();
+        assert_eq!(s.remote_nodes as usize, MAX_REMOTE_NODES);
+        assert_eq!(
+            s.remote_evicted,
+            u64::from(flood) + 1 - MAX_REMOTE_NODES as u64
+        );
+        assert!(listed(&h, "honest"), "known before the flood, still listed");
+        // A newcomer after the flood is listed.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let newcomer = fresh(2_000_000);
+        h.remote_presence(&presence(&newcomer, "newcomer", &["nora"], 1, 180));
+        assert!(listed(&h, "newcomer"));
+        assert_eq!(h.remote.len(), MAX_REMOTE_NODES);
+        // The honest node refreshes; the flood's nodes stop and expire.
+        tokio::time::advance(Duration::from_secs(170)).await;
+        h.remote_presence(&presence(&honest, "honest", &["hana"], 2, 180));
+        h.remote_presence(&presence(&newcomer, "newcomer", &["nora"], 2, 180));
+        tokio::time::advance(Duration::from_secs(600)).await;
+        h.remote_presence(&presence(&honest, "honest", &["hana"], 3, 180));
+        h.remote_presence(&presence(&newcomer, "newcomer", &["nora"], 3, 180));
+        h.expire_remote();
+        let s = h.stats();
+        assert_eq!(s.remote_nodes, 2, "{s:?}");
+        assert_eq!(s.remote_expired as usize, MAX_REMOTE_NODES - 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nicks_per_node_and_names_are_capped() {
+        let (mut h, _) = hub();
+        let big = fresh(7);
+        let nicks: Vec<String> = (0..1000).map(|i| format!("n{i:04}")).collect();
+        let refs: Vec<&str> = nicks.iter().map(String::as_str).collect();
+        let long_name = "x".repeat(500);
+        h.remote_presence(&presence(&big, &long_name, &refs, 1, 60));
+        let s = h.stats();
+        assert_eq!(s.remote_users as usize, MAX_REMOTE_NICKS);
+        assert_eq!(s.remote_nicks_ignored as usize, 1000 - MAX_REMOTE_NICKS);
+        let who = h.who();
+        assert_eq!(who[1].node.chars().count(), MAX_NODE_NAME);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ttl_is_clamped_so_silent_nodes_expire() {
+        let (mut h, _) = hub();
+        let forever = fresh(8);
+        h.remote_presence(&presence(&forever, "forever", &["f"], 1, u32::MAX));
+        tokio::time::advance(PRESENCE_TTL_MAX - Duration::from_secs(1)).await;
+        h.expire_remote();
+        assert!(listed(&h, "forever"));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        h.expire_remote();
+        assert!(!listed(&h, "forever"));
+        assert_eq!(h.stats().remote_expired, 1);
+    }
+
+    /// A hub running in its task, driven through its channels.
+    struct Running {
+        tx: mpsc::Sender<HubMsg>,
+        sent: Sent,
+        presence: mpsc::Sender<Delivered>,
+        direct: mpsc::Sender<Delivered>,
+        cancel: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+        _chat: mpsc::Sender<Delivered>,
+    }
+
+    impl Running {
+        fn spawn(room: usize) -> Self {
+            let (hub, sent) = hub_with_room(room);
+            let (tx, rx) = mpsc::channel(64);
+            let (chat, chat_rx) = mpsc::channel(64);
+            let (presence, presence_rx) = mpsc::channel(64);
+            let (direct, direct_rx) = mpsc::channel(64);
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(hub.run(rx, chat_rx, presence_rx, direct_rx, cancel.clone()));
+            Self {
+                tx,
+                sent,
+                presence,
+                direct,
+                cancel,
+                task,
+                _chat: chat,
+            }
+        }
+
+        async fn ask<T>(&self, msg: impl FnOnce(oneshot::Sender<T>) -> HubMsg) -> T {
+            let (reply, rx) = oneshot::channel();
+            self.tx.send(msg(reply)).await.unwrap();
+            rx.await.unwrap()
+        }
+
+        async fn join(&self, user: &str) -> (u64, String, mpsc::Receiver<Output>) {
+            let user = user.to_owned();
+            self.ask(|reply| HubMsg::Join {
+                user,
+                quiet: false,
+                reply,
+            })
+            .await
+        }
+
+        async fn say(&self, id: u64, text: &str) -> Result<(), String> {
+            let text = text.to_owned();
+            self.ask(|reply| HubMsg::Say {
+                id,
+                text,
+                action: false,
+                reply,
+            })
+            .await
+        }
+
+        async fn who(&self) -> Vec<WhoEntry> {
+            self.ask(|reply| HubMsg::Who { reply }).await
+        }
+
+        async fn stats(&self) -> PartylineStats {
+            self.ask(|reply| HubMsg::Stats { reply }).await
+        }
+
+        fn sent_of(&self, kind: MsgType) -> Vec<Bytes> {
+            self.sent
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, p)| p.clone())
+                .collect()
+        }
+
+        async fn stop(self) {
+            self.cancel.cancel();
+            self.task.await.unwrap();
+        }
+    }
+
+    fn texts(rx: &mut mpsc::Receiver<Output>) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            v.push(o.to_string());
+        }
+        v
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn presence_is_announced_on_change_debounced_and_rarely_otherwise() {
+        let h = Running::spawn(usize::MAX);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(h.sent_of(MsgType::Presence).len(), 1, "announced at start");
+        let mut sessions = Vec::new();
+        for n in 0..5 {
+            sessions.push(h.join(&format!("user{n}")).await);
+        }
+        tokio::time::sleep(Duration::from_millis(1900)).await;
+        assert_eq!(h.sent_of(MsgType::Presence).len(), 1, "debounced");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = h.sent_of(MsgType::Presence);
+        assert_eq!(sent.len(), 2, "five joins, one announcement");
+        let p = Presence::decode_wire(sent[1].clone()).unwrap();
+        assert_eq!(p.nicks.len(), 5);
+        assert_eq!(p.ttl_secs, 180);
+        // Ten idle minutes: one refresh a minute, no more.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let n = h.sent_of(MsgType::Presence).len();
+        assert!((11..=12).contains(&n), "{n} announcements");
+        assert_eq!(h.stats().await.presence_sent as usize, n);
+        drop(sessions);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_outbox_defers_presence_and_retries() {
+        let h = Running::spawn(0);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let s = h.stats().await;
+        assert_eq!(s.presence_sent, 0);
+        assert!(
+            (2..=4).contains(&s.presence_deferred),
+            "retried every 2 s, not in a loop: {s:?}"
+        );
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_join_and_leave_with_notices() {
+        let h = Running::spawn(usize::MAX);
+        let (a, nick_a, mut out_a) = h.join("alice").await;
+        let (b, nick_b, mut out_b) = h.join("bob").await;
+        assert_eq!((nick_a.as_str(), nick_b.as_str()), ("alice", "bob"));
+        assert!(texts(&mut out_a).contains(&"*** bob joined".to_owned()));
+        assert!(
+            texts(&mut out_b).is_empty(),
+            "no history, own join not shown"
+        );
+        assert_eq!(h.who().await[0].nicks, vec!["alice", "bob"]);
+        h.tx.send(HubMsg::Leave { id: b }).await.unwrap();
+        assert_eq!(h.who().await[0].nicks, vec!["alice"]);
+        assert!(texts(&mut out_a).contains(&"*** bob left".to_owned()));
+        // A session whose end is dropped without a leave is pruned.
+        let (_, _, out_c) = h.join("carol").await;
+        drop(out_c);
+        assert_eq!(h.who().await[0].nicks, vec!["alice"]);
+        assert!(texts(&mut out_a).contains(&"*** carol left".to_owned()));
+        assert_eq!(h.stats().await.sessions, 1);
+        let _ = a;
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nicks_collide_case_insensitively_and_are_made_unique() {
+        let h = Running::spawn(usize::MAX);
+        let (_, n1, _o1) = h.join("root").await;
+        let (id2, n2, _o2) = h.join("root").await;
+        let (id3, n3, _o3) = h.join("ROOT").await;
+        assert_eq!(
+            (n1.as_str(), n2.as_str(), n3.as_str()),
+            ("root", "root2", "ROOT3")
+        );
+        let long = "x".repeat(crate::text::MAX_NICK_LEN);
+        let (_, l1, _o4) = h.join(&long).await;
+        let (_, l2, _o5) = h.join(&long).await;
+        assert_eq!(l1, long);
+        assert_eq!(l2.chars().count(), crate::text::MAX_NICK_LEN, "{l2}");
+        assert!(l2.ends_with('2'));
+        let rename = |id: u64, nick: &str| {
+            let nick = nick.to_owned();
+            h.ask(move |reply| HubMsg::Nick { id, nick, reply })
+        };
+        assert_eq!(
+            rename(id2, "Root").await,
+            Err(NickError::Taken("Root".into()))
+        );
+        assert_eq!(rename(id2, "bad nick").await, Err(NickError::BadCharacter));
+        assert_eq!(rename(id2, "admin").await, Ok("root2".into()));
+        assert_eq!(rename(id3, "root2").await, Ok("ROOT3".into()), "freed");
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_joining_session_sees_the_last_twenty_lines_in_order() {
+        let h = Running::spawn(usize::MAX);
+        let (a, _, _out) = h.join("alice").await;
+        for i in 0..25 {
+            h.say(a, &format!("line {i:02}")).await.unwrap();
+        }
+        let (_, _, mut late) = h.join("late").await;
+        let seen = texts(&mut late);
+        let lines: Vec<&String> = seen.iter().filter(|l| l.contains("line ")).collect();
+        assert_eq!(lines.len(), 20, "{seen:?}");
+        for (k, l) in lines.iter().enumerate() {
+            assert!(
+                l.contains(&format!("<alice@here> line {:02}", k + 5)),
+                "{l}"
+            );
+        }
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remote_presence_expires_after_its_ttl() {
+        let h = Running::spawn(usize::MAX);
+        let other = fresh(42);
+        h.presence
+            .send(presence(&other, "far", &["zed"], 1, 30))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let who = h.who().await;
+        assert_eq!(who.len(), 2);
+        assert_eq!(
+            (who[1].node.as_str(), who[1].nicks.clone()),
+            ("far", vec!["zed".to_owned()])
+        );
+        // An older seq changes nothing.
+        h.presence
+            .send(presence(&other, "far", &[], 0, 30))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert_eq!(h.who().await[1].nicks, vec!["zed"]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(h.who().await.len(), 1, "expired");
+        assert_eq!(h.stats().await.remote_expired, 1);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn direct_messages_reach_only_their_addressee() {
+        let h = Running::spawn(usize::MAX);
+        let (a, _, mut out_a) = h.join("alice").await;
+        let (_, _, mut out_b) = h.join("bob").await;
+        let other = fresh(43);
+        h.presence
+            .send(presence(&other, "far", &["zed"], 1, 60))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let private = |to: &str, text: &str| {
+            let (to, text) = (to.to_owned(), text.to_owned());
+            h.ask(move |reply| HubMsg::Private {
+                id: a,
+                to,
+                text,
+                reply,
+            })
+        };
+        // Local: shown to bob only, nothing sent.
+        assert!(private("bob", "psst").await.is_ok());
+        assert!(
+            texts(&mut out_b)
+                .iter()
+                .any(|l| l.contains("*alice@here* psst"))
+        );
+        assert!(!texts(&mut out_a).iter().any(|l| l.contains("psst")));
+        assert!(h.sent_of(MsgType::DirectMessage).is_empty());
+        // Remote: one DirectMessage to zed on far.
+        assert_eq!(
+            private("zed@far", "over there").await.unwrap(),
+            "-> zed@far: over there"
+        );
+        let sent = h.sent_of(MsgType::DirectMessage);
+        let m = DirectMessage::decode_wire(sent[0].clone()).unwrap();
+        assert_eq!(
+            (m.to_node, m.to_nick, m.from_nick),
+            (other.node_id().to_hex(), "zed".into(), "alice".into())
+        );
+        assert!(private("nobody", "hi").await.is_err());
+        // Incoming: for bob on this node, shown to bob only.
+        let me = Identity::from_seed([1; 32]);
+        let incoming = |to_node: String, text: &str| {
+            let payload = DirectMessage {
+                to_node,
+                to_nick: "bob".into(),
+                from_nick: "zed".into(),
+                text: text.into(),
+                timestamp: 0,
+            }
+            .encode_wire();
+            Delivered {
+                msg_type: MsgType::DirectMessage,
+                sender: *other.node_id(),
+                from_peer: *other.node_id(),
+                envelope: EnvelopeBuilder::gossip(MsgType::DirectMessage, payload).sign(&other),
+            }
+        };
+        h.direct
+            .send(incoming(me.node_id().to_hex(), "hi bob"))
+            .await
+            .unwrap();
+        h.direct
+            .send(incoming(other.node_id().to_hex(), "not for here"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let b_lines = texts(&mut out_b);
+        assert!(
+            b_lines.iter().any(|l| l.contains("*zed@far* hi bob")),
+            "{b_lines:?}"
+        );
+        assert!(!b_lines.iter().any(|l| l.contains("not for here")));
+        assert!(!texts(&mut out_a).iter().any(|l| l.contains("hi bob")));
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_outbox_keeps_order_and_a_refused_line_is_reported_not_shown() {
+        let h = Running::spawn(6);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // One slot went to the start-up presence.
+        let (a, _, mut out) = h.join("alice").await;
+        for i in 0..5 {
+            h.say(a, &format!("l{i}")).await.unwrap();
+        }
+        let err = h.say(a, "one too many").await.unwrap_err();
+        assert!(err.contains("line not sent"), "{err}");
+        let shown = texts(&mut out);
+        assert!(
+            !shown.iter().any(|l| l.contains("one too many")),
+            "{shown:?}"
+        );
+        let order: Vec<String> = h
+            .sent_of(MsgType::Chat)
+            .into_iter()
+            .map(|p| ChatMessage::decode_wire(p).unwrap().text)
+            .collect();
+        assert_eq!(order, vec!["l0", "l1", "l2", "l3", "l4"]);
+        assert_eq!(h.stats().await.lines_refused, 1);
+        h.stop().await;
     }
 }

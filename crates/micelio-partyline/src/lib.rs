@@ -8,10 +8,13 @@
 //! - [`Session`]: one user's end: [`Session::input`] takes a typed line
 //!   (chat, or a `/command`), [`Session::recv`] yields what to show;
 //! - [`CommandSpec`]: the registry later layers and plugins extend; `/help`
-//!   is generated from it.
+//!   is generated from it;
+//! - [`chat`]: the chat line (type 3) on the wire.
 //!
-//! Chat goes to every local session at once and to the mesh through
-//! [`micelio_gossip::Gossip`]; lines from the mesh come back the same way.
+//! Chat goes to the mesh through [`micelio_gossip::Gossip::try_originate`]
+//! (ordered, bounded, paced under the mesh's rate limit; a refused line is
+//! reported to its author) and to every local session; lines from the mesh
+//! come back as gossip deliveries.
 //! A session that stops reading loses lines; it never slows anyone else.
 //!
 //! The crate knows nothing of SSH or terminals: output is text.
@@ -42,6 +45,7 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod chat;
 mod commands;
 mod hub;
 pub mod text;
@@ -63,10 +67,13 @@ pub use commands::{
     BoxFuture, CommandCall, CommandSpec, Handler, Reply, STATUS_FAILED, STATUS_UNKNOWN,
     STATUS_USAGE,
 };
-pub use hub::{Output, WhoEntry};
+pub use hub::{
+    MAX_NODE_NAME, MAX_REMOTE_NICKS, MAX_REMOTE_NODES, Output, PRESENCE_TTL_MAX, PRESENCE_TTL_MIN,
+    PartylineStats, WhoEntry,
+};
 pub use text::ChatView;
 
-use crate::hub::{Hub, HubMsg};
+use crate::hub::{Hub, HubMsg, PresenceTiming};
 use crate::text::{MAX_LINE_LEN, NickError, sanitize};
 
 /// Requests queued to the hub.
@@ -80,17 +87,30 @@ pub struct PartylineConfig {
     pub node_name: String,
     /// Chat lines a joining session is shown.
     pub history_lines: usize,
-    /// How often this node re-announces its users to the mesh.
+    /// How often this node re-announces its users to the mesh (their TTL
+    /// is three times this; taken within 100 ms..=200 s, so that receivers,
+    /// which keep an announcement at most 600 s, never forget a live node).
+    /// Changes are announced as they happen, after `presence_debounce`.
     pub presence_interval: Duration,
+    /// How long after a change of users (join, leave, nick) it is
+    /// announced, so that a burst of changes costs one message.
+    pub presence_debounce: Duration,
 }
 
+/// Default period of presence refreshes.
+pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(60);
+/// Default delay between a change of users and its announcement.
+pub const DEFAULT_PRESENCE_DEBOUNCE: Duration = Duration::from_secs(2);
+
 impl PartylineConfig {
-    /// Defaults (20 lines of history, presence every 30 s) for `node_name`.
+    /// Defaults (20 lines of history, presence on change after 2 s and
+    /// every 60 s) for `node_name`.
     pub fn new(node_name: impl Into<String>) -> Self {
         Self {
             node_name: node_name.into(),
             history_lines: micelio_wire::limits::CHAT_HISTORY_LINES,
-            presence_interval: Duration::from_secs(30),
+            presence_interval: DEFAULT_PRESENCE_INTERVAL,
+            presence_debounce: DEFAULT_PRESENCE_DEBOUNCE,
         }
     }
 }
@@ -158,12 +178,16 @@ impl Partyline {
         let node_name = sanitize(&config.node_name);
         let (tx, rx) = mpsc::channel(HUB_QUEUE);
         let cancel = CancellationToken::new();
+        let origin_gossip = gossip.clone();
         let hub = Hub::new(
             node_id,
             node_name.clone(),
-            gossip.clone(),
+            Box::new(move |kind, payload| origin_gossip.try_originate(kind, payload)),
             config.history_lines,
-            config.presence_interval,
+            PresenceTiming {
+                every: config.presence_interval,
+                debounce: config.presence_debounce,
+            },
         );
         let span = tracing::info_span!("partyline", node = %node_id.short(12));
         let task = tokio::spawn(
@@ -314,22 +338,30 @@ impl Partyline {
         self.ask(|reply| HubMsg::NodeName { id, reply }).await
     }
 
+    /// The hub's counters.
+    ///
+    /// # Errors
+    /// [`PartylineError::Stopped`].
+    pub async fn stats(&self) -> Result<PartylineStats, PartylineError> {
+        self.ask(|reply| HubMsg::Stats { reply }).await
+    }
+
     pub(crate) async fn say(&self, session: u64, text: String, action: bool) -> Reply {
         let text = sanitize(&text);
         if text.len() > MAX_LINE_LEN {
             return Reply::fail(format!("line too long (at most {MAX_LINE_LEN} bytes)"));
         }
         match self
-            .inner
-            .tx
-            .send(HubMsg::Say {
+            .ask(|reply| HubMsg::Say {
                 id: session,
                 text,
                 action,
+                reply,
             })
             .await
         {
-            Ok(()) => Reply::default(),
+            Ok(Ok(())) => Reply::default(),
+            Ok(Err(e)) => Reply::fail(e),
             Err(_) => Reply::fail("the partyline has stopped"),
         }
     }

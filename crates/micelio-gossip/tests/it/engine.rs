@@ -221,3 +221,136 @@ fn seen_ids_expire_after_the_ttl() {
             .is_ok()
     );
 }
+
+/// A fresh identity per `n`: free to make, as an attacker's are.
+fn fresh(n: u32) -> Arc<Identity> {
+    let mut seed = [0xA5; 32];
+    seed[..4].copy_from_slice(&n.to_le_bytes());
+    Arc::new(Identity::from_seed(seed))
+}
+
+fn delivered_from(actions: &[Action], sender: NodeId) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Deliver(d) if d.sender == sender))
+}
+
+#[test]
+fn a_flood_from_thousands_of_fresh_identities_stays_within_every_cap() {
+    let mut config = GossipConfig::default();
+    config.learned_keys_cap = 300;
+    config.rate_buckets_cap = 300;
+    config.seen_cap = 1000;
+    let mut e = receiver(config);
+    let t0 = Instant::now();
+    // An honest sender, not a peer, known before the flood.
+    let honest = id(60);
+    let env = EnvelopeBuilder::gossip(MsgType::Chat, &b"before"[..]).sign(&honest);
+    assert!(delivered_from(
+        &e.handle(t0, peer(2), env).unwrap(),
+        *honest.node_id()
+    ));
+    // 5,000 fresh identities, one message each, within one second.
+    for n in 0..5000u32 {
+        let now = t0 + Duration::from_micros(u64::from(n) * 200);
+        let env = EnvelopeBuilder::gossip(MsgType::Chat, &b"flood"[..]).sign(&fresh(n));
+        assert!(e.handle(now, peer(3), env).is_ok());
+        let s = e.stats();
+        assert!(s.learned_keys <= 300 && s.rate_buckets <= 300 && s.seen <= 1000);
+        assert!(s.retained as usize <= micelio_gossip::MAX_RETAINED);
+    }
+    let s = e.stats();
+    assert_eq!(s.learned_keys, 300);
+    assert_eq!(s.keys, 300 + 4, "the four peers' direct keys stay");
+    assert_eq!(s.rate_buckets, 300);
+    assert_eq!(s.seen, 1000);
+    assert_eq!(s.retained as usize, micelio_gossip::MAX_RETAINED);
+    assert!(s.keys_evicted >= 4700, "{s:?}");
+    assert!(s.seen_evicted >= 4000, "{s:?}");
+    assert!(s.retained_evicted > 0, "{s:?}");
+    for n in 2..=5 {
+        assert_eq!(e.keyring().get(&peer(n)).unwrap().1, Trust::Direct);
+    }
+    // The honest sender and a newcomer are still served.
+    let now = t0 + Duration::from_secs(1);
+    let env = EnvelopeBuilder::gossip(MsgType::Chat, &b"after"[..]).sign(&honest);
+    assert!(delivered_from(
+        &e.handle(now, peer(2), env).unwrap(),
+        *honest.node_id()
+    ));
+    let newcomer = id(61);
+    let env = EnvelopeBuilder::gossip(MsgType::Chat, &b"new"[..]).sign(&newcomer);
+    assert!(delivered_from(
+        &e.handle(now, peer(4), env).unwrap(),
+        *newcomer.node_id()
+    ));
+    // A connected peer too.
+    let env = EnvelopeBuilder::gossip(MsgType::Chat, &b"peer"[..]).sign(&id(5));
+    assert!(delivered_from(
+        &e.handle(now, peer(5), env).unwrap(),
+        peer(5)
+    ));
+}
+
+#[test]
+fn the_repair_store_is_bounded_in_bytes() {
+    let mut e = receiver(GossipConfig::default());
+    let t0 = Instant::now();
+    let big = Bytes::from(vec![b'x'; 60 * 1024]);
+    for n in 0..300u32 {
+        let env = EnvelopeBuilder::gossip(MsgType::Chat, big.clone()).sign(&fresh(n));
+        assert!(e.handle(t0, peer(2), env).is_ok());
+        assert!(e.stats().retained_bytes as usize <= micelio_gossip::MAX_RETAINED_BYTES);
+    }
+    let s = e.stats();
+    assert!(s.retained < 300 && s.retained > 100, "{s:?}");
+    assert!(s.retained_evicted > 0);
+}
+
+#[test]
+fn an_undecodable_repair_payload_has_its_own_drop_reason() {
+    let mut e = receiver(GossipConfig::default());
+    for kind in [MsgType::GossipDigest, MsgType::GossipRequest] {
+        // Field 1 as a varint, where a repeated string is expected.
+        let env = EnvelopeBuilder::new(kind, &[0x08, 0x01][..]).sign(&id(2));
+        let before = e.stats().dropped_for(DropReason::BadRepairPayload);
+        assert_eq!(
+            e.handle_repair(Instant::now(), peer(2), &env),
+            Err(DropReason::BadRepairPayload)
+        );
+        let s = e.stats();
+        assert_eq!(s.dropped_for(DropReason::BadRepairPayload), before + 1);
+        assert_eq!(s.dropped_for(DropReason::NotGossip), 0);
+    }
+}
+
+#[test]
+fn repair_traffic_goes_only_to_peers_that_speak_the_extensions() {
+    let mut e = Engine::new(id(1), GossipConfig::default(), 7);
+    let (micelio, reference) = (id(2), id(3));
+    e.peer_up_with(*micelio.node_id(), micelio.public_key(), true);
+    e.peer_up_with(*reference.node_id(), reference.public_key(), false);
+    let now = Instant::now();
+    let (_, sent) = e.originate(now, MsgType::Chat, Bytes::from_static(b"hi"));
+    match &sent[..] {
+        [Action::Send { to, .. }] => assert_eq!(to.len(), 2, "gossip goes to both"),
+        other => panic!("{other:?}"),
+    }
+    match &e.repair_tick(now)[..] {
+        [Action::Send { to, envelope }] => {
+            assert_eq!(to, &vec![peer(2)], "the digest skips the reference peer");
+            assert_eq!(envelope.kind(), MsgType::GossipDigest);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A repair message from a peer that did not announce the extensions is
+    // never answered.
+    let digest = EnvelopeBuilder::new(MsgType::GossipDigest, &b""[..]).sign(&reference);
+    assert_eq!(
+        e.handle_repair(now, peer(3), &digest),
+        Err(DropReason::NotExtensionPeer)
+    );
+    // With only reference peers, no digest at all.
+    e.peer_down(&peer(2));
+    assert!(e.repair_tick(now).is_empty());
+}

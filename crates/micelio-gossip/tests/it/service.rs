@@ -1,17 +1,55 @@
 //! The gossip service over real peer managers on the in-memory transport:
 //! star, chain, bridge and full-mesh topologies; every node gets every
-//! message exactly once, chat included.
+//! message exactly once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use micelio_gossip::chat::ChatLine;
-use micelio_gossip::{Delivered, Gossip, GossipConfig};
+use bytes::Bytes;
+use micelio_gossip::{Delivered, Gossip, GossipConfig, GossipError};
 use micelio_identity::{Identity, NodeId};
 use micelio_transport::memory::MemoryNetwork;
 use micelio_transport::{PeerManager, TransportConfig};
-use micelio_wire::MsgType;
+use micelio_wire::proto::ChatMessage;
+use micelio_wire::{MsgType, WireMessage as _};
 use tokio::sync::mpsc;
+
+/// A delivered type-3 message, decoded (gossip itself knows no chat: the
+/// tests use it as a sample payload).
+struct ChatLine {
+    node: NodeId,
+    nick: String,
+    text: String,
+    message_id: String,
+}
+
+impl ChatLine {
+    fn from_delivered(d: &Delivered) -> Option<Self> {
+        let m = ChatMessage::decode_wire(d.envelope.payload.clone()).ok()?;
+        Some(Self {
+            node: d.sender,
+            nick: m.nick,
+            text: m.text,
+            message_id: d.envelope.message_id.clone(),
+        })
+    }
+}
+
+trait Say {
+    async fn say(&self, nick: &str, text: &str) -> Result<String, GossipError>;
+}
+
+impl Say for Gossip {
+    async fn say(&self, nick: &str, text: &str) -> Result<String, GossipError> {
+        let payload = ChatMessage {
+            nick: nick.into(),
+            text: text.into(),
+            timestamp: 0,
+        }
+        .encode_wire();
+        self.originate(MsgType::Chat, payload.into()).await
+    }
+}
 
 struct Node {
     id: NodeId,
@@ -148,7 +186,7 @@ async fn build(net: &MemoryNetwork, n: u8, listen: impl Fn(u8) -> bool) -> Vec<N
     v
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn star() {
     let net = MemoryNetwork::new();
     let mut n = build(&net, 5, |_| true).await;
@@ -158,7 +196,7 @@ async fn star() {
     everyone_hears_everyone_once(&mut n).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn chain() {
     let net = MemoryNetwork::new();
     let mut n = build(&net, 6, |_| true).await;
@@ -168,7 +206,7 @@ async fn chain() {
     everyone_hears_everyone_once(&mut n).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn full_mesh() {
     let net = MemoryNetwork::new();
     let mut n = build(&net, 6, |_| true).await;
@@ -180,7 +218,7 @@ async fn full_mesh() {
     everyone_hears_everyone_once(&mut n).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_outbound_only_bridge_joins_two_meshes() {
     let net = MemoryNetwork::new();
     // 0,1,2 and 3,4,5 are two meshes; 6 listens nowhere and dials 1 and 4.
@@ -219,7 +257,7 @@ async fn wait_line(n: &mut Node, text: &str) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_partition_hears_only_itself_and_catches_up_when_healed() {
     let net = MemoryNetwork::new();
     let mut n = build(&net, 4, |_| true).await;
@@ -287,5 +325,249 @@ async fn everyone_ready(nodes: &[Node]) {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// Waits until `n`'s gossip knows `peers` connected peers.
+async fn knows(n: &Node, peers: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while (n.gossip.stats().await.unwrap().keys as usize) < peers {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gossip never saw its peers"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_point_to_point_message_carries_the_connected_peer_as_sender() {
+    let net = MemoryNetwork::new();
+    let (a, b) = (node(&net, 60, true).await, node(&net, 61, true).await);
+    link(&a, &b).await;
+    knows(&b, 1).await;
+    let mut sync = b.gossip.subscribe(MsgType::StateSyncRequest).await.unwrap();
+    let someone_else = Identity::from_seed([62; 32]);
+    let me = Identity::from_seed([60; 32]);
+    let claims = |who: &Identity, body: &'static [u8]| {
+        micelio_wire::EnvelopeBuilder::new(MsgType::StateSyncRequest, body).sign(who)
+    };
+    // Claims to be another node: refused, counted.
+    a.pm.send(&b.id, &claims(&someone_else, b"forged")).unwrap();
+    // Names nobody: delivered as from the connected peer.
+    let mut anonymous = claims(&me, b"anonymous");
+    anonymous.sender_id.clear();
+    a.pm.send(&b.id, &anonymous).unwrap();
+    // Honest.
+    a.pm.send(&b.id, &claims(&me, b"honest")).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let d = tokio::time::timeout(Duration::from_secs(5), sync.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push(d);
+    }
+    for d in &got {
+        assert_eq!(d.sender, a.id, "the connected peer");
+        assert_eq!(d.from_peer, a.id);
+        assert_ne!(&d.envelope.payload[..], b"forged");
+    }
+    let s = b.gossip.stats().await.unwrap();
+    assert_eq!(s.dropped_for(micelio_gossip::DropReason::SenderNotPeer), 1);
+    assert!(sync.try_recv().is_err(), "the forged one never arrives");
+    for n in [&a, &b] {
+        n.gossip.shutdown().await;
+        n.pm.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_that_falls_behind_has_its_drops_counted() {
+    let net = MemoryNetwork::new();
+    let mut config = GossipConfig::default();
+    config.rate_per_sec = 1_000_000;
+    config.rate_burst = 1_000_000;
+    let mk = |seed: u8| {
+        let net = net.clone();
+        let config = config.clone();
+        async move {
+            let identity = Arc::new(Identity::from_seed([seed; 32]));
+            let mut cfg = TransportConfig::for_tests();
+            cfg.discovery_interval = Duration::from_secs(3600);
+            cfg.listen = Some(format!("127.0.3.{seed}:4000"));
+            cfg.send_queue = 4096;
+            let (pm, events) = PeerManager::spawn(
+                identity.clone(),
+                Arc::new(net.transport(&identity)),
+                cfg,
+                None,
+            )
+            .await
+            .unwrap();
+            let gossip = Gossip::spawn(identity.clone(), config, pm.clone(), events);
+            (*identity.node_id(), pm, gossip)
+        }
+    };
+    let (_, a_pm, a) = mk(63).await;
+    let (_, b_pm, b) = mk(64).await;
+    b_pm.dial(a_pm.local_addr().unwrap()).await.unwrap();
+    // One subscriber that reads, one that never does.
+    let mut reader = b.subscribe(MsgType::Chat).await.unwrap();
+    let _stuck = b.subscribe(MsgType::Chat).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a.stats().await.unwrap().keys == 0 || b.stats().await.unwrap().keys == 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let total = 1500u64;
+    let mut read = 0u64;
+    for _ in 0..total {
+        a.say("x", "line").await.unwrap();
+        while reader.try_recv().is_ok() {
+            read += 1;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while read < total {
+        assert!(tokio::time::Instant::now() < deadline, "read {read}");
+        match tokio::time::timeout(Duration::from_secs(5), reader.recv()).await {
+            Ok(Some(_)) => read += 1,
+            _ => panic!("reader got {read} of {total}"),
+        }
+    }
+    let s = b.stats().await.unwrap();
+    assert_eq!(s.delivered, total);
+    assert_eq!(s.subscribers.len(), 2, "{:?}", s.subscribers);
+    let (r, st) = (&s.subscribers[0], &s.subscribers[1]);
+    assert_eq!((r.delivered, r.dropped), (total, 0));
+    assert_eq!(st.delivered, 1024, "its queue filled");
+    assert_eq!(st.dropped, total - 1024, "and the rest was counted");
+    assert_eq!(s.subscriber_drops(), total - 1024);
+    for (g, pm) in [(&a, &a_pm), (&b, &b_pm)] {
+        g.shutdown().await;
+        pm.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reference_like_peer_gets_no_repair_traffic_while_micelio_peers_repair() {
+    let net = MemoryNetwork::new();
+    // m1 says a line while alone; m2 and a reference-like node r (no
+    // extensions announced, no repair of its own, as the Go node) then join.
+    let m1 = node(&net, 70, true).await;
+    let mut m2 = node(&net, 71, true).await;
+    let mut r = {
+        let identity = Arc::new(Identity::from_seed([72; 32]));
+        let mut cfg = TransportConfig::for_tests();
+        cfg.discovery_interval = Duration::from_secs(3600);
+        cfg.listen = Some("127.0.3.72:4000".into());
+        cfg.features = Vec::new();
+        let (pm, events) = PeerManager::spawn(
+            identity.clone(),
+            Arc::new(net.transport(&identity)),
+            cfg,
+            None,
+        )
+        .await
+        .unwrap();
+        let mut gc = GossipConfig::default();
+        gc.repair_interval = Duration::ZERO;
+        let gossip = Gossip::spawn(identity.clone(), gc, pm.clone(), events);
+        let chat = gossip.subscribe(MsgType::Chat).await.unwrap();
+        Node {
+            id: *identity.node_id(),
+            pm,
+            gossip,
+            chat,
+            got: Vec::new(),
+        }
+    };
+    m1.gossip.say("m", "said alone").await.unwrap();
+    link(&m2, &m1).await;
+    link(&r, &m1).await;
+    link(&r, &m2).await;
+    knows(&m1, 2).await;
+    // m2 is repaired from m1's digest.
+    wait_line(&mut m2, "said alone").await;
+    // Several more repair rounds, with traffic: still nothing for r.
+    for i in 0..3 {
+        m1.gossip.say("m", &format!("later {i}")).await.unwrap();
+        wait_line(&mut r, &format!("later {i}")).await;
+        wait_line(&mut m2, &format!("later {i}")).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let rs = r.gossip.stats().await.unwrap();
+    assert_eq!(rs.repair_received, 0, "no type 11/12 frame reached r");
+    // r may still get the repaired line: m2 relays it as ordinary gossip.
+    let (s1, s2) = (
+        m1.gossip.stats().await.unwrap(),
+        m2.gossip.stats().await.unwrap(),
+    );
+    assert!(
+        s1.digests_sent > 0 && s2.repair_received > 0,
+        "{s1:?} {s2:?}"
+    );
+    assert!(s1.repairs_served > 0, "m1 answered m2's request");
+    for n in [&m1, &m2, &r] {
+        n.gossip.shutdown().await;
+        n.pm.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn paced_originations_leave_in_order_under_the_mesh_rate_and_overflow_is_refused() {
+    let net = MemoryNetwork::new();
+    let (a, mut b) = (node(&net, 80, true).await, node(&net, 81, true).await);
+    link(&a, &b).await;
+    knows(&a, 1).await;
+    knows(&b, 1).await;
+    let config = a.gossip.config().clone();
+    let (mut accepted, mut refused) = (0usize, 0usize);
+    for i in 0..300u32 {
+        match a
+            .gossip
+            .try_originate(MsgType::Chat, i.to_be_bytes().to_vec().into())
+        {
+            Ok(()) => accepted += 1,
+            Err(GossipError::QueueFull(n)) => {
+                assert_eq!(n, config.origin_queue);
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(accepted, config.origin_queue, "the queue is bounded");
+    assert_eq!(refused, 300 - config.origin_queue);
+    let start = tokio::time::Instant::now();
+    for k in 0..accepted {
+        let d = tokio::time::timeout(Duration::from_secs(120), b.chat.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let n = u32::from_be_bytes(d.envelope.payload[..4].try_into().unwrap());
+        assert_eq!(n as usize, k, "in order");
+        // No faster than the origin's bucket: burst, then the pace.
+        let earliest =
+            k.saturating_sub(config.pace_burst as usize) as f64 / f64::from(config.pace_per_sec);
+        let at = start.elapsed().as_secs_f64();
+        assert!(at + 0.01 >= earliest, "message {k} left at {at} s");
+    }
+    let (sa, sb) = (
+        a.gossip.stats().await.unwrap(),
+        b.gossip.stats().await.unwrap(),
+    );
+    assert_eq!(sa.origin_refused as usize, refused);
+    assert_eq!(sa.origin_queued, 0);
+    assert_eq!(sb.dropped_for(micelio_gossip::DropReason::RateLimited), 0);
+    // Not gossip, or too large: refused at once.
+    assert!(matches!(
+        a.gossip
+            .try_originate(MsgType::StateSyncRequest, Bytes::new()),
+        Err(GossipError::NotGossip(_))
+    ));
+    for n in [&a, &b] {
+        n.gossip.shutdown().await;
+        n.pm.shutdown().await;
     }
 }

@@ -21,6 +21,23 @@ struct Node {
 }
 
 async fn node(net: &MemoryNetwork, seed: u8, name: &str) -> Node {
+    node_with(
+        net,
+        seed,
+        name,
+        GossipConfig::default(),
+        Duration::from_millis(300),
+    )
+    .await
+}
+
+async fn node_with(
+    net: &MemoryNetwork,
+    seed: u8,
+    name: &str,
+    gc: GossipConfig,
+    presence: Duration,
+) -> Node {
     let id = Arc::new(Identity::from_seed([seed; 32]));
     let mut cfg = TransportConfig::for_tests();
     cfg.listen = Some(format!("127.0.4.{seed}:4000"));
@@ -28,9 +45,10 @@ async fn node(net: &MemoryNetwork, seed: u8, name: &str) -> Node {
     let (pm, events) = PeerManager::spawn(id.clone(), Arc::new(net.transport(&id)), cfg, None)
         .await
         .unwrap();
-    let gossip = Gossip::spawn(id, GossipConfig::default(), pm.clone(), events);
+    let gossip = Gossip::spawn(id, gc, pm.clone(), events);
     let mut pc = PartylineConfig::new(name);
-    pc.presence_interval = Duration::from_millis(300);
+    pc.presence_interval = presence;
+    pc.presence_debounce = Duration::from_millis(50);
     let party = Partyline::spawn(pc, gossip.clone(), pm.clone())
         .await
         .unwrap();
@@ -98,7 +116,7 @@ async fn who_shows(s: &mut Session, nicks: &[&str]) -> String {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn chat_crosses_the_mesh_once_with_nick_and_node() {
     let net = MemoryNetwork::new();
     let (a, b) = (node(&net, 1, "alpha").await, node(&net, 2, "beta").await);
@@ -135,7 +153,7 @@ async fn chat_crosses_the_mesh_once_with_nick_and_node() {
     stop(&[&a, &b]).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn commands_behave() {
     let net = MemoryNetwork::new();
     let (a, b) = (node(&net, 3, "alpha").await, node(&net, 4, "beta").await);
@@ -219,7 +237,7 @@ async fn commands_behave() {
     stop(&[&a, &b]).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_newcomer_sees_the_last_twenty_lines() {
     let net = MemoryNetwork::new();
     let a = node(&net, 5, "alpha").await;
@@ -237,7 +255,7 @@ async fn a_newcomer_sees_the_last_twenty_lines() {
     stop(&[&a]).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn nicks_are_made_unique_and_commands_can_be_added() {
     let net = MemoryNetwork::new();
     let a = node(&net, 6, "alpha").await;
@@ -276,10 +294,14 @@ async fn nicks_are_made_unique_and_commands_can_be_added() {
     stop(&[&a]).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_session_that_never_reads_does_not_slow_the_others() {
     let net = MemoryNetwork::new();
-    let a = node(&net, 7, "alpha").await;
+    // Room for every line in the outgoing queue: this test is about the
+    // stuck session, not the pace of the mesh.
+    let mut gc = GossipConfig::default();
+    gc.origin_queue = 1024;
+    let a = node_with(&net, 7, "alpha", gc, Duration::from_millis(300)).await;
     let _stuck = a.party.join("stuck").await.unwrap();
     let mut talker = a.party.join("talker").await.unwrap();
     for i in 0..600 {
@@ -293,7 +315,7 @@ async fn a_session_that_never_reads_does_not_slow_the_others() {
     stop(&[&a]).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn chat_crosses_the_middle_of_a_three_node_chain() {
     let net = MemoryNetwork::new();
     let (a, b, c) = (
@@ -320,7 +342,7 @@ async fn chat_crosses_the_middle_of_a_three_node_chain() {
     stop(&[&a, &b, &c]).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn quiet_sessions_run_commands_without_being_announced() {
     let net = MemoryNetwork::new();
     let a = node(&net, 11, "alpha").await;
@@ -348,4 +370,212 @@ async fn quiet_sessions_run_commands_without_being_announced() {
     );
     drop(alice);
     stop(&[&a]).await;
+}
+
+/// A node for the outbox tests: default gossip settings (the mesh's rate
+/// limit and the origin's pace), presence at its default rarity.
+async fn paced_node(net: &MemoryNetwork, seed: u8, name: &str) -> Node {
+    node_with(
+        net,
+        seed,
+        name,
+        GossipConfig::default(),
+        micelio_partyline::DEFAULT_PRESENCE_INTERVAL,
+    )
+    .await
+}
+
+/// Waits until every node's gossip knows all of its connected peers.
+async fn ready(nodes: &[&Node], peers_each: usize) {
+    let deadline = tokio::time::Instant::now() + T;
+    for n in nodes {
+        while n.pm.peer_count() < peers_each
+            || (n.gossip.stats().await.unwrap().keys as usize) < peers_each
+        {
+            assert!(tokio::time::Instant::now() < deadline, "mesh never formed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Reads `s` until `n` chat lines containing `marker` arrived (within a
+/// long virtual deadline); returns their texts in arrival order.
+async fn collect(s: &mut Session, marker: &str, n: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut got = Vec::new();
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, s.recv()).await {
+            Ok(Some(micelio_partyline::Output::Chat(c))) if c.text.contains(marker) => {
+                got.push(c.text)
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("{} got {} of {n} lines", s.nick(), got.len()),
+        }
+    }
+    got
+}
+
+async fn rate_limited(n: &Node) -> u64 {
+    n.gossip
+        .stats()
+        .await
+        .unwrap()
+        .dropped_for(micelio_gossip::DropReason::RateLimited)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_lines_typed_fast_arrive_in_order() {
+    let net = MemoryNetwork::new();
+    let (a, b) = (
+        paced_node(&net, 20, "alpha").await,
+        paced_node(&net, 21, "beta").await,
+    );
+    link(&a, &b).await;
+    ready(&[&a, &b], 1).await;
+    let mut alice = a.party.join("alice").await.unwrap();
+    let mut bob = b.party.join("bob").await.unwrap();
+    let reader = tokio::spawn(async move { collect(&mut bob, "typed ", 1000).await });
+    // Ten lines a second, faster than anyone types and than the origin's
+    // pace (8/s): the queue absorbs the difference.
+    for i in 0..1000 {
+        let r = alice.input(&format!("typed {i:04}")).await;
+        assert_eq!(r, Reply::default(), "line {i} refused: {}", r.text);
+        drain(&mut alice);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = reader.await.unwrap();
+    let want: Vec<String> = (0..1000).map(|i| format!("typed {i:04}")).collect();
+    assert_eq!(got, want, "in order, none lost");
+    assert_eq!(
+        rate_limited(&b).await,
+        0,
+        "the receiver never rate-limited us"
+    );
+    drop(alice);
+    stop(&[&a, &b]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paste_of_a_hundred_lines_reaches_every_node_of_a_mesh_in_order() {
+    let net = MemoryNetwork::new();
+    let (a, b, c) = (
+        paced_node(&net, 22, "alpha").await,
+        paced_node(&net, 23, "beta").await,
+        paced_node(&net, 24, "gamma").await,
+    );
+    link(&a, &b).await;
+    link(&b, &c).await;
+    link(&a, &c).await;
+    ready(&[&a, &b, &c], 2).await;
+    let mut alice = a.party.join("alice").await.unwrap();
+    let mut bob = b.party.join("bob").await.unwrap();
+    let mut carol = c.party.join("carol").await.unwrap();
+    let rb = tokio::spawn(async move { collect(&mut bob, "pasted ", 100).await });
+    let rc = tokio::spawn(async move { collect(&mut carol, "pasted ", 100).await });
+    // A paste: a hundred lines at once.
+    for i in 0..100 {
+        let r = alice.input(&format!("pasted {i:03}")).await;
+        assert_eq!(r, Reply::default(), "line {i} refused: {}", r.text);
+    }
+    let mine = collect(&mut alice, "pasted ", 100).await;
+    let want: Vec<String> = (0..100).map(|i| format!("pasted {i:03}")).collect();
+    assert_eq!(mine, want);
+    assert_eq!(rb.await.unwrap(), want, "beta in order");
+    assert_eq!(rc.await.unwrap(), want, "gamma in order");
+    for n in [&a, &b, &c] {
+        assert_eq!(rate_limited(n).await, 0, "no relay dropped a line");
+    }
+    drop(alice);
+    stop(&[&a, &b, &c]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_overflowing_paste_tells_the_user_and_keeps_the_rest_in_order() {
+    let net = MemoryNetwork::new();
+    let (a, b) = (
+        paced_node(&net, 25, "alpha").await,
+        paced_node(&net, 26, "beta").await,
+    );
+    link(&a, &b).await;
+    ready(&[&a, &b], 1).await;
+    let mut alice = a.party.join("alice").await.unwrap();
+    let mut bob = b.party.join("bob").await.unwrap();
+    let mut accepted = Vec::new();
+    let mut refused = 0u64;
+    for i in 0..400 {
+        let text = format!("burst {i:03}");
+        let r = alice.input(&text).await;
+        if r.status == 0 {
+            accepted.push(text);
+        } else {
+            assert!(r.text.contains("line not sent"), "{}", r.text);
+            refused += 1;
+        }
+        drain(&mut alice);
+    }
+    assert!(refused > 100, "the queue is bounded: {refused} refused");
+    assert!(accepted.len() >= 256, "{}", accepted.len());
+    let got = collect(&mut bob, "burst ", accepted.len()).await;
+    assert_eq!(got, accepted, "what was accepted arrives, in order");
+    assert_eq!(a.party.stats().await.unwrap().lines_refused, refused);
+    // The gossip queue also refused what the hub sent meanwhile (presence).
+    assert!(a.gossip.stats().await.unwrap().origin_refused >= refused);
+    // Once the queue has drained, lines go out again.
+    assert_eq!(alice.input("after the burst").await, Reply::default());
+    expect(&mut bob, "after the burst").await;
+    drop(alice);
+    stop(&[&a, &b]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stats_show_the_drops_of_a_subscriber_that_falls_behind() {
+    let net = MemoryNetwork::new();
+    let mut gc = GossipConfig::default();
+    gc.rate_per_sec = 1_000_000;
+    gc.rate_burst = 1_000_000;
+    let presence = Duration::from_millis(300);
+    let a = node_with(&net, 30, "alpha", gc.clone(), presence).await;
+    let b = node_with(&net, 31, "beta", gc, presence).await;
+    link(&a, &b).await;
+    // The partyline subscribed to chat, presence and direct lines (1-3).
+    let _stuck = b
+        .gossip
+        .subscribe(micelio_wire::MsgType::Chat)
+        .await
+        .unwrap();
+    for _ in 0..1100 {
+        micelio_partyline::chat::say(&a.gossip, "x", "l")
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + T;
+    let stuck = loop {
+        let s = b.gossip.stats().await.unwrap();
+        let st = s.subscribers.iter().find(|s| s.id == 4).cloned().unwrap();
+        if st.dropped > 0 && s.delivered >= 1100 - 20 {
+            break st;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stuck.delivered, 1024);
+    let mut op = b.party.join("op").await.unwrap();
+    let text = op.input("/stats").await.text;
+    assert!(
+        text.contains(&format!(
+            "subscriber #4 (chat(3)): delivered 1024 dropped {}",
+            stuck.dropped
+        )),
+        "{text}"
+    );
+    let json = op.input("/stats --json").await.text;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v["gossip"]["subscriber_drops"].as_u64(),
+        Some(stuck.dropped)
+    );
+    assert!(v["partyline"]["sessions"].as_u64().unwrap() >= 1);
+    drop(op);
+    stop(&[&a, &b]).await;
 }

@@ -1,13 +1,14 @@
-//! Chat over gossip (type 3): what the partyline sends and receives.
+//! Chat over gossip (type 3): the line the partyline sends and receives.
+//!
+//! It lives here, not in micelio-gossip: gossip carries every type alike and
+//! knows nothing of chat.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use micelio_gossip::{Delivered, Gossip, GossipError};
 use micelio_identity::NodeId;
 use micelio_wire::proto::ChatMessage;
 use micelio_wire::{MsgType, WireMessage as _};
-
-use crate::engine::Delivered;
-use crate::service::{Gossip, GossipError};
 
 /// A chat line, as delivered to every node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,18 +51,25 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-impl Gossip {
-    /// Originates a chat line from `nick`; returns the message id.
-    ///
-    /// # Errors
-    /// As [`Gossip::originate`].
-    pub async fn say(&self, nick: &str, text: &str) -> Result<String, GossipError> {
-        let msg = ChatMessage {
-            nick: nick.to_owned(),
-            text: text.to_owned(),
-            timestamp: unix_now(),
-        };
-        self.originate(MsgType::Chat, msg.encode_wire().into())
-            .await
+/// The payload of a chat line from `nick`, stamped now.
+pub fn chat_payload(nick: &str, text: &str) -> bytes::Bytes {
+    ChatMessage {
+        nick: nick.to_owned(),
+        text: text.to_owned(),
+        timestamp: unix_now(),
     }
+    .encode_wire()
+    .into()
+}
+
+/// Originates a chat line from `nick` at once (unpaced, outside any
+/// partyline session: for tools and tests); returns the message id.
+/// Sessions go through the hub, which paces its lines.
+///
+/// # Errors
+/// As [`Gossip::originate`].
+pub async fn say(gossip: &Gossip, nick: &str, text: &str) -> Result<String, GossipError> {
+    gossip
+        .originate(MsgType::Chat, chat_payload(nick, text))
+        .await
 }
