@@ -38,6 +38,7 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod admission;
 mod config;
 pub mod discovery;
 mod error;
@@ -49,7 +50,10 @@ pub mod noise;
 mod stats;
 mod tcp;
 
-pub use config::{TransportConfig, is_dialable_addr};
+pub use config::{
+    DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_MAX_PENDING_PER_HOST, DEFAULT_PREAUTH_TIMEOUT,
+    TransportConfig, is_dialable_addr,
+};
 pub use error::{DialError, HelloError, LinkError, SendError, TransportError};
 pub use link::{BoxFuture, Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport};
 pub use manager::{PeerEvent, PeerManager, PeerSummary};

@@ -33,17 +33,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
+use crate::admission::{Admission, LogGate, host_of};
 use crate::config::{TransportConfig, is_dialable_addr};
 use crate::discovery::{KnownPeer, KnownPeers, PeerStore, jitter};
 use crate::error::{DialError, LinkError, SendError, TransportError};
 use crate::hello::{self, LocalHello, PeerHelloInfo};
-use crate::link::{Direction, FrameSink, FrameSource, Link, Listener, Transport};
+use crate::link::{Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport};
 use crate::stats::{Counters, TransportStats};
 
 /// Capacity of the event stream handed to the consumer.
 const EVENT_QUEUE: usize = 4096;
 /// Grace period for tasks to stop on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// At most one admission log line per this period.
+const ADMISSION_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Pause after a failing `accept` (for example out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -94,11 +97,11 @@ struct Slot {
     drop_logged: bool,
 }
 
-#[derive(Default)]
 struct Registry {
     peers: HashMap<NodeId, Slot>,
     dialing: HashSet<NodeId>,
-    pending_inbound: usize,
+    /// Inbound connections not authenticated yet.
+    admission: Admission,
 }
 
 struct Shared {
@@ -106,6 +109,8 @@ struct Shared {
     config: TransportConfig,
     transport: Arc<dyn Transport>,
     registry: Mutex<Registry>,
+    /// Admission refusals and evictions are logged at most once per period.
+    admission_log: Mutex<LogGate>,
     known: Mutex<KnownPeers>,
     store: Option<PeerStore>,
     counters: Counters,
@@ -200,7 +205,15 @@ impl PeerManager {
             bootstrap_addrs: config.bootstrap.iter().cloned().collect(),
             identity,
             transport,
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(Registry {
+                peers: HashMap::new(),
+                dialing: HashSet::new(),
+                admission: Admission::new(
+                    config.max_pending_per_host,
+                    config.max_pending_handshakes,
+                ),
+            }),
+            admission_log: Mutex::new(LogGate::new(ADMISSION_LOG_EVERY)),
             known: Mutex::new(known),
             store,
             counters: Counters::default(),
@@ -311,6 +324,12 @@ impl PeerManager {
         lock(&self.shared.registry).peers.len()
     }
 
+    /// How many inbound connections are still in the Noise handshake or
+    /// hello (bounded by `max_pending_handshakes`).
+    pub fn pending_handshakes(&self) -> usize {
+        lock(&self.shared.registry).admission.len()
+    }
+
     /// Whether `id` is connected.
     pub fn is_connected(&self, id: &NodeId) -> bool {
         lock(&self.shared.registry).peers.contains_key(id)
@@ -392,43 +411,107 @@ async fn accept_loop(shared: Arc<Shared>, mut listener: Box<dyn Listener>) {
                 }
             }
         };
-        let remote = incoming.remote_addr();
-        {
-            let mut reg = lock(&shared.registry);
-            if reg.peers.len() + reg.pending_inbound >= shared.config.max_peers {
-                drop(reg);
-                shared
-                    .counters
-                    .refused_max_peers
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(remote = %remote, "refused inbound connection: max_peers reached");
-                continue;
-            }
-            reg.pending_inbound += 1;
+        admit(&shared, incoming);
+        // Let the connections just admitted read their first bytes before
+        // the next accept can evict them (on a busy current-thread runtime
+        // the accept loop would otherwise run many accepts in a row).
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Applies `max_peers` and the pre-auth budget to an accepted connection,
+/// then runs its handshake and hello in a task of its own.
+fn admit(shared: &Arc<Shared>, incoming: Box<dyn Incoming>) {
+    let remote = incoming.remote_addr();
+    let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let evict = shared.cancel.child_token();
+    let now = Instant::now();
+    let decision = {
+        let mut reg = lock(&shared.registry);
+        if reg.peers.len() >= shared.config.max_peers {
+            Err(None)
+        } else {
+            let host = host_of(&remote);
+            reg.admission
+                .admit(conn_id, host, now, evict.clone())
+                .map_err(Some)
         }
-        let s = shared.clone();
-        shared.tracker.spawn(
-            async move {
-                let upgraded = tokio::select! {
-                    _ = s.cancel.cancelled() => None,
-                    r = incoming.upgrade() => Some(r),
-                };
-                match upgraded {
-                    Some(Ok(link)) => {
-                        let _ = establish(&s, link).await;
-                    }
-                    Some(Err(e)) => {
-                        s.counters
-                            .handshake_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        info!(remote = %remote, "rejected inbound connection: {e}");
-                    }
-                    None => {}
-                }
-                lock(&s.registry).pending_inbound -= 1;
+    };
+    let refused = match decision {
+        Ok(None) => None,
+        Ok(Some(budget)) => {
+            shared
+                .counters
+                .preauth_evicted
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(held) = lock(&shared.admission_log).allow(now) {
+                info!(remote = %remote, held_back = held, "closed an unauthenticated connection to admit a newer one: {}", budget.label());
             }
-            .in_current_span(),
-        );
+            None
+        }
+        Err(None) => {
+            shared
+                .counters
+                .refused_max_peers
+                .fetch_add(1, Ordering::Relaxed);
+            Some("max_peers reached")
+        }
+        Err(Some(budget)) => {
+            shared
+                .counters
+                .preauth_refused
+                .fetch_add(1, Ordering::Relaxed);
+            Some(budget.label())
+        }
+    };
+    if let Some(why) = refused {
+        if let Some(held) = lock(&shared.admission_log).allow(now) {
+            info!(remote = %remote, held_back = held, "refused inbound connection: {why}");
+        }
+        return;
+    }
+    let s = shared.clone();
+    shared
+        .tracker
+        .spawn(preauth(s, conn_id, remote, incoming, evict).in_current_span());
+}
+
+/// The pre-auth phase of an inbound connection: first bytes, Noise
+/// handshake and hello under one deadline, ended early by eviction or
+/// shutdown; then registration.
+async fn preauth(
+    s: Arc<Shared>,
+    conn_id: u64,
+    remote: String,
+    mut incoming: Box<dyn Incoming>,
+    evict: CancellationToken,
+) {
+    let deadline = s.config.preauth_timeout;
+    let work = async {
+        incoming.first_bytes().await;
+        lock(&s.registry).admission.progressed(conn_id);
+        let link = incoming.upgrade().await.inspect_err(|_| {
+            s.counters
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+        })?;
+        authenticate(&s, link).await
+    };
+    let outcome = tokio::select! {
+        _ = evict.cancelled() => None,
+        r = timeout(deadline, work) => Some(r),
+    };
+    lock(&s.registry).admission.release(conn_id);
+    match outcome {
+        Some(Ok(Ok((link, info)))) => {
+            let _ = register(&s, link, info).await;
+        }
+        Some(Ok(Err(e))) => debug!(remote = %remote, "rejected inbound connection: {e}"),
+        Some(Err(_)) => {
+            s.counters.preauth_timeouts.fetch_add(1, Ordering::Relaxed);
+            debug!(remote = %remote, "closed inbound connection: not authenticated within {deadline:?}");
+        }
+        None => debug!(remote = %remote, "closed unauthenticated inbound connection"),
     }
 }
 
@@ -460,7 +543,16 @@ async fn dial(shared: &Arc<Shared>, addr: &str) -> Result<NodeId, DialError> {
 }
 
 /// Runs the hello on a fresh link and registers the peer.
-async fn establish(shared: &Arc<Shared>, mut link: Link) -> Result<NodeId, DialError> {
+async fn establish(shared: &Arc<Shared>, link: Link) -> Result<NodeId, DialError> {
+    let (link, info) = authenticate(shared, link).await?;
+    register(shared, link, info).await
+}
+
+/// Runs the hello on a fresh link and applies the identity checks.
+async fn authenticate(
+    shared: &Arc<Shared>,
+    mut link: Link,
+) -> Result<(Link, PeerHelloInfo), DialError> {
     let info = tokio::select! {
         _ = shared.cancel.cancelled() => return Err(DialError::ShuttingDown),
         r = hello::exchange(&mut link, &shared.identity, &shared.local_hello, shared.config.hello_timeout) => r,
@@ -484,7 +576,7 @@ async fn establish(shared: &Arc<Shared>, mut link: Link) -> Result<NodeId, DialE
         info!(remote = %link.remote_addr, "rejected connection: it is ourselves");
         return Err(DialError::SelfConnection);
     }
-    register(shared, link, info).await
+    Ok((link, info))
 }
 
 /// Which connection to keep when two link the same pair of nodes: the one

@@ -35,6 +35,13 @@ counters! {
     connections_outbound,
     /// Inbound connections closed before the handshake because of `max_peers`.
     refused_max_peers,
+    /// Inbound connections refused at accept because the pre-auth budget
+    /// (per host or overall) was full of connections making progress.
+    preauth_refused,
+    /// Unauthenticated inbound connections closed to admit a newer one.
+    preauth_evicted,
+    /// Inbound connections not authenticated within `preauth_timeout`.
+    preauth_timeouts,
     /// Connections closed after the hello because `max_peers` was reached.
     closed_max_peers,
     /// Dials that failed (refused, timed out, handshake failed).

@@ -362,3 +362,87 @@ async fn a_peer_that_stops_reading_loses_messages_and_never_stalls_the_node() {
     })
     .await;
 }
+
+/// Regression (issue 8, item 11): fifteen silent sockets used to fill
+/// `max_peers` and lock every honest peer out. Now 100 silent sockets from
+/// the honest peer's own address, reopened as soon as the node closes them,
+/// neither fill `max_peers` nor keep the honest peer out.
+#[tokio::test]
+async fn an_honest_peer_gets_in_while_100_silent_sockets_are_held_open() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    bounded(T, async {
+        let node = TestNode::start(&Net::Tcp, 1, cfg(&[])).await;
+        let addr = node.addr();
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = Arc::new(AtomicU64::new(0));
+        let mut attackers = Vec::new();
+        for _ in 0..100 {
+            let (addr, stop, opened) = (addr.clone(), stop.clone(), opened.clone());
+            attackers.push(tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut s) = TcpStream::connect(&addr).await else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    };
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    // Say nothing; reopen as soon as the node lets go.
+                    loop {
+                        tokio::select! {
+                            r = s.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { break },
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                                if stop.load(Ordering::Relaxed) { return; }
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        eventually(Duration::from_secs(10), "the attack is under way", || {
+            opened.load(Ordering::Relaxed) >= 100 && node.pm.stats().preauth_evicted >= 100
+        })
+        .await;
+        assert!(node.pm.pending_handshakes() <= micelio_transport::DEFAULT_MAX_PENDING_PER_HOST);
+
+        // The honest peer dials from 127.0.0.1 too, through its bootstrap
+        // dialer (which retries with backoff if a dial fails).
+        let before = opened.load(Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        let honest = TestNode::start(&Net::Tcp, 60, cfg(&[&addr])).await;
+        eventually(Duration::from_secs(5), "honest peer connected", || {
+            node.pm.is_connected(&honest.node_id()) && honest.pm.is_connected(&node.node_id())
+        })
+        .await;
+        let joined_in = started.elapsed();
+        // ...and exchanges a message.
+        let env = EnvelopeBuilder::gossip(MsgType::Plugin(1001), b"hi".to_vec()).sign(&honest.id);
+        honest.pm.send(&node.node_id(), &env).unwrap();
+        eventually(Duration::from_secs(5), "message delivered", || {
+            node.seen
+                .lock()
+                .unwrap()
+                .messages
+                .iter()
+                .any(|(from, e)| *from == honest.node_id() && e.message_id == env.message_id)
+        })
+        .await;
+        // The attacker kept reopening all along, and never held more than
+        // the pre-auth budget.
+        assert!(opened.load(Ordering::Relaxed) > before, "attack continued");
+        assert!(node.pm.pending_handshakes() <= micelio_transport::DEFAULT_MAX_PENDING_PER_HOST);
+        assert_eq!(node.pm.peer_count(), 1);
+        assert_eq!(
+            node.pm.stats().refused_max_peers,
+            0,
+            "silence never counts as a peer"
+        );
+        assert!(joined_in < Duration::from_secs(5), "joined in {joined_in:?}");
+        stop.store(true, Ordering::Relaxed);
+        for a in attackers {
+            a.await.unwrap();
+        }
+        shutdown_all(&[&node, &honest]).await;
+    })
+    .await;
+}
