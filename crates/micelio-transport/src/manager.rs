@@ -111,6 +111,8 @@ struct Shared {
     registry: Mutex<Registry>,
     /// Admission refusals and evictions are logged at most once per period.
     admission_log: Mutex<LogGate>,
+    /// Dropped peer-exchange entries are logged at most once per period.
+    exchange_log: Mutex<LogGate>,
     known: Mutex<KnownPeers>,
     store: Option<PeerStore>,
     counters: Counters,
@@ -182,7 +184,8 @@ impl PeerManager {
         let mut known = KnownPeers::new(*identity.node_id());
         if let Some(store) = &store {
             let (infos, bad) = store.load();
-            let loaded = infos.iter().filter(|i| known.load(i)).count();
+            let now = now_unix();
+            let loaded = infos.iter().filter(|i| known.load(i, now)).count();
             if bad > 0 {
                 warn!(bad, "skipped undecodable known-peer records");
             }
@@ -214,6 +217,7 @@ impl PeerManager {
                 ),
             }),
             admission_log: Mutex::new(LogGate::new(ADMISSION_LOG_EVERY)),
+            exchange_log: Mutex::new(LogGate::new(ADMISSION_LOG_EVERY)),
             known: Mutex::new(known),
             store,
             counters: Counters::default(),
@@ -338,6 +342,12 @@ impl PeerManager {
     /// The known-peers table (what discovery would dial).
     pub fn known_peers(&self) -> Vec<KnownPeer> {
         lock(&self.shared.known).all()
+    }
+
+    /// How many peers the known-peers table holds (at most
+    /// [`crate::discovery::MAX_KNOWN_PEERS`]).
+    pub fn known_peer_count(&self) -> usize {
+        lock(&self.shared.known).len()
     }
 
     /// Closes the connection to `id`, if any. Returns whether there was one.
@@ -669,11 +679,16 @@ async fn register(
         let _ = shared.events.send(PeerEvent::Up(Box::new(summary))).await;
     }
 
-    let persist = lock(&shared.known).on_connected(&info, now_unix());
-    if let (Some(rec), Some(store)) = (persist, &shared.store) {
+    let (persist, evicted) = lock(&shared.known).on_connected(&info, now_unix());
+    if let Some(store) = &shared.store {
         // sled writes go to its page cache; flushing happens in its own thread.
-        if let Err(e) = store.save(&rec) {
+        if let Some(rec) = persist
+            && let Err(e) = store.save(&rec)
+        {
             warn!("saving known peer: {e}");
+        }
+        if let Some(old) = evicted.filter(|e| e.confirmed) {
+            let _ = store.remove(&old.node_id);
         }
     }
 
@@ -854,22 +869,32 @@ fn handle_exchange(shared: &Shared, from: &NodeId, key: &PublicKey, env: &Envelo
     let Ok(px) = PeerExchange::decode_wire(env.payload.clone()) else {
         return reject("payload does not decode");
     };
-    let (changed, dropped) = lock(&shared.known).merge(&px.peers);
-    if !dropped.is_empty() {
-        shared
-            .counters
-            .peer_entries_dropped
-            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
-        debug!(peer = %from.short(12), ?dropped, "dropped peer-exchange entries");
+    let outcome = lock(&shared.known).merge(from, &px.peers, now_unix());
+    let dropped = outcome.drops.total();
+    let c = &shared.counters;
+    c.peer_entries_dropped.fetch_add(dropped, Ordering::Relaxed);
+    c.peer_entries_quota
+        .fetch_add(outcome.drops.sender_quota, Ordering::Relaxed);
+    c.known_peers_evicted
+        .fetch_add(outcome.evicted.len() as u64, Ordering::Relaxed);
+    if dropped > 0 {
+        // One line per message, with the counts by reason.
+        let summary = outcome.drops.summary();
+        match lock(&shared.exchange_log).allow(Instant::now()) {
+            Some(held) => {
+                info!(peer = %from.short(12), dropped, held_back = held, "dropped peer-exchange entries: {summary}");
+            }
+            None => {
+                debug!(peer = %from.short(12), dropped, "dropped peer-exchange entries: {summary}")
+            }
+        }
     }
-    if !changed.is_empty() {
-        debug!(peer = %from.short(12), learned = changed.len(), "merged peer exchange");
+    if outcome.added + outcome.refreshed > 0 {
+        debug!(peer = %from.short(12), added = outcome.added, refreshed = outcome.refreshed, "merged peer exchange");
     }
     if let Some(store) = &shared.store {
-        for rec in &changed {
-            if let Err(e) = store.save(rec) {
-                warn!("saving known peer: {e}");
-            }
+        for old in outcome.evicted.iter().filter(|e| e.confirmed) {
+            let _ = store.remove(&old.node_id);
         }
     }
 }
@@ -997,10 +1022,9 @@ fn discovery_round(shared: &Arc<Shared>) {
                             Ok(_) | Err(DialError::Duplicate(_)) | Err(DialError::ShuttingDown) => {}
                             Err(e) => {
                                 debug!(peer = %peer.node_id.short(12), addr = %peer.addr, "discovery dial failed: {e}");
-                                let rec = lock(&s.known).record_failure(&peer.node_id, Instant::now());
-                                if let (Some(rec), Some(store)) = (rec, &s.store) {
-                                    let _ = store.save(&rec);
-                                }
+                                // Failures are not persisted: only confirmed
+                                // entries are, and a restart retries them.
+                                let _ = lock(&s.known).record_failure(&peer.node_id, Instant::now());
                             }
                         }
                     }

@@ -70,8 +70,12 @@ counters! {
     late_hellos,
     /// Peer exchanges refused (wrong sender, bad signature, bad payload).
     peer_exchange_rejected,
-    /// Peer-exchange entries dropped by validation.
+    /// Peer-exchange entries dropped (validation, caps, quotas), all reasons.
     peer_entries_dropped,
+    /// Of those, new entries over their sender's quota.
+    peer_entries_quota,
+    /// Known peers evicted to make room for new entries.
+    known_peers_evicted,
     /// Messages delivered to the consumer of the event stream.
     messages_delivered,
 }

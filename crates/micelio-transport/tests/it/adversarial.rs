@@ -437,12 +437,101 @@ async fn an_honest_peer_gets_in_while_100_silent_sockets_are_held_open() {
             0,
             "silence never counts as a peer"
         );
-        assert!(joined_in < Duration::from_secs(5), "joined in {joined_in:?}");
+        assert!(
+            joined_in < Duration::from_secs(5),
+            "joined in {joined_in:?}"
+        );
         stop.store(true, Ordering::Relaxed);
         for a in attackers {
             a.await.unwrap();
         }
         shutdown_all(&[&node, &honest]).await;
+    })
+    .await;
+}
+
+/// Regression (issue 8, item 11): one peer-exchange sender filled the
+/// known-peers table with 4,096 fakes at 127.0.0.1:1; valid entries were
+/// then refused, and the fakes were repeated to every new peer.
+#[tokio::test]
+async fn a_flood_of_fake_peers_neither_locks_out_honest_entries_nor_spreads() {
+    use micelio_transport::discovery::{MAX_EXCHANGE_SENT, MAX_NEW_PER_SENDER};
+    use micelio_wire::proto::{PeerExchange, PeerInfo};
+    bounded(T, async {
+        let node = TestNode::start(&Net::Tcp, 1, cfg(&[])).await;
+        let flooder = Identity::from_seed([72; 32]);
+        let mut p = RawPeer::connect(&node.addr(), &flooder).await;
+        p.honest_hello(&flooder).await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let fakes: Vec<PeerInfo> = (0u32..10_000)
+            .map(|n| {
+                let mut seed = [3u8; 32];
+                seed[..4].copy_from_slice(&n.to_le_bytes());
+                let i = Identity::from_seed(seed);
+                PeerInfo {
+                    node_id: i.node_id().to_string(),
+                    addr: format!("127.0.0.1:{}", 1 + n % 3),
+                    reachable: true,
+                    ed25519_pubkey: i.public_key().as_bytes().to_vec().into(),
+                    last_seen: now + 3600,
+                }
+            })
+            .collect();
+        // Frames of about 50 KB (the raw peer's Noise messages are capped).
+        for chunk in fakes.chunks(400) {
+            let px = PeerExchange {
+                peers: chunk.to_vec(),
+            };
+            p.send_envelope(
+                &EnvelopeBuilder::new(MsgType::PeerExchange, px.encode_wire()).sign(&flooder),
+            )
+            .await;
+        }
+        eventually(Duration::from_secs(10), "the flood is processed", || {
+            node.pm.stats().peer_entries_quota == (10_000 - MAX_NEW_PER_SENDER) as u64
+        })
+        .await;
+        assert!(node.pm.known_peer_count() <= MAX_NEW_PER_SENDER);
+
+        // An honest peer b, which knows c, connects: the node learns c from
+        // b's exchange and dials it, fakes notwithstanding.
+        let b = TestNode::start(&Net::Tcp, 2, cfg(&[])).await;
+        let c = TestNode::start(&Net::Tcp, 3, cfg(&[&b.addr()])).await;
+        full_mesh(&[&b, &c], Duration::from_secs(5)).await;
+        b.pm.dial(&node.addr()).await.unwrap();
+        eventually(Duration::from_secs(10), "the node dials c", || {
+            node.pm.is_connected(&c.node_id())
+        })
+        .await;
+
+        // A new peer gets an exchange within the cap, real peers first.
+        let newcomer = Identity::from_seed([73; 32]);
+        let mut d = RawPeer::connect(&node.addr(), &newcomer).await;
+        d.honest_hello(&newcomer).await;
+        let px = bounded(Duration::from_secs(5), async {
+            loop {
+                let env = d.recv_envelope().await;
+                if env.kind() == MsgType::PeerExchange {
+                    return PeerExchange::decode_wire(env.payload.clone()).unwrap();
+                }
+            }
+        })
+        .await;
+        assert!(px.peers.len() <= MAX_EXCHANGE_SENT, "{}", px.peers.len());
+        let ids: Vec<&str> = px.peers.iter().map(|i| i.node_id.as_str()).collect();
+        let (bs, cs) = (b.node_id().to_string(), c.node_id().to_string());
+        assert!(
+            ids[..3].contains(&bs.as_str()) && ids[..3].contains(&cs.as_str()),
+            "{ids:?}"
+        );
+        assert!(
+            px.peers.iter().all(|i| i.last_seen <= now + 120),
+            "future clamped"
+        );
+        shutdown_all(&[&node, &b, &c]).await;
     })
     .await;
 }
