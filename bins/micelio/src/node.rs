@@ -14,18 +14,16 @@ use micelio_gossip::{Gossip, GossipConfig};
 use micelio_identity::Identity;
 use micelio_partyline::{Partyline, PartylineConfig};
 use micelio_ssh::{SshConfig, SshServer};
-use micelio_transport::discovery::PeerStore;
-use micelio_transport::{PeerManager, TcpTransport, TransportConfig};
+use micelio_transport::{PeerManager, SledPeerStore, TcpTransport, TransportConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::commands::write_stdout;
 use crate::config::Config;
 
-/// The sled database inside the data dir.
-const DB_DIR: &str = "data.db";
-/// The sled tree of known peers.
-const PEERS_TREE: &str = "peers";
+/// micelio's known-peers store inside the data dir (`data.db` is the
+/// reference's bbolt file).
+const PEERS_DB: [&str; 2] = ["micelio", "peers"];
 /// Who may log in to the partyline.
 const AUTHORIZED_KEYS: &str = "authorized_keys";
 
@@ -100,25 +98,25 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let identity = Arc::new(identity);
-    let db_path = config.node.data_dir.join(DB_DIR);
-    let db = {
+    let db_path = config.node.data_dir.join(PEERS_DB[0]).join(PEERS_DB[1]);
+    let store = {
         let path = db_path.clone();
-        tokio::task::spawn_blocking(move || sled::open(path))
+        tokio::task::spawn_blocking(move || SledPeerStore::open(&path))
             .await
             .context("opening storage")?
             .with_context(|| format!("cannot open storage {}", db_path.display()))?
     };
-    let store = PeerStore::new(
-        db.open_tree(PEERS_TREE)
-            .with_context(|| format!("cannot open the peers tree in {}", db_path.display()))?,
-    );
 
     let tcfg = transport_config(&config);
     let transport = TcpTransport::new(identity.clone(), tcfg.dial_timeout, tcfg.hello_timeout);
-    let (peers, events) =
-        PeerManager::spawn(identity.clone(), Arc::new(transport), tcfg, Some(store))
-            .await
-            .context("cannot start the peer transport")?;
+    let (peers, events) = PeerManager::spawn(
+        identity.clone(),
+        Arc::new(transport),
+        tcfg,
+        Some(Box::new(store)),
+    )
+    .await
+    .context("cannot start the peer transport")?;
     let listening = match (peers.local_addr(), peers.advertise_addr()) {
         (Some(addr), Some(adv)) if adv != addr => format!("{addr} (advertised as {adv})"),
         (Some(addr), _) => addr.to_owned(),
@@ -195,8 +193,10 @@ pub(crate) async fn run(
     ssh.shutdown().await;
     party.shutdown().await;
     gossip.shutdown().await;
-    peers.shutdown().await;
-    db.flush_async().await.context("flushing storage")?;
+    peers
+        .shutdown_and_flush()
+        .await
+        .context("flushing storage")?;
     info!(node_id = %identity.node_id(), "node stopped");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Discovery: the table of known peers, peer-exchange validation and merge,
-//! dial candidate selection with per-peer backoff, and persistence in sled.
+//! dial candidate selection with per-peer backoff. Persistence is
+//! [`crate::store`]'s.
 //!
 //! The table is a plain synchronous structure driven by the peer manager;
 //! time comes in as arguments so that it is testable without sleeping.
@@ -8,7 +9,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use micelio_identity::{NodeId, PublicKey};
-use micelio_wire::WireMessage as _;
 use micelio_wire::limits::MAX_DISCOVERY_BACKOFF;
 use micelio_wire::proto::PeerInfo;
 use rand::Rng;
@@ -515,66 +515,6 @@ impl KnownPeers {
     }
 }
 
-/// Known peers persisted in a sled tree, keyed by NodeId, valued by the
-/// `PeerInfo` protobuf.
-#[derive(Debug, Clone)]
-pub struct PeerStore {
-    tree: sled::Tree,
-}
-
-impl PeerStore {
-    /// Uses `tree` (for example `db.open_tree("peers")`).
-    pub fn new(tree: sled::Tree) -> Self {
-        Self { tree }
-    }
-
-    /// Every stored record that decodes; undecodable ones are skipped and
-    /// counted in the second value.
-    pub fn load(&self) -> (Vec<PeerInfo>, usize) {
-        let mut out = Vec::new();
-        let mut bad = 0;
-        for item in self.tree.iter() {
-            match item {
-                Ok((_, v)) => match PeerInfo::decode_wire(&v[..]) {
-                    Ok(info) => out.push(info),
-                    Err(_) => bad += 1,
-                },
-                Err(_) => bad += 1,
-            }
-        }
-        (out, bad)
-    }
-
-    /// Stores one record.
-    ///
-    /// # Errors
-    /// The sled error, if the write failed.
-    pub fn save(&self, peer: &KnownPeer) -> Result<(), sled::Error> {
-        self.tree.insert(
-            peer.node_id.to_hex().as_bytes(),
-            peer.to_info().encode_wire(),
-        )?;
-        Ok(())
-    }
-
-    /// Forgets one record.
-    ///
-    /// # Errors
-    /// The sled error, if the write failed.
-    pub fn remove(&self, node_id: &NodeId) -> Result<(), sled::Error> {
-        self.tree.remove(node_id.to_hex().as_bytes())?;
-        Ok(())
-    }
-
-    /// Flushes to disk.
-    ///
-    /// # Errors
-    /// The sled error, if the flush failed.
-    pub fn flush(&self) -> Result<(), sled::Error> {
-        self.tree.flush().map(|_| ())
-    }
-}
-
 /// A random delay in `[0, max]`.
 pub(crate) fn jitter(max: Duration, rng: &mut impl Rng) -> Duration {
     if max.is_zero() {
@@ -892,22 +832,19 @@ mod tests {
     }
 
     #[test]
-    fn store_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let store = PeerStore::new(db.open_tree("peers").unwrap());
+    fn loaded_records_are_confirmed_and_clamped() {
+        let (rec, _) =
+            KnownPeers::new(*id(1).node_id()).on_connected(&hello_of(2, "127.0.0.1:2"), 7);
         let mut t = KnownPeers::new(*id(1).node_id());
-        let (changed, _) = t.on_connected(&hello_of(2, "127.0.0.1:2"), 7);
-        store.save(&changed.unwrap()).unwrap();
-        db.open_tree("peers")
-            .unwrap()
-            .insert(b"junk", b"\xff\xff".as_slice())
-            .unwrap();
-        let (loaded, bad) = store.load();
-        assert_eq!(bad, 1);
-        let mut t2 = KnownPeers::new(*id(1).node_id());
-        assert!(t2.load(&loaded[0], NOW));
-        assert!(t2.all()[0].confirmed);
-        assert_eq!(t2.all()[0].addr, "127.0.0.1:2");
+        let mut info = rec.unwrap().to_info();
+        info.last_seen = u64::MAX;
+        assert!(t.load(&info, NOW));
+        assert!(t.all()[0].confirmed);
+        assert_eq!(t.all()[0].last_seen, NOW + MAX_LAST_SEEN_SKEW.as_secs());
+        assert!(!t.load(&info_bad(), NOW));
+    }
+
+    fn info_bad() -> PeerInfo {
+        info(3, "0.0.0.0:1", 1)
     }
 }

@@ -13,7 +13,8 @@
 //! - [`PeerManager`]: the actor that listens, dials (bootstrap with backoff,
 //!   discovery with jitter), keeps at most one connection per peer and at
 //!   most `max_peers`, runs keepalives and idle timeouts, exchanges signed
-//!   peer lists and persists known peers in sled.
+//!   peer lists and persists known peers through a [`PeerStore`] (in
+//!   memory or sled) owned by a storage task, off the runtime threads.
 //!
 //! The crate knows nothing of gossip, state or SSH: it delivers every
 //! non-connection message to its consumer as a [`PeerEvent`].
@@ -48,6 +49,7 @@ mod manager;
 pub mod memory;
 pub mod noise;
 mod stats;
+pub mod store;
 mod tcp;
 
 pub use config::{
@@ -58,4 +60,5 @@ pub use error::{DialError, HelloError, LinkError, SendError, TransportError};
 pub use link::{BoxFuture, Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport};
 pub use manager::{PeerEvent, PeerManager, PeerSummary};
 pub use stats::TransportStats;
+pub use store::{LoadedPeers, MemoryPeerStore, PeerStore, SledPeerStore, StoreError};
 pub use tcp::TcpTransport;

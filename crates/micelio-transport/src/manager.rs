@@ -35,11 +35,12 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::admission::{Admission, LogGate, host_of};
 use crate::config::{TransportConfig, is_dialable_addr};
-use crate::discovery::{KnownPeer, KnownPeers, PeerStore, jitter};
+use crate::discovery::{KnownPeer, KnownPeers, jitter};
 use crate::error::{DialError, LinkError, SendError, TransportError};
 use crate::hello::{self, LocalHello, PeerHelloInfo};
 use crate::link::{Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport};
 use crate::stats::{Counters, TransportStats};
+use crate::store::{self, PeerStore, StoreError, StoreHandle};
 
 /// Capacity of the event stream handed to the consumer.
 const EVENT_QUEUE: usize = 4096;
@@ -114,7 +115,7 @@ struct Shared {
     /// Dropped peer-exchange entries are logged at most once per period.
     exchange_log: Mutex<LogGate>,
     known: Mutex<KnownPeers>,
-    store: Option<PeerStore>,
+    store: Option<StoreHandle>,
     counters: Counters,
     events: mpsc::Sender<PeerEvent>,
     cancel: CancellationToken,
@@ -169,7 +170,7 @@ impl PeerManager {
         identity: Arc<Identity>,
         transport: Arc<dyn Transport>,
         config: TransportConfig,
-        store: Option<PeerStore>,
+        store: Option<Box<dyn PeerStore>>,
     ) -> Result<(Self, mpsc::Receiver<PeerEvent>), TransportError> {
         let listener = match &config.listen {
             Some(addr) => Some(transport.listen(addr).await?),
@@ -182,17 +183,10 @@ impl PeerManager {
             .or_else(|| local_addr.clone())
             .filter(|a| is_dialable_addr(a));
         let mut known = KnownPeers::new(*identity.node_id());
-        if let Some(store) = &store {
-            let (infos, bad) = store.load();
-            let now = now_unix();
-            let loaded = infos.iter().filter(|i| known.load(i, now)).count();
-            if bad > 0 {
-                warn!(bad, "skipped undecodable known-peer records");
-            }
-            if loaded > 0 {
-                info!(loaded, "loaded known peers");
-            }
-        }
+        let store = match store {
+            Some(store) => load_known(store, &mut known).await,
+            None => None,
+        };
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let seed = u64::from_le_bytes(
             identity.node_id().as_bytes()[..8]
@@ -363,12 +357,32 @@ impl PeerManager {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> TransportStats {
-        self.shared.counters.snapshot()
+        let mut stats = self.shared.counters.snapshot();
+        if let Some(store) = &self.shared.store {
+            let c = store.counters();
+            stats.store_writes = c.writes.load(Ordering::Relaxed);
+            stats.store_errors = c.errors.load(Ordering::Relaxed);
+            stats.store_dropped = c.dropped.load(Ordering::Relaxed);
+        }
+        stats
     }
 
     /// Stops accepting and dialing, closes every connection, waits for the
     /// tasks (at most a few seconds) and flushes the peer store. Idempotent.
     pub async fn shutdown(&self) {
+        if let Err(e) = self.shutdown_and_flush().await {
+            warn!("flushing known peers: {e}");
+        }
+    }
+
+    /// Like [`PeerManager::shutdown`], and reports whether the peer store
+    /// wrote and flushed everything (waiting at most
+    /// [`store::STORE_CLOSE_GRACE`] for it). Idempotent: once the store is
+    /// closed, later calls return `Ok(())`.
+    ///
+    /// # Errors
+    /// The [`StoreError`] of the final flush.
+    pub async fn shutdown_and_flush(&self) -> Result<(), StoreError> {
         self.shared.cancel.cancel();
         self.shared.tracker.close();
         if timeout(SHUTDOWN_GRACE, self.shared.tracker.wait())
@@ -377,8 +391,45 @@ impl PeerManager {
         {
             warn!("transport tasks did not stop within {SHUTDOWN_GRACE:?}");
         }
-        if let Some(Err(e)) = self.shared.store.as_ref().map(PeerStore::flush) {
-            warn!("flushing known peers: {e}");
+        self.close_store().await
+    }
+
+    async fn close_store(&self) -> Result<(), StoreError> {
+        match &self.shared.store {
+            Some(store) => store.close().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Loads the known peers from `store` in `spawn_blocking` and starts the
+/// storage task that owns it from then on. A store that cannot be read is
+/// logged and used all the same (for writes); one whose call panicked is
+/// lost, and the node runs without persistence.
+async fn load_known(store: Box<dyn PeerStore>, known: &mut KnownPeers) -> Option<StoreHandle> {
+    match store::blocking(store, |s| s.load()).await {
+        Ok((store, loaded)) => {
+            match loaded {
+                Ok(loaded) => {
+                    let now = now_unix();
+                    let n = loaded.peers.iter().filter(|i| known.load(i, now)).count();
+                    if loaded.undecodable > 0 {
+                        warn!(
+                            bad = loaded.undecodable,
+                            "skipped undecodable known-peer records"
+                        );
+                    }
+                    if n > 0 {
+                        info!(loaded = n, "loaded known peers");
+                    }
+                }
+                Err(e) => warn!("cannot load known peers: {e}"),
+            }
+            Some(StoreHandle::spawn(store))
+        }
+        Err(e) => {
+            warn!("loading known peers failed ({e}); known peers will not be persisted");
+            None
         }
     }
 }
@@ -681,14 +732,12 @@ async fn register(
 
     let (persist, evicted) = lock(&shared.known).on_connected(&info, now_unix());
     if let Some(store) = &shared.store {
-        // sled writes go to its page cache; flushing happens in its own thread.
-        if let Some(rec) = persist
-            && let Err(e) = store.save(&rec)
-        {
-            warn!("saving known peer: {e}");
+        // Queued for the storage task: never waits on the disk.
+        if let Some(rec) = persist {
+            store.save(rec.node_id, rec.to_info());
         }
         if let Some(old) = evicted.filter(|e| e.confirmed) {
-            let _ = store.remove(&old.node_id);
+            store.remove(old.node_id);
         }
     }
 
@@ -894,7 +943,7 @@ fn handle_exchange(shared: &Shared, from: &NodeId, key: &PublicKey, env: &Envelo
     }
     if let Some(store) = &shared.store {
         for old in outcome.evicted.iter().filter(|e| e.confirmed) {
-            let _ = store.remove(&old.node_id);
+            store.remove(old.node_id);
         }
     }
 }

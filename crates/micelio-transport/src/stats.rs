@@ -78,4 +78,10 @@ counters! {
     known_peers_evicted,
     /// Messages delivered to the consumer of the event stream.
     messages_delivered,
+    /// Known-peer records written to the peer store (after coalescing).
+    store_writes,
+    /// Peer-store calls that failed.
+    store_errors,
+    /// Peer-store writes dropped because its queue was full.
+    store_dropped,
 }
