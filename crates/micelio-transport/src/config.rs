@@ -13,6 +13,9 @@ pub const DEFAULT_MAX_PENDING_PER_HOST: usize = 8;
 /// deadline, now covering the Noise handshake too.
 pub const DEFAULT_PREAUTH_TIMEOUT: Duration = limits::HELLO_TIMEOUT;
 
+/// Default of [`TransportConfig::duplicate_grace`].
+pub const DEFAULT_DUPLICATE_GRACE: Duration = Duration::from_secs(5);
+
 /// Configuration of a [`crate::PeerManager`].
 ///
 /// Libraries never read files or the environment: the binary validates its
@@ -56,6 +59,10 @@ pub struct TransportConfig {
     pub idle_timeout: Duration,
     /// Deadline of each write.
     pub write_timeout: Duration,
+    /// How long two connections to a peer without micelio extensions are
+    /// both kept, waiting for the peer to close one, before the micelio
+    /// rule closes one.
+    pub duplicate_grace: Duration,
     /// Frames queued per peer before further ones are dropped.
     pub send_queue: usize,
     /// Peer-exchange period.
@@ -86,6 +93,7 @@ impl Default for TransportConfig {
             idle_timeout: limits::DEFAULT_IDLE_TIMEOUT,
             write_timeout: limits::DEFAULT_WRITE_TIMEOUT,
             send_queue: 256,
+            duplicate_grace: DEFAULT_DUPLICATE_GRACE,
             exchange_interval: limits::DEFAULT_EXCHANGE_INTERVAL,
             discovery_interval: limits::DEFAULT_DISCOVERY_INTERVAL,
             discovery_jitter: limits::DISCOVERY_MAX_JITTER,
@@ -111,6 +119,7 @@ impl TransportConfig {
             dial_timeout: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(2),
             preauth_timeout: Duration::from_secs(3),
+            duplicate_grace: Duration::from_millis(500),
             keepalive_interval: Duration::from_millis(200),
             idle_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(2),

@@ -53,8 +53,8 @@ pub mod store;
 mod tcp;
 
 pub use config::{
-    DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_MAX_PENDING_PER_HOST, DEFAULT_PREAUTH_TIMEOUT,
-    TransportConfig, is_dialable_addr,
+    DEFAULT_DUPLICATE_GRACE, DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_MAX_PENDING_PER_HOST,
+    DEFAULT_PREAUTH_TIMEOUT, TransportConfig, is_dialable_addr,
 };
 pub use error::{DialError, HelloError, LinkError, SendError, TransportError};
 pub use link::{BoxFuture, Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport};

@@ -90,12 +90,41 @@ pub enum PeerEvent {
     },
 }
 
-struct Slot {
-    conn_id: u64,
+/// One open connection of a peer: its send queue and its cancel token.
+struct Conn {
+    id: u64,
     tx: mpsc::Sender<Bytes>,
-    summary: PeerSummary,
     cancel: CancellationToken,
+}
+
+/// A second connection to a peer that does not speak micelio's extensions,
+/// kept open until the peer closes one of the two (see [`claim`]).
+struct Standby {
+    conn: Conn,
+    direction: Direction,
+    remote_addr: String,
+}
+
+struct Slot {
+    /// The connection we send on.
+    conn: Conn,
+    /// A duplicate the peer has not closed yet (reference peers only).
+    standby: Option<Standby>,
+    summary: PeerSummary,
+    /// Cancelled when the peer is gone (not when one of its connections is
+    /// replaced or promoted).
+    gone: CancellationToken,
     drop_logged: bool,
+}
+
+impl Slot {
+    /// Closes every connection of the peer.
+    fn close_all(&self) {
+        self.conn.cancel.cancel();
+        if let Some(sb) = &self.standby {
+            sb.conn.cancel.cancel();
+        }
+    }
 }
 
 struct Registry {
@@ -317,6 +346,17 @@ impl PeerManager {
         lock(&self.shared.registry).peers.keys().copied().collect()
     }
 
+    /// How many connections are open to authenticated peers: one per peer,
+    /// plus a duplicate briefly kept for a peer without micelio extensions
+    /// until the peer closes one of the two.
+    pub fn connection_count(&self) -> usize {
+        lock(&self.shared.registry)
+            .peers
+            .values()
+            .map(|s| 1 + usize::from(s.standby.is_some()))
+            .sum()
+    }
+
     /// How many peers are connected.
     pub fn peer_count(&self) -> usize {
         lock(&self.shared.registry).peers.len()
@@ -348,7 +388,7 @@ impl PeerManager {
     pub fn disconnect(&self, id: &NodeId) -> bool {
         match lock(&self.shared.registry).peers.get(id) {
             Some(slot) => {
-                slot.cancel.cancel();
+                slot.close_all();
                 true
             }
             None => false,
@@ -437,7 +477,7 @@ async fn load_known(store: Box<dyn PeerStore>, known: &mut KnownPeers) -> Option
 fn send_frame(shared: &Shared, to: &NodeId, frame: Bytes) -> Result<(), SendError> {
     let mut reg = lock(&shared.registry);
     let slot = reg.peers.get_mut(to).ok_or(SendError::NotConnected)?;
-    match slot.tx.try_send(frame) {
+    match slot.conn.tx.try_send(frame) {
         Ok(()) => Ok(()),
         Err(mpsc::error::TrySendError::Full(_)) => {
             shared
@@ -657,7 +697,6 @@ async fn register(
     info: PeerHelloInfo,
 ) -> Result<NodeId, DialError> {
     let node_id = info.node_id;
-    let me = *shared.identity.node_id();
     let Link {
         remote_addr,
         direction,
@@ -675,59 +714,63 @@ async fn register(
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let cancel = shared.cancel.child_token();
     let (tx, rx) = mpsc::channel(shared.config.send_queue.max(1));
-    let replaced = {
-        let mut reg = lock(&shared.registry);
-        let replaced = match reg.peers.get(&node_id) {
-            Some(old) if keep_new(&me, &node_id, old.summary.direction, direction) => {
-                old.cancel.cancel();
-                true
-            }
-            Some(_) => {
-                drop(reg);
-                shared
-                    .counters
-                    .duplicates_closed
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "closed duplicate connection");
-                return Err(DialError::Duplicate(node_id));
-            }
-            None if reg.peers.len() >= shared.config.max_peers => {
-                drop(reg);
-                shared
-                    .counters
-                    .closed_max_peers
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(peer = %node_id.short(12), direction = %direction, "rejected connection: max_peers reached");
-                return Err(DialError::TooManyPeers);
-            }
-            None => false,
-        };
-        reg.peers.insert(
-            node_id,
-            Slot {
-                conn_id,
-                tx,
-                summary: summary.clone(),
-                cancel: cancel.clone(),
-                drop_logged: false,
-            },
-        );
-        replaced
+    let conn = Conn {
+        id: conn_id,
+        tx,
+        cancel: cancel.clone(),
     };
+    let claimed = claim(shared, conn, &summary);
     let counter = match direction {
         Direction::Inbound => &shared.counters.connections_inbound,
         Direction::Outbound => &shared.counters.connections_outbound,
     };
-    counter.fetch_add(1, Ordering::Relaxed);
-    if replaced {
-        shared
-            .counters
-            .duplicates_closed
-            .fetch_add(1, Ordering::Relaxed);
-        info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "replaced duplicate connection");
-    } else {
-        info!(peer = %node_id, direction = %direction, remote = %remote_addr, "peer connected");
-        let _ = shared.events.send(PeerEvent::Up(Box::new(summary))).await;
+    match claimed {
+        Err(e) => {
+            let c = &shared.counters;
+            match e {
+                DialError::TooManyPeers => {
+                    c.closed_max_peers.fetch_add(1, Ordering::Relaxed);
+                    info!(peer = %node_id.short(12), direction = %direction, "rejected connection: max_peers reached");
+                }
+                _ => {
+                    c.duplicates_closed.fetch_add(1, Ordering::Relaxed);
+                    info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "closed duplicate connection");
+                }
+            }
+            return Err(e);
+        }
+        Ok(Claim::New) => {
+            counter.fetch_add(1, Ordering::Relaxed);
+            info!(peer = %node_id, direction = %direction, remote = %remote_addr, "peer connected");
+            let _ = shared.events.send(PeerEvent::Up(Box::new(summary))).await;
+        }
+        Ok(Claim::Replaced) => {
+            counter.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .duplicates_closed
+                .fetch_add(1, Ordering::Relaxed);
+            info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "replaced duplicate connection");
+        }
+        Ok(Claim::Standby) => {
+            counter.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .duplicates_kept
+                .fetch_add(1, Ordering::Relaxed);
+            info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "duplicate connection to a peer without micelio extensions: keeping both until the peer closes one");
+            let s = shared.clone();
+            let grace = shared.config.duplicate_grace;
+            shared.tracker.spawn(
+                async move {
+                    tokio::select! {
+                        _ = s.cancel.cancelled() => {}
+                        _ = sleep(grace) => settle_duplicate(&s, &node_id, conn_id),
+                    }
+                }
+                .in_current_span(),
+            );
+        }
     }
 
     let (persist, evicted) = lock(&shared.known).on_connected(&info, now_unix());
@@ -763,6 +806,142 @@ async fn register(
     shared.tracker.spawn(reader.instrument(span));
     send_exchange(shared, &node_id);
     Ok(node_id)
+}
+
+/// How a freshly authenticated connection entered the peer table.
+enum Claim {
+    /// First connection to that peer.
+    New,
+    /// It replaced the existing connection (micelio rule).
+    Replaced,
+    /// Kept beside the existing one until the peer closes one (reference
+    /// rule).
+    Standby,
+}
+
+/// Enters a connection in the peer table, applying the duplicate rules:
+///
+/// - between micelio nodes (both hellos announce the extensions), keep the
+///   connection dialled by the smaller NodeId ([`keep_new`]): both ends
+///   decide alike;
+/// - with a peer that does not (a reference node keeps whichever it
+///   registered first and closes the later one, which may be the one we
+///   would keep), close neither: the new connection becomes a standby and
+///   whichever of the two the peer leaves open survives, so exactly one
+///   remains and nobody redials. If the peer closes neither within
+///   `duplicate_grace`, the micelio rule decides ([`settle_duplicate`]).
+///
+/// # Errors
+/// `Duplicate` for a connection closed as a duplicate, `TooManyPeers` over
+/// `max_peers`.
+fn claim(shared: &Shared, conn: Conn, summary: &PeerSummary) -> Result<Claim, DialError> {
+    let me = *shared.identity.node_id();
+    let node_id = summary.node_id;
+    let micelio_rule = summary.hello.speaks_extensions()
+        && shared
+            .config
+            .features
+            .iter()
+            .any(|f| f == micelio_wire::limits::FEATURE_EXTENSIONS_V1);
+    let mut reg = lock(&shared.registry);
+    let full = reg.peers.len() >= shared.config.max_peers;
+    let Some(old) = reg.peers.get_mut(&node_id) else {
+        if full {
+            return Err(DialError::TooManyPeers);
+        }
+        reg.peers.insert(
+            node_id,
+            Slot {
+                conn,
+                standby: None,
+                summary: summary.clone(),
+                gone: shared.cancel.child_token(),
+                drop_logged: false,
+            },
+        );
+        return Ok(Claim::New);
+    };
+    if !micelio_rule {
+        if old.standby.is_some() {
+            return Err(DialError::Duplicate(node_id));
+        }
+        old.standby = Some(Standby {
+            conn,
+            direction: summary.direction,
+            remote_addr: summary.remote_addr.clone(),
+        });
+        return Ok(Claim::Standby);
+    }
+    if !keep_new(&me, &node_id, old.summary.direction, summary.direction) {
+        return Err(DialError::Duplicate(node_id));
+    }
+    old.close_all();
+    old.conn = conn;
+    old.standby = None;
+    old.summary = summary.clone();
+    old.drop_logged = false;
+    Ok(Claim::Replaced)
+}
+
+/// `duplicate_grace` after a standby was kept: if the peer still left both
+/// connections open, close the one the micelio rule would close (both ends
+/// of a pair that both wait agree on it).
+fn settle_duplicate(shared: &Shared, node_id: &NodeId, standby_id: u64) {
+    let me = *shared.identity.node_id();
+    let reg = lock(&shared.registry);
+    let Some(slot) = reg.peers.get(node_id) else {
+        return;
+    };
+    let Some(sb) = slot.standby.as_ref().filter(|sb| sb.conn.id == standby_id) else {
+        return;
+    };
+    shared
+        .counters
+        .duplicates_closed
+        .fetch_add(1, Ordering::Relaxed);
+    if keep_new(&me, node_id, slot.summary.direction, sb.direction) {
+        info!(peer = %node_id.short(12), "peer left both connections open: closing the older one");
+        slot.conn.cancel.cancel();
+    } else {
+        info!(peer = %node_id.short(12), "peer left both connections open: closing the newer one");
+        sb.conn.cancel.cancel();
+    }
+}
+
+/// A connection of `node_id` ended: forget it. Returns true if the peer is
+/// gone (its last connection), false if it still has one (a standby was
+/// promoted, or the standby itself ended).
+fn release_conn(shared: &Shared, node_id: &NodeId, conn_id: u64) -> bool {
+    let mut reg = lock(&shared.registry);
+    let Some(slot) = reg.peers.get_mut(node_id) else {
+        return false;
+    };
+    if slot.conn.id == conn_id {
+        if let Some(sb) = slot.standby.take() {
+            info!(peer = %node_id.short(12), remote = %sb.remote_addr, "peer closed one of two connections: keeping the other");
+            shared
+                .counters
+                .standby_promoted
+                .fetch_add(1, Ordering::Relaxed);
+            slot.conn = sb.conn;
+            slot.summary.direction = sb.direction;
+            slot.summary.remote_addr = sb.remote_addr;
+            slot.drop_logged = false;
+            return false;
+        }
+        if let Some(slot) = reg.peers.remove(node_id) {
+            slot.gone.cancel();
+        }
+        return true;
+    }
+    if slot
+        .standby
+        .as_ref()
+        .is_some_and(|sb| sb.conn.id == conn_id)
+    {
+        slot.standby = None;
+    }
+    false
 }
 
 async fn writer_task(
@@ -885,14 +1064,7 @@ async fn reader_task(
         }
     };
     cancel.cancel();
-    let removed = {
-        let mut reg = lock(&shared.registry);
-        match reg.peers.get(&node_id) {
-            Some(slot) if slot.conn_id == conn_id => reg.peers.remove(&node_id).is_some(),
-            _ => false,
-        }
-    };
-    if removed {
+    if release_conn(&shared, &node_id, conn_id) {
         info!(peer = %node_id, "peer disconnected: {reason}");
         let _ = shared
             .events
@@ -988,7 +1160,7 @@ async fn bootstrap_loop(shared: Arc<Shared>, addr: String) {
                 let token = lock(&shared.registry)
                     .peers
                     .get(&id)
-                    .map(|s| s.cancel.clone());
+                    .map(|s| s.gone.clone());
                 if let Some(token) = token {
                     tokio::select! {
                         _ = shared.cancel.cancelled() => return,

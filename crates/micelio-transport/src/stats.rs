@@ -52,6 +52,11 @@ counters! {
     hello_failures,
     /// Connections closed as duplicates of an existing one.
     duplicates_closed,
+    /// Duplicate connections kept open for a peer without micelio
+    /// extensions, until the peer closes one of the two.
+    duplicates_kept,
+    /// Kept duplicates that took over when the peer closed the other one.
+    standby_promoted,
     /// Connections to ourselves, closed.
     self_connections,
     /// Connections closed for idleness.

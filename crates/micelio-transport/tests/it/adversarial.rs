@@ -22,8 +22,8 @@ const T: Duration = Duration::from_secs(30);
 const PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 
 /// A peer that does Noise by hand and then says whatever the test wants.
-struct RawPeer {
-    stream: TcpStream,
+pub(crate) struct RawPeer {
+    pub(crate) stream: TcpStream,
     noise: snow::TransportState,
 }
 
@@ -44,7 +44,29 @@ async fn read_hs(stream: &mut TcpStream) -> Vec<u8> {
 }
 
 impl RawPeer {
-    async fn connect(addr: &str, noise_identity: &Identity) -> RawPeer {
+    /// Runs the responder side of the handshake on an accepted stream.
+    pub(crate) async fn accept(mut stream: TcpStream, noise_identity: &Identity) -> RawPeer {
+        let key = noise_identity.x25519_private();
+        let mut hs = snow::Builder::new(PARAMS.parse().unwrap())
+            .local_private_key(&key[..])
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        let mut buf = vec![0u8; 65535];
+        let mut payload = vec![0u8; 65535];
+        let msg = read_hs(&mut stream).await;
+        hs.read_message(&msg, &mut payload).unwrap();
+        let n = hs.write_message(&[], &mut buf).unwrap();
+        write_hs(&mut stream, &buf[..n]).await;
+        let msg = read_hs(&mut stream).await;
+        hs.read_message(&msg, &mut payload).unwrap();
+        RawPeer {
+            stream,
+            noise: hs.into_transport_mode().unwrap(),
+        }
+    }
+
+    pub(crate) async fn connect(addr: &str, noise_identity: &Identity) -> RawPeer {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let key = noise_identity.x25519_private();
         let mut hs = snow::Builder::new(PARAMS.parse().unwrap())
@@ -66,7 +88,7 @@ impl RawPeer {
         }
     }
 
-    async fn send_plain(&mut self, plaintext: &[u8]) {
+    pub(crate) async fn send_plain(&mut self, plaintext: &[u8]) {
         let mut buf = vec![0u8; plaintext.len() + 16];
         let n = self.noise.write_message(plaintext, &mut buf).unwrap();
         self.stream
@@ -76,12 +98,12 @@ impl RawPeer {
         self.stream.write_all(&buf[..n]).await.unwrap();
     }
 
-    async fn send_envelope(&mut self, env: &Envelope) {
+    pub(crate) async fn send_envelope(&mut self, env: &Envelope) {
         self.send_plain(&frame::encode_envelope(env).unwrap()).await;
     }
 
     /// Reads one transport message and decodes the frame inside it.
-    async fn recv_envelope(&mut self) -> Envelope {
+    pub(crate) async fn recv_envelope(&mut self) -> Envelope {
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len).await.unwrap();
         let mut ct = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -96,7 +118,7 @@ impl RawPeer {
     }
 
     /// Sends a valid hello and returns the node's ack.
-    async fn honest_hello(&mut self, me: &Identity) -> Envelope {
+    pub(crate) async fn honest_hello(&mut self, me: &Identity) -> Envelope {
         self.send_envelope(&build_hello(me, MsgType::Hello, &LocalHello::default()))
             .await;
         self.recv_envelope().await
