@@ -32,8 +32,9 @@ use micelio_gossip::{Delivered, Gossip, GossipConfig};
 use micelio_identity::Identity;
 use micelio_partyline::{Partyline, PartylineConfig};
 use micelio_ssh::{SshConfig, SshServer};
-use micelio_transport::discovery::PeerStore;
-use micelio_transport::{PeerManager, TcpTransport, TransportConfig};
+use micelio_transport::{
+    PeerManager, PeerStore as _, SledPeerStore, TcpTransport, TransportConfig,
+};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -47,7 +48,7 @@ use crate::config::Config;
 const MICELIO_DIR: &str = "micelio";
 /// The sled database of known peers, inside [`MICELIO_DIR`].
 const PEERS_DB: &str = "peers";
-/// The sled tree of known peers.
+/// The sled tree of known peers in a legacy database.
 const PEERS_TREE: &str = "peers";
 /// Where micelio kept its sled database before, inside the data dir; the
 /// reference keeps a bbolt file of the same name.
@@ -135,35 +136,19 @@ async fn ensure_authorized_keys(path: &std::path::Path) -> anyhow::Result<()> {
     .context("creating authorized_keys")?
 }
 
-/// The node's storage, flushed last.
-struct Storage {
-    db: sled::Db,
-}
-
-impl Storage {
-    /// Flushes every write to disk.
-    async fn flush(&self) -> anyhow::Result<()> {
-        self.db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .context("flushing storage")
-    }
-}
-
 /// Opens the known-peers store of `data_dir`
 /// (`<data_dir>/micelio/peers`), migrating an old one first. The one place
-/// that knows where and how peers are stored.
-async fn open_peer_store(data_dir: &Path) -> anyhow::Result<(PeerStore, Storage)> {
+/// that knows where peers are stored; the peer manager owns the store from
+/// then on and flushes it when it shuts down.
+async fn open_peer_store(data_dir: &Path) -> anyhow::Result<SledPeerStore> {
     let data_dir = data_dir.to_owned();
-    let (tree, db) = tokio::task::spawn_blocking(move || open_peer_tree(&data_dir))
+    tokio::task::spawn_blocking(move || open_peer_store_blocking(&data_dir))
         .await
-        .context("opening storage")??;
-    Ok((PeerStore::new(tree), Storage { db }))
+        .context("opening storage")?
 }
 
 /// Blocking part of [`open_peer_store`].
-fn open_peer_tree(data_dir: &Path) -> anyhow::Result<(sled::Tree, sled::Db)> {
+fn open_peer_store_blocking(data_dir: &Path) -> anyhow::Result<SledPeerStore> {
     use std::os::unix::fs::DirBuilderExt as _;
     let dir = data_dir.join(MICELIO_DIR);
     std::fs::DirBuilder::new()
@@ -172,13 +157,9 @@ fn open_peer_tree(data_dir: &Path) -> anyhow::Result<(sled::Tree, sled::Db)> {
         .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(PEERS_DB);
-    let db =
-        sled::open(&path).with_context(|| format!("cannot open storage {}", path.display()))?;
-    let tree = db
-        .open_tree(PEERS_TREE)
-        .with_context(|| format!("cannot open the peers tree in {}", path.display()))?;
-    migrate_legacy_peers(data_dir, &tree);
-    Ok((tree, db))
+    let mut store = SledPeerStore::open(&path).context("cannot open storage")?;
+    migrate_legacy_peers(data_dir, &mut store);
+    Ok(store)
 }
 
 /// Before this layout micelio kept a sled directory at `<data_dir>/data.db`,
@@ -188,31 +169,41 @@ fn open_peer_tree(data_dir: &Path) -> anyhow::Result<(sled::Tree, sled::Db)> {
 /// reference can use the data dir again. A file at that path is the
 /// reference's and is never opened. A failed migration is logged and the
 /// node starts without those peers; the old directory is then left as is.
-fn migrate_legacy_peers(data_dir: &Path, tree: &sled::Tree) {
+fn migrate_legacy_peers(data_dir: &Path, store: &mut SledPeerStore) {
     let old = data_dir.join(LEGACY_DB);
     if !std::fs::symlink_metadata(&old).is_ok_and(|m| m.is_dir()) {
         return;
     }
-    let copied = (|| -> Result<(usize, usize), sled::Error> {
+    let copied = (|| -> anyhow::Result<(usize, usize)> {
+        use micelio_wire::WireMessage as _;
+        let known: std::collections::HashSet<String> =
+            store.load()?.peers.into_iter().map(|p| p.node_id).collect();
         let old_db = sled::open(&old)?;
         let old_tree = old_db.open_tree(PEERS_TREE)?;
         let (mut copied, mut kept) = (0, 0);
         for record in old_tree.iter() {
             let (key, value) = record?;
-            if tree.get(&key)?.is_some() {
+            let Ok(info) = micelio_wire::proto::PeerInfo::decode_wire(&value[..]) else {
+                continue;
+            };
+            let Ok(node_id) = String::from_utf8_lossy(&key).parse::<micelio_identity::NodeId>()
+            else {
+                continue;
+            };
+            if known.contains(&info.node_id) {
                 kept += 1;
             } else {
-                tree.insert(key, value)?;
+                store.save(&node_id, &info)?;
                 copied += 1;
             }
         }
-        tree.flush()?;
+        store.flush()?;
         Ok((copied, kept))
     })();
     let (copied, kept) = match copied {
         Ok(counts) => counts,
         Err(e) => {
-            warn!(path = %old.display(), "cannot migrate the known peers of an old micelio database: {e}; left in place");
+            warn!(path = %old.display(), "cannot migrate the known peers of an old micelio database: {e:#}; left in place");
             return;
         }
     };
@@ -300,7 +291,6 @@ struct Node {
     party: Option<Partyline>,
     gossip: Option<Gossip>,
     peers: Option<PeerManager>,
-    storage: Option<Storage>,
     /// One task per watched component, named.
     watches: JoinSet<(&'static str, Ended)>,
     names: Vec<(tokio::task::Id, &'static str)>,
@@ -326,15 +316,18 @@ impl Node {
         identity: &Arc<Identity>,
         fault: Option<Fault>,
     ) -> anyhow::Result<()> {
-        let (store, storage) = open_peer_store(&config.node.data_dir).await?;
-        self.storage = Some(storage);
+        let store = open_peer_store(&config.node.data_dir).await?;
 
         let tcfg = transport_config(config);
         let transport = TcpTransport::new(identity.clone(), tcfg.dial_timeout, tcfg.hello_timeout);
-        let (peers, events) =
-            PeerManager::spawn(identity.clone(), Arc::new(transport), tcfg, Some(store))
-                .await
-                .context("cannot start the peer transport")?;
+        let (peers, events) = PeerManager::spawn(
+            identity.clone(),
+            Arc::new(transport),
+            tcfg,
+            Some(Box::new(store)),
+        )
+        .await
+        .context("cannot start the peer transport")?;
         let peers = self.peers.insert(peers).clone();
         let listening = match (peers.local_addr(), peers.advertise_addr()) {
             (Some(addr), Some(adv)) if adv != addr => format!("{addr} (advertised as {adv})"),
@@ -463,17 +456,19 @@ impl Node {
             gossip.shutdown().await;
             info!(step = 3, "stopped gossip");
         }
-        if let Some(peers) = &self.peers {
-            peers.shutdown().await;
-            info!(step = 4, "closed the peer connections");
-        }
-        let flushed = match &self.storage {
-            Some(storage) => storage.flush().await,
+        // Steps 4 and 5: the peer manager closes its connections, then its
+        // storage task writes what is pending and flushes.
+        let flushed = match &self.peers {
+            Some(peers) => {
+                let flushed = peers.shutdown_and_flush().await.context("flushing storage");
+                info!(step = 4, "closed the peer connections");
+                if flushed.is_ok() {
+                    info!(step = 5, "flushed storage");
+                }
+                flushed
+            }
             None => Ok(()),
         };
-        if self.storage.is_some() && flushed.is_ok() {
-            info!(step = 5, "flushed storage");
-        }
         while self.watches.join_next().await.is_some() {}
         flushed
     }
@@ -726,11 +721,11 @@ mod tests {
                 .unwrap();
             old.flush().unwrap();
         }
-        let (store, _storage) = open_peer_store(dir.path()).await.unwrap();
-        let (infos, bad) = store.load();
-        assert_eq!(bad, 0);
-        assert_eq!(infos.len(), 1);
-        assert_eq!(infos[0].addr, "10.0.0.9:4000");
+        let mut store = open_peer_store(dir.path()).await.unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.undecodable, 0);
+        assert_eq!(loaded.peers.len(), 1);
+        assert_eq!(loaded.peers[0].addr, "10.0.0.9:4000");
         assert!(
             !dir.path().join(LEGACY_DB).exists(),
             "data.db is free again"
@@ -743,8 +738,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(LEGACY_DB);
         std::fs::write(&file, b"not ours").unwrap();
-        let (store, _storage) = open_peer_store(dir.path()).await.unwrap();
-        assert_eq!(store.load().0.len(), 0);
+        let mut store = open_peer_store(dir.path()).await.unwrap();
+        assert!(store.load().unwrap().peers.is_empty());
         assert_eq!(std::fs::read(&file).unwrap(), b"not ours");
         assert!(dir.path().join(MICELIO_DIR).join(PEERS_DB).is_dir());
     }

@@ -5,6 +5,17 @@ use std::time::Duration;
 
 use micelio_wire::limits;
 
+/// Default of [`TransportConfig::max_pending_handshakes`].
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 64;
+/// Default of [`TransportConfig::max_pending_per_host`].
+pub const DEFAULT_MAX_PENDING_PER_HOST: usize = 8;
+/// Default of [`TransportConfig::preauth_timeout`]: the protocol's hello
+/// deadline, now covering the Noise handshake too.
+pub const DEFAULT_PREAUTH_TIMEOUT: Duration = limits::HELLO_TIMEOUT;
+
+/// Default of [`TransportConfig::duplicate_grace`].
+pub const DEFAULT_DUPLICATE_GRACE: Duration = Duration::from_secs(5);
+
 /// Configuration of a [`crate::PeerManager`].
 ///
 /// Libraries never read files or the environment: the binary validates its
@@ -25,8 +36,19 @@ pub struct TransportConfig {
     /// [`limits::FEATURE_EXTENSIONS_V1`]. An empty list makes this node look
     /// like a reference node to its peers (used by tests of mixed meshes).
     pub features: Vec<String>,
-    /// Peer cap, inbound and outbound together.
+    /// Peer cap, inbound and outbound together; counts authenticated peers
+    /// only (connections still in the handshake have their own budget).
     pub max_peers: usize,
+    /// Inbound connections still in the Noise handshake or hello, overall.
+    /// Over it, the oldest silent one is closed to admit a newcomer (see
+    /// the crate's admission rules); if none can be closed, the newcomer is.
+    pub max_pending_handshakes: usize,
+    /// Inbound connections still in the Noise handshake or hello from one
+    /// source host, with the same eviction rule.
+    pub max_pending_per_host: usize,
+    /// Deadline of the whole pre-auth phase of an inbound connection, from
+    /// accept to a verified hello (Noise handshake and hello together).
+    pub preauth_timeout: Duration,
     /// TCP connect deadline.
     pub dial_timeout: Duration,
     /// Deadline of the Noise handshake, and separately of the hello exchange.
@@ -37,6 +59,10 @@ pub struct TransportConfig {
     pub idle_timeout: Duration,
     /// Deadline of each write.
     pub write_timeout: Duration,
+    /// How long two connections to a peer without micelio extensions are
+    /// both kept, waiting for the peer to close one, before the micelio
+    /// rule closes one.
+    pub duplicate_grace: Duration,
     /// Frames queued per peer before further ones are dropped.
     pub send_queue: usize,
     /// Peer-exchange period.
@@ -58,12 +84,16 @@ impl Default for TransportConfig {
             tags: Vec::new(),
             features: vec![limits::FEATURE_EXTENSIONS_V1.to_owned()],
             max_peers: limits::DEFAULT_MAX_PEERS,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
+            max_pending_per_host: DEFAULT_MAX_PENDING_PER_HOST,
+            preauth_timeout: DEFAULT_PREAUTH_TIMEOUT,
             dial_timeout: limits::DEFAULT_DIAL_TIMEOUT,
             hello_timeout: limits::HELLO_TIMEOUT,
             keepalive_interval: limits::DEFAULT_KEEPALIVE_INTERVAL,
             idle_timeout: limits::DEFAULT_IDLE_TIMEOUT,
             write_timeout: limits::DEFAULT_WRITE_TIMEOUT,
             send_queue: 256,
+            duplicate_grace: DEFAULT_DUPLICATE_GRACE,
             exchange_interval: limits::DEFAULT_EXCHANGE_INTERVAL,
             discovery_interval: limits::DEFAULT_DISCOVERY_INTERVAL,
             discovery_jitter: limits::DISCOVERY_MAX_JITTER,
@@ -88,6 +118,8 @@ impl TransportConfig {
             listen: Some("127.0.0.1:0".into()),
             dial_timeout: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(2),
+            preauth_timeout: Duration::from_secs(3),
+            duplicate_grace: Duration::from_millis(500),
             keepalive_interval: Duration::from_millis(200),
             idle_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(2),

@@ -13,7 +13,8 @@
 //! - [`PeerManager`]: the actor that listens, dials (bootstrap with backoff,
 //!   discovery with jitter), keeps at most one connection per peer and at
 //!   most `max_peers`, runs keepalives and idle timeouts, exchanges signed
-//!   peer lists and persists known peers in sled.
+//!   peer lists and persists known peers through a [`PeerStore`] (in
+//!   memory or sled) owned by a storage task, off the runtime threads.
 //!
 //! The crate knows nothing of gossip, state or SSH: it delivers every
 //! non-connection message to its consumer as a [`PeerEvent`].
@@ -38,6 +39,7 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod admission;
 mod config;
 pub mod discovery;
 mod error;
@@ -47,11 +49,16 @@ mod manager;
 pub mod memory;
 pub mod noise;
 mod stats;
+pub mod store;
 mod tcp;
 
-pub use config::{TransportConfig, is_dialable_addr};
+pub use config::{
+    DEFAULT_DUPLICATE_GRACE, DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_MAX_PENDING_PER_HOST,
+    DEFAULT_PREAUTH_TIMEOUT, TransportConfig, is_dialable_addr,
+};
 pub use error::{DialError, HelloError, LinkError, SendError, TransportError};
 pub use link::{BoxFuture, Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport};
 pub use manager::{PeerEvent, PeerManager, PeerSummary};
 pub use stats::TransportStats;
+pub use store::{LoadedPeers, MemoryPeerStore, PeerStore, SledPeerStore, StoreError};
 pub use tcp::TcpTransport;

@@ -90,6 +90,12 @@ impl fmt::Debug for Link {
 pub trait Incoming: Send {
     /// The peer's socket address.
     fn remote_addr(&self) -> String;
+    /// Waits until the peer has sent its first bytes (or closed), without
+    /// consuming them: the manager tells silent connections from ones that
+    /// make progress. Cancel safe. By default it returns at once.
+    fn first_bytes(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
     /// Runs the responder side of the handshake.
     fn upgrade(self: Box<Self>) -> BoxFuture<'static, Result<Link, TransportError>>;
 }

@@ -33,17 +33,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
+use crate::admission::{Admission, LogGate, host_of};
 use crate::config::{TransportConfig, is_dialable_addr};
-use crate::discovery::{KnownPeer, KnownPeers, PeerStore, jitter};
+use crate::discovery::{KnownPeer, KnownPeers, jitter};
 use crate::error::{DialError, LinkError, SendError, TransportError};
 use crate::hello::{self, LocalHello, PeerHelloInfo};
-use crate::link::{Direction, FrameSink, FrameSource, Link, Listener, Transport};
+use crate::link::{Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport};
 use crate::stats::{Counters, TransportStats};
+use crate::store::{self, PeerStore, StoreError, StoreHandle};
 
 /// Capacity of the event stream handed to the consumer.
 const EVENT_QUEUE: usize = 4096;
 /// Grace period for tasks to stop on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// At most one admission log line per this period.
+const ADMISSION_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Pause after a failing `accept` (for example out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -86,19 +90,48 @@ pub enum PeerEvent {
     },
 }
 
-struct Slot {
-    conn_id: u64,
+/// One open connection of a peer: its send queue and its cancel token.
+struct Conn {
+    id: u64,
     tx: mpsc::Sender<Bytes>,
-    summary: PeerSummary,
     cancel: CancellationToken,
+}
+
+/// A second connection to a peer that does not speak micelio's extensions,
+/// kept open until the peer closes one of the two (see [`claim`]).
+struct Standby {
+    conn: Conn,
+    direction: Direction,
+    remote_addr: String,
+}
+
+struct Slot {
+    /// The connection we send on.
+    conn: Conn,
+    /// A duplicate the peer has not closed yet (reference peers only).
+    standby: Option<Standby>,
+    summary: PeerSummary,
+    /// Cancelled when the peer is gone (not when one of its connections is
+    /// replaced or promoted).
+    gone: CancellationToken,
     drop_logged: bool,
 }
 
-#[derive(Default)]
+impl Slot {
+    /// Closes every connection of the peer.
+    fn close_all(&self) {
+        self.conn.cancel.cancel();
+        if let Some(sb) = &self.standby {
+            sb.conn.cancel.cancel();
+        }
+    }
+}
+
 struct Registry {
     peers: HashMap<NodeId, Slot>,
     dialing: HashSet<NodeId>,
-    pending_inbound: usize,
+    /// Inbound connections not authenticated yet.
+    admission: Admission,
 }
 
 struct Shared {
@@ -106,8 +139,12 @@ struct Shared {
     config: TransportConfig,
     transport: Arc<dyn Transport>,
     registry: Mutex<Registry>,
+    /// Admission refusals and evictions are logged at most once per period.
+    admission_log: Mutex<LogGate>,
+    /// Dropped peer-exchange entries are logged at most once per period.
+    exchange_log: Mutex<LogGate>,
     known: Mutex<KnownPeers>,
-    store: Option<PeerStore>,
+    store: Option<StoreHandle>,
     counters: Counters,
     events: mpsc::Sender<PeerEvent>,
     cancel: CancellationToken,
@@ -162,7 +199,7 @@ impl PeerManager {
         identity: Arc<Identity>,
         transport: Arc<dyn Transport>,
         config: TransportConfig,
-        store: Option<PeerStore>,
+        store: Option<Box<dyn PeerStore>>,
     ) -> Result<(Self, mpsc::Receiver<PeerEvent>), TransportError> {
         let listener = match &config.listen {
             Some(addr) => Some(transport.listen(addr).await?),
@@ -175,16 +212,10 @@ impl PeerManager {
             .or_else(|| local_addr.clone())
             .filter(|a| is_dialable_addr(a));
         let mut known = KnownPeers::new(*identity.node_id());
-        if let Some(store) = &store {
-            let (infos, bad) = store.load();
-            let loaded = infos.iter().filter(|i| known.load(i)).count();
-            if bad > 0 {
-                warn!(bad, "skipped undecodable known-peer records");
-            }
-            if loaded > 0 {
-                info!(loaded, "loaded known peers");
-            }
-        }
+        let store = match store {
+            Some(store) => load_known(store, &mut known).await,
+            None => None,
+        };
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let seed = u64::from_le_bytes(
             identity.node_id().as_bytes()[..8]
@@ -200,7 +231,16 @@ impl PeerManager {
             bootstrap_addrs: config.bootstrap.iter().cloned().collect(),
             identity,
             transport,
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(Registry {
+                peers: HashMap::new(),
+                dialing: HashSet::new(),
+                admission: Admission::new(
+                    config.max_pending_per_host,
+                    config.max_pending_handshakes,
+                ),
+            }),
+            admission_log: Mutex::new(LogGate::new(ADMISSION_LOG_EVERY)),
+            exchange_log: Mutex::new(LogGate::new(ADMISSION_LOG_EVERY)),
             known: Mutex::new(known),
             store,
             counters: Counters::default(),
@@ -306,9 +346,26 @@ impl PeerManager {
         lock(&self.shared.registry).peers.keys().copied().collect()
     }
 
+    /// How many connections are open to authenticated peers: one per peer,
+    /// plus a duplicate briefly kept for a peer without micelio extensions
+    /// until the peer closes one of the two.
+    pub fn connection_count(&self) -> usize {
+        lock(&self.shared.registry)
+            .peers
+            .values()
+            .map(|s| 1 + usize::from(s.standby.is_some()))
+            .sum()
+    }
+
     /// How many peers are connected.
     pub fn peer_count(&self) -> usize {
         lock(&self.shared.registry).peers.len()
+    }
+
+    /// How many inbound connections are still in the Noise handshake or
+    /// hello (bounded by `max_pending_handshakes`).
+    pub fn pending_handshakes(&self) -> usize {
+        lock(&self.shared.registry).admission.len()
     }
 
     /// Whether `id` is connected.
@@ -321,11 +378,17 @@ impl PeerManager {
         lock(&self.shared.known).all()
     }
 
+    /// How many peers the known-peers table holds (at most
+    /// [`crate::discovery::MAX_KNOWN_PEERS`]).
+    pub fn known_peer_count(&self) -> usize {
+        lock(&self.shared.known).len()
+    }
+
     /// Closes the connection to `id`, if any. Returns whether there was one.
     pub fn disconnect(&self, id: &NodeId) -> bool {
         match lock(&self.shared.registry).peers.get(id) {
             Some(slot) => {
-                slot.cancel.cancel();
+                slot.close_all();
                 true
             }
             None => false,
@@ -334,12 +397,32 @@ impl PeerManager {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> TransportStats {
-        self.shared.counters.snapshot()
+        let mut stats = self.shared.counters.snapshot();
+        if let Some(store) = &self.shared.store {
+            let c = store.counters();
+            stats.store_writes = c.writes.load(Ordering::Relaxed);
+            stats.store_errors = c.errors.load(Ordering::Relaxed);
+            stats.store_dropped = c.dropped.load(Ordering::Relaxed);
+        }
+        stats
     }
 
     /// Stops accepting and dialing, closes every connection, waits for the
     /// tasks (at most a few seconds) and flushes the peer store. Idempotent.
     pub async fn shutdown(&self) {
+        if let Err(e) = self.shutdown_and_flush().await {
+            warn!("flushing known peers: {e}");
+        }
+    }
+
+    /// Like [`PeerManager::shutdown`], and reports whether the peer store
+    /// wrote and flushed everything (waiting at most
+    /// [`store::STORE_CLOSE_GRACE`] for it). Idempotent: once the store is
+    /// closed, later calls return `Ok(())`.
+    ///
+    /// # Errors
+    /// The [`StoreError`] of the final flush.
+    pub async fn shutdown_and_flush(&self) -> Result<(), StoreError> {
         self.shared.cancel.cancel();
         self.shared.tracker.close();
         if timeout(SHUTDOWN_GRACE, self.shared.tracker.wait())
@@ -348,8 +431,45 @@ impl PeerManager {
         {
             warn!("transport tasks did not stop within {SHUTDOWN_GRACE:?}");
         }
-        if let Some(Err(e)) = self.shared.store.as_ref().map(PeerStore::flush) {
-            warn!("flushing known peers: {e}");
+        self.close_store().await
+    }
+
+    async fn close_store(&self) -> Result<(), StoreError> {
+        match &self.shared.store {
+            Some(store) => store.close().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Loads the known peers from `store` in `spawn_blocking` and starts the
+/// storage task that owns it from then on. A store that cannot be read is
+/// logged and used all the same (for writes); one whose call panicked is
+/// lost, and the node runs without persistence.
+async fn load_known(store: Box<dyn PeerStore>, known: &mut KnownPeers) -> Option<StoreHandle> {
+    match store::blocking(store, |s| s.load()).await {
+        Ok((store, loaded)) => {
+            match loaded {
+                Ok(loaded) => {
+                    let now = now_unix();
+                    let n = loaded.peers.iter().filter(|i| known.load(i, now)).count();
+                    if loaded.undecodable > 0 {
+                        warn!(
+                            bad = loaded.undecodable,
+                            "skipped undecodable known-peer records"
+                        );
+                    }
+                    if n > 0 {
+                        info!(loaded = n, "loaded known peers");
+                    }
+                }
+                Err(e) => warn!("cannot load known peers: {e}"),
+            }
+            Some(StoreHandle::spawn(store))
+        }
+        Err(e) => {
+            warn!("loading known peers failed ({e}); known peers will not be persisted");
+            None
         }
     }
 }
@@ -357,7 +477,7 @@ impl PeerManager {
 fn send_frame(shared: &Shared, to: &NodeId, frame: Bytes) -> Result<(), SendError> {
     let mut reg = lock(&shared.registry);
     let slot = reg.peers.get_mut(to).ok_or(SendError::NotConnected)?;
-    match slot.tx.try_send(frame) {
+    match slot.conn.tx.try_send(frame) {
         Ok(()) => Ok(()),
         Err(mpsc::error::TrySendError::Full(_)) => {
             shared
@@ -392,43 +512,107 @@ async fn accept_loop(shared: Arc<Shared>, mut listener: Box<dyn Listener>) {
                 }
             }
         };
-        let remote = incoming.remote_addr();
-        {
-            let mut reg = lock(&shared.registry);
-            if reg.peers.len() + reg.pending_inbound >= shared.config.max_peers {
-                drop(reg);
-                shared
-                    .counters
-                    .refused_max_peers
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(remote = %remote, "refused inbound connection: max_peers reached");
-                continue;
-            }
-            reg.pending_inbound += 1;
+        admit(&shared, incoming);
+        // Let the connections just admitted read their first bytes before
+        // the next accept can evict them (on a busy current-thread runtime
+        // the accept loop would otherwise run many accepts in a row).
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Applies `max_peers` and the pre-auth budget to an accepted connection,
+/// then runs its handshake and hello in a task of its own.
+fn admit(shared: &Arc<Shared>, incoming: Box<dyn Incoming>) {
+    let remote = incoming.remote_addr();
+    let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let evict = shared.cancel.child_token();
+    let now = Instant::now();
+    let decision = {
+        let mut reg = lock(&shared.registry);
+        if reg.peers.len() >= shared.config.max_peers {
+            Err(None)
+        } else {
+            let host = host_of(&remote);
+            reg.admission
+                .admit(conn_id, host, now, evict.clone())
+                .map_err(Some)
         }
-        let s = shared.clone();
-        shared.tracker.spawn(
-            async move {
-                let upgraded = tokio::select! {
-                    _ = s.cancel.cancelled() => None,
-                    r = incoming.upgrade() => Some(r),
-                };
-                match upgraded {
-                    Some(Ok(link)) => {
-                        let _ = establish(&s, link).await;
-                    }
-                    Some(Err(e)) => {
-                        s.counters
-                            .handshake_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        info!(remote = %remote, "rejected inbound connection: {e}");
-                    }
-                    None => {}
-                }
-                lock(&s.registry).pending_inbound -= 1;
+    };
+    let refused = match decision {
+        Ok(None) => None,
+        Ok(Some(budget)) => {
+            shared
+                .counters
+                .preauth_evicted
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(held) = lock(&shared.admission_log).allow(now) {
+                info!(remote = %remote, held_back = held, "closed an unauthenticated connection to admit a newer one: {}", budget.label());
             }
-            .in_current_span(),
-        );
+            None
+        }
+        Err(None) => {
+            shared
+                .counters
+                .refused_max_peers
+                .fetch_add(1, Ordering::Relaxed);
+            Some("max_peers reached")
+        }
+        Err(Some(budget)) => {
+            shared
+                .counters
+                .preauth_refused
+                .fetch_add(1, Ordering::Relaxed);
+            Some(budget.label())
+        }
+    };
+    if let Some(why) = refused {
+        if let Some(held) = lock(&shared.admission_log).allow(now) {
+            info!(remote = %remote, held_back = held, "refused inbound connection: {why}");
+        }
+        return;
+    }
+    let s = shared.clone();
+    shared
+        .tracker
+        .spawn(preauth(s, conn_id, remote, incoming, evict).in_current_span());
+}
+
+/// The pre-auth phase of an inbound connection: first bytes, Noise
+/// handshake and hello under one deadline, ended early by eviction or
+/// shutdown; then registration.
+async fn preauth(
+    s: Arc<Shared>,
+    conn_id: u64,
+    remote: String,
+    mut incoming: Box<dyn Incoming>,
+    evict: CancellationToken,
+) {
+    let deadline = s.config.preauth_timeout;
+    let work = async {
+        incoming.first_bytes().await;
+        lock(&s.registry).admission.progressed(conn_id);
+        let link = incoming.upgrade().await.inspect_err(|_| {
+            s.counters
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+        })?;
+        authenticate(&s, link).await
+    };
+    let outcome = tokio::select! {
+        _ = evict.cancelled() => None,
+        r = timeout(deadline, work) => Some(r),
+    };
+    lock(&s.registry).admission.release(conn_id);
+    match outcome {
+        Some(Ok(Ok((link, info)))) => {
+            let _ = register(&s, link, info).await;
+        }
+        Some(Ok(Err(e))) => debug!(remote = %remote, "rejected inbound connection: {e}"),
+        Some(Err(_)) => {
+            s.counters.preauth_timeouts.fetch_add(1, Ordering::Relaxed);
+            debug!(remote = %remote, "closed inbound connection: not authenticated within {deadline:?}");
+        }
+        None => debug!(remote = %remote, "closed unauthenticated inbound connection"),
     }
 }
 
@@ -460,7 +644,16 @@ async fn dial(shared: &Arc<Shared>, addr: &str) -> Result<NodeId, DialError> {
 }
 
 /// Runs the hello on a fresh link and registers the peer.
-async fn establish(shared: &Arc<Shared>, mut link: Link) -> Result<NodeId, DialError> {
+async fn establish(shared: &Arc<Shared>, link: Link) -> Result<NodeId, DialError> {
+    let (link, info) = authenticate(shared, link).await?;
+    register(shared, link, info).await
+}
+
+/// Runs the hello on a fresh link and applies the identity checks.
+async fn authenticate(
+    shared: &Arc<Shared>,
+    mut link: Link,
+) -> Result<(Link, PeerHelloInfo), DialError> {
     let info = tokio::select! {
         _ = shared.cancel.cancelled() => return Err(DialError::ShuttingDown),
         r = hello::exchange(&mut link, &shared.identity, &shared.local_hello, shared.config.hello_timeout) => r,
@@ -484,7 +677,7 @@ async fn establish(shared: &Arc<Shared>, mut link: Link) -> Result<NodeId, DialE
         info!(remote = %link.remote_addr, "rejected connection: it is ourselves");
         return Err(DialError::SelfConnection);
     }
-    register(shared, link, info).await
+    Ok((link, info))
 }
 
 /// Which connection to keep when two link the same pair of nodes: the one
@@ -504,7 +697,6 @@ async fn register(
     info: PeerHelloInfo,
 ) -> Result<NodeId, DialError> {
     let node_id = info.node_id;
-    let me = *shared.identity.node_id();
     let Link {
         remote_addr,
         direction,
@@ -522,66 +714,73 @@ async fn register(
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let cancel = shared.cancel.child_token();
     let (tx, rx) = mpsc::channel(shared.config.send_queue.max(1));
-    let replaced = {
-        let mut reg = lock(&shared.registry);
-        let replaced = match reg.peers.get(&node_id) {
-            Some(old) if keep_new(&me, &node_id, old.summary.direction, direction) => {
-                old.cancel.cancel();
-                true
-            }
-            Some(_) => {
-                drop(reg);
-                shared
-                    .counters
-                    .duplicates_closed
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "closed duplicate connection");
-                return Err(DialError::Duplicate(node_id));
-            }
-            None if reg.peers.len() >= shared.config.max_peers => {
-                drop(reg);
-                shared
-                    .counters
-                    .closed_max_peers
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(peer = %node_id.short(12), direction = %direction, "rejected connection: max_peers reached");
-                return Err(DialError::TooManyPeers);
-            }
-            None => false,
-        };
-        reg.peers.insert(
-            node_id,
-            Slot {
-                conn_id,
-                tx,
-                summary: summary.clone(),
-                cancel: cancel.clone(),
-                drop_logged: false,
-            },
-        );
-        replaced
+    let conn = Conn {
+        id: conn_id,
+        tx,
+        cancel: cancel.clone(),
     };
+    let claimed = claim(shared, conn, &summary);
     let counter = match direction {
         Direction::Inbound => &shared.counters.connections_inbound,
         Direction::Outbound => &shared.counters.connections_outbound,
     };
-    counter.fetch_add(1, Ordering::Relaxed);
-    if replaced {
-        shared
-            .counters
-            .duplicates_closed
-            .fetch_add(1, Ordering::Relaxed);
-        info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "replaced duplicate connection");
-    } else {
-        info!(peer = %node_id, direction = %direction, remote = %remote_addr, "peer connected");
-        let _ = shared.events.send(PeerEvent::Up(Box::new(summary))).await;
+    match claimed {
+        Err(e) => {
+            let c = &shared.counters;
+            match e {
+                DialError::TooManyPeers => {
+                    c.closed_max_peers.fetch_add(1, Ordering::Relaxed);
+                    info!(peer = %node_id.short(12), direction = %direction, "rejected connection: max_peers reached");
+                }
+                _ => {
+                    c.duplicates_closed.fetch_add(1, Ordering::Relaxed);
+                    info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "closed duplicate connection");
+                }
+            }
+            return Err(e);
+        }
+        Ok(Claim::New) => {
+            counter.fetch_add(1, Ordering::Relaxed);
+            info!(peer = %node_id, direction = %direction, remote = %remote_addr, "peer connected");
+            let _ = shared.events.send(PeerEvent::Up(Box::new(summary))).await;
+        }
+        Ok(Claim::Replaced) => {
+            counter.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .duplicates_closed
+                .fetch_add(1, Ordering::Relaxed);
+            info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "replaced duplicate connection");
+        }
+        Ok(Claim::Standby) => {
+            counter.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .duplicates_kept
+                .fetch_add(1, Ordering::Relaxed);
+            info!(peer = %node_id.short(12), direction = %direction, remote = %remote_addr, "duplicate connection to a peer without micelio extensions: keeping both until the peer closes one");
+            let s = shared.clone();
+            let grace = shared.config.duplicate_grace;
+            shared.tracker.spawn(
+                async move {
+                    tokio::select! {
+                        _ = s.cancel.cancelled() => {}
+                        _ = sleep(grace) => settle_duplicate(&s, &node_id, conn_id),
+                    }
+                }
+                .in_current_span(),
+            );
+        }
     }
 
-    let persist = lock(&shared.known).on_connected(&info, now_unix());
-    if let (Some(rec), Some(store)) = (persist, &shared.store) {
-        // sled writes go to its page cache; flushing happens in its own thread.
-        if let Err(e) = store.save(&rec) {
-            warn!("saving known peer: {e}");
+    let (persist, evicted) = lock(&shared.known).on_connected(&info, now_unix());
+    if let Some(store) = &shared.store {
+        // Queued for the storage task: never waits on the disk.
+        if let Some(rec) = persist {
+            store.save(rec.node_id, rec.to_info());
+        }
+        if let Some(old) = evicted.filter(|e| e.confirmed) {
+            store.remove(old.node_id);
         }
     }
 
@@ -607,6 +806,142 @@ async fn register(
     shared.tracker.spawn(reader.instrument(span));
     send_exchange(shared, &node_id);
     Ok(node_id)
+}
+
+/// How a freshly authenticated connection entered the peer table.
+enum Claim {
+    /// First connection to that peer.
+    New,
+    /// It replaced the existing connection (micelio rule).
+    Replaced,
+    /// Kept beside the existing one until the peer closes one (reference
+    /// rule).
+    Standby,
+}
+
+/// Enters a connection in the peer table, applying the duplicate rules:
+///
+/// - between micelio nodes (both hellos announce the extensions), keep the
+///   connection dialled by the smaller NodeId ([`keep_new`]): both ends
+///   decide alike;
+/// - with a peer that does not (a reference node keeps whichever it
+///   registered first and closes the later one, which may be the one we
+///   would keep), close neither: the new connection becomes a standby and
+///   whichever of the two the peer leaves open survives, so exactly one
+///   remains and nobody redials. If the peer closes neither within
+///   `duplicate_grace`, the micelio rule decides ([`settle_duplicate`]).
+///
+/// # Errors
+/// `Duplicate` for a connection closed as a duplicate, `TooManyPeers` over
+/// `max_peers`.
+fn claim(shared: &Shared, conn: Conn, summary: &PeerSummary) -> Result<Claim, DialError> {
+    let me = *shared.identity.node_id();
+    let node_id = summary.node_id;
+    let micelio_rule = summary.hello.speaks_extensions()
+        && shared
+            .config
+            .features
+            .iter()
+            .any(|f| f == micelio_wire::limits::FEATURE_EXTENSIONS_V1);
+    let mut reg = lock(&shared.registry);
+    let full = reg.peers.len() >= shared.config.max_peers;
+    let Some(old) = reg.peers.get_mut(&node_id) else {
+        if full {
+            return Err(DialError::TooManyPeers);
+        }
+        reg.peers.insert(
+            node_id,
+            Slot {
+                conn,
+                standby: None,
+                summary: summary.clone(),
+                gone: shared.cancel.child_token(),
+                drop_logged: false,
+            },
+        );
+        return Ok(Claim::New);
+    };
+    if !micelio_rule {
+        if old.standby.is_some() {
+            return Err(DialError::Duplicate(node_id));
+        }
+        old.standby = Some(Standby {
+            conn,
+            direction: summary.direction,
+            remote_addr: summary.remote_addr.clone(),
+        });
+        return Ok(Claim::Standby);
+    }
+    if !keep_new(&me, &node_id, old.summary.direction, summary.direction) {
+        return Err(DialError::Duplicate(node_id));
+    }
+    old.close_all();
+    old.conn = conn;
+    old.standby = None;
+    old.summary = summary.clone();
+    old.drop_logged = false;
+    Ok(Claim::Replaced)
+}
+
+/// `duplicate_grace` after a standby was kept: if the peer still left both
+/// connections open, close the one the micelio rule would close (both ends
+/// of a pair that both wait agree on it).
+fn settle_duplicate(shared: &Shared, node_id: &NodeId, standby_id: u64) {
+    let me = *shared.identity.node_id();
+    let reg = lock(&shared.registry);
+    let Some(slot) = reg.peers.get(node_id) else {
+        return;
+    };
+    let Some(sb) = slot.standby.as_ref().filter(|sb| sb.conn.id == standby_id) else {
+        return;
+    };
+    shared
+        .counters
+        .duplicates_closed
+        .fetch_add(1, Ordering::Relaxed);
+    if keep_new(&me, node_id, slot.summary.direction, sb.direction) {
+        info!(peer = %node_id.short(12), "peer left both connections open: closing the older one");
+        slot.conn.cancel.cancel();
+    } else {
+        info!(peer = %node_id.short(12), "peer left both connections open: closing the newer one");
+        sb.conn.cancel.cancel();
+    }
+}
+
+/// A connection of `node_id` ended: forget it. Returns true if the peer is
+/// gone (its last connection), false if it still has one (a standby was
+/// promoted, or the standby itself ended).
+fn release_conn(shared: &Shared, node_id: &NodeId, conn_id: u64) -> bool {
+    let mut reg = lock(&shared.registry);
+    let Some(slot) = reg.peers.get_mut(node_id) else {
+        return false;
+    };
+    if slot.conn.id == conn_id {
+        if let Some(sb) = slot.standby.take() {
+            info!(peer = %node_id.short(12), remote = %sb.remote_addr, "peer closed one of two connections: keeping the other");
+            shared
+                .counters
+                .standby_promoted
+                .fetch_add(1, Ordering::Relaxed);
+            slot.conn = sb.conn;
+            slot.summary.direction = sb.direction;
+            slot.summary.remote_addr = sb.remote_addr;
+            slot.drop_logged = false;
+            return false;
+        }
+        if let Some(slot) = reg.peers.remove(node_id) {
+            slot.gone.cancel();
+        }
+        return true;
+    }
+    if slot
+        .standby
+        .as_ref()
+        .is_some_and(|sb| sb.conn.id == conn_id)
+    {
+        slot.standby = None;
+    }
+    false
 }
 
 async fn writer_task(
@@ -729,14 +1064,7 @@ async fn reader_task(
         }
     };
     cancel.cancel();
-    let removed = {
-        let mut reg = lock(&shared.registry);
-        match reg.peers.get(&node_id) {
-            Some(slot) if slot.conn_id == conn_id => reg.peers.remove(&node_id).is_some(),
-            _ => false,
-        }
-    };
-    if removed {
+    if release_conn(&shared, &node_id, conn_id) {
         info!(peer = %node_id, "peer disconnected: {reason}");
         let _ = shared
             .events
@@ -762,22 +1090,32 @@ fn handle_exchange(shared: &Shared, from: &NodeId, key: &PublicKey, env: &Envelo
     let Ok(px) = PeerExchange::decode_wire(env.payload.clone()) else {
         return reject("payload does not decode");
     };
-    let (changed, dropped) = lock(&shared.known).merge(&px.peers);
-    if !dropped.is_empty() {
-        shared
-            .counters
-            .peer_entries_dropped
-            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
-        debug!(peer = %from.short(12), ?dropped, "dropped peer-exchange entries");
+    let outcome = lock(&shared.known).merge(from, &px.peers, now_unix());
+    let dropped = outcome.drops.total();
+    let c = &shared.counters;
+    c.peer_entries_dropped.fetch_add(dropped, Ordering::Relaxed);
+    c.peer_entries_quota
+        .fetch_add(outcome.drops.sender_quota, Ordering::Relaxed);
+    c.known_peers_evicted
+        .fetch_add(outcome.evicted.len() as u64, Ordering::Relaxed);
+    if dropped > 0 {
+        // One line per message, with the counts by reason.
+        let summary = outcome.drops.summary();
+        match lock(&shared.exchange_log).allow(Instant::now()) {
+            Some(held) => {
+                info!(peer = %from.short(12), dropped, held_back = held, "dropped peer-exchange entries: {summary}");
+            }
+            None => {
+                debug!(peer = %from.short(12), dropped, "dropped peer-exchange entries: {summary}")
+            }
+        }
     }
-    if !changed.is_empty() {
-        debug!(peer = %from.short(12), learned = changed.len(), "merged peer exchange");
+    if outcome.added + outcome.refreshed > 0 {
+        debug!(peer = %from.short(12), added = outcome.added, refreshed = outcome.refreshed, "merged peer exchange");
     }
     if let Some(store) = &shared.store {
-        for rec in &changed {
-            if let Err(e) = store.save(rec) {
-                warn!("saving known peer: {e}");
-            }
+        for old in outcome.evicted.iter().filter(|e| e.confirmed) {
+            store.remove(old.node_id);
         }
     }
 }
@@ -822,7 +1160,7 @@ async fn bootstrap_loop(shared: Arc<Shared>, addr: String) {
                 let token = lock(&shared.registry)
                     .peers
                     .get(&id)
-                    .map(|s| s.cancel.clone());
+                    .map(|s| s.gone.clone());
                 if let Some(token) = token {
                     tokio::select! {
                         _ = shared.cancel.cancelled() => return,
@@ -905,10 +1243,9 @@ fn discovery_round(shared: &Arc<Shared>) {
                             Ok(_) | Err(DialError::Duplicate(_)) | Err(DialError::ShuttingDown) => {}
                             Err(e) => {
                                 debug!(peer = %peer.node_id.short(12), addr = %peer.addr, "discovery dial failed: {e}");
-                                let rec = lock(&s.known).record_failure(&peer.node_id, Instant::now());
-                                if let (Some(rec), Some(store)) = (rec, &s.store) {
-                                    let _ = store.save(&rec);
-                                }
+                                // Failures are not persisted: only confirmed
+                                // entries are, and a restart retries them.
+                                let _ = lock(&s.known).record_failure(&peer.node_id, Instant::now());
                             }
                         }
                     }

@@ -35,6 +35,13 @@ counters! {
     connections_outbound,
     /// Inbound connections closed before the handshake because of `max_peers`.
     refused_max_peers,
+    /// Inbound connections refused at accept because the pre-auth budget
+    /// (per host or overall) was full of connections making progress.
+    preauth_refused,
+    /// Unauthenticated inbound connections closed to admit a newer one.
+    preauth_evicted,
+    /// Inbound connections not authenticated within `preauth_timeout`.
+    preauth_timeouts,
     /// Connections closed after the hello because `max_peers` was reached.
     closed_max_peers,
     /// Dials that failed (refused, timed out, handshake failed).
@@ -45,6 +52,11 @@ counters! {
     hello_failures,
     /// Connections closed as duplicates of an existing one.
     duplicates_closed,
+    /// Duplicate connections kept open for a peer without micelio
+    /// extensions, until the peer closes one of the two.
+    duplicates_kept,
+    /// Kept duplicates that took over when the peer closed the other one.
+    standby_promoted,
     /// Connections to ourselves, closed.
     self_connections,
     /// Connections closed for idleness.
@@ -63,8 +75,18 @@ counters! {
     late_hellos,
     /// Peer exchanges refused (wrong sender, bad signature, bad payload).
     peer_exchange_rejected,
-    /// Peer-exchange entries dropped by validation.
+    /// Peer-exchange entries dropped (validation, caps, quotas), all reasons.
     peer_entries_dropped,
+    /// Of those, new entries over their sender's quota.
+    peer_entries_quota,
+    /// Known peers evicted to make room for new entries.
+    known_peers_evicted,
     /// Messages delivered to the consumer of the event stream.
     messages_delivered,
+    /// Known-peer records written to the peer store (after coalescing).
+    store_writes,
+    /// Peer-store calls that failed.
+    store_errors,
+    /// Peer-store writes dropped because its queue was full.
+    store_dropped,
 }

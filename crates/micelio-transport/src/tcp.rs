@@ -153,6 +153,13 @@ impl Incoming for TcpIncoming {
         self.peer.clone()
     }
 
+    fn first_bytes(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut byte = [0u8; 1];
+            let _ = self.stream.peek(&mut byte).await;
+        })
+    }
+
     fn upgrade(self: Box<Self>) -> BoxFuture<'static, Result<Link, TransportError>> {
         let this = *self;
         Box::pin(upgrade(

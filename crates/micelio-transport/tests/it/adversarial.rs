@@ -22,8 +22,8 @@ const T: Duration = Duration::from_secs(30);
 const PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 
 /// A peer that does Noise by hand and then says whatever the test wants.
-struct RawPeer {
-    stream: TcpStream,
+pub(crate) struct RawPeer {
+    pub(crate) stream: TcpStream,
     noise: snow::TransportState,
 }
 
@@ -44,7 +44,29 @@ async fn read_hs(stream: &mut TcpStream) -> Vec<u8> {
 }
 
 impl RawPeer {
-    async fn connect(addr: &str, noise_identity: &Identity) -> RawPeer {
+    /// Runs the responder side of the handshake on an accepted stream.
+    pub(crate) async fn accept(mut stream: TcpStream, noise_identity: &Identity) -> RawPeer {
+        let key = noise_identity.x25519_private();
+        let mut hs = snow::Builder::new(PARAMS.parse().unwrap())
+            .local_private_key(&key[..])
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        let mut buf = vec![0u8; 65535];
+        let mut payload = vec![0u8; 65535];
+        let msg = read_hs(&mut stream).await;
+        hs.read_message(&msg, &mut payload).unwrap();
+        let n = hs.write_message(&[], &mut buf).unwrap();
+        write_hs(&mut stream, &buf[..n]).await;
+        let msg = read_hs(&mut stream).await;
+        hs.read_message(&msg, &mut payload).unwrap();
+        RawPeer {
+            stream,
+            noise: hs.into_transport_mode().unwrap(),
+        }
+    }
+
+    pub(crate) async fn connect(addr: &str, noise_identity: &Identity) -> RawPeer {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let key = noise_identity.x25519_private();
         let mut hs = snow::Builder::new(PARAMS.parse().unwrap())
@@ -66,7 +88,7 @@ impl RawPeer {
         }
     }
 
-    async fn send_plain(&mut self, plaintext: &[u8]) {
+    pub(crate) async fn send_plain(&mut self, plaintext: &[u8]) {
         let mut buf = vec![0u8; plaintext.len() + 16];
         let n = self.noise.write_message(plaintext, &mut buf).unwrap();
         self.stream
@@ -76,12 +98,12 @@ impl RawPeer {
         self.stream.write_all(&buf[..n]).await.unwrap();
     }
 
-    async fn send_envelope(&mut self, env: &Envelope) {
+    pub(crate) async fn send_envelope(&mut self, env: &Envelope) {
         self.send_plain(&frame::encode_envelope(env).unwrap()).await;
     }
 
     /// Reads one transport message and decodes the frame inside it.
-    async fn recv_envelope(&mut self) -> Envelope {
+    pub(crate) async fn recv_envelope(&mut self) -> Envelope {
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len).await.unwrap();
         let mut ct = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -96,7 +118,7 @@ impl RawPeer {
     }
 
     /// Sends a valid hello and returns the node's ack.
-    async fn honest_hello(&mut self, me: &Identity) -> Envelope {
+    pub(crate) async fn honest_hello(&mut self, me: &Identity) -> Envelope {
         self.send_envelope(&build_hello(me, MsgType::Hello, &LocalHello::default()))
             .await;
         self.recv_envelope().await
@@ -359,6 +381,179 @@ async fn a_peer_that_stops_reading_loses_messages_and_never_stalls_the_node() {
         still_serving(&node, 64).await;
         drop(p);
         node.pm.shutdown().await;
+    })
+    .await;
+}
+
+/// Regression (issue 8, item 11): fifteen silent sockets used to fill
+/// `max_peers` and lock every honest peer out. Now 100 silent sockets from
+/// the honest peer's own address, reopened as soon as the node closes them,
+/// neither fill `max_peers` nor keep the honest peer out.
+#[tokio::test]
+async fn an_honest_peer_gets_in_while_100_silent_sockets_are_held_open() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    bounded(T, async {
+        let node = TestNode::start(&Net::Tcp, 1, cfg(&[])).await;
+        let addr = node.addr();
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = Arc::new(AtomicU64::new(0));
+        let mut attackers = Vec::new();
+        for _ in 0..100 {
+            let (addr, stop, opened) = (addr.clone(), stop.clone(), opened.clone());
+            attackers.push(tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut s) = TcpStream::connect(&addr).await else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    };
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    // Say nothing; reopen as soon as the node lets go.
+                    loop {
+                        tokio::select! {
+                            r = s.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { break },
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                                if stop.load(Ordering::Relaxed) { return; }
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        eventually(Duration::from_secs(10), "the attack is under way", || {
+            opened.load(Ordering::Relaxed) >= 100 && node.pm.stats().preauth_evicted >= 100
+        })
+        .await;
+        assert!(node.pm.pending_handshakes() <= micelio_transport::DEFAULT_MAX_PENDING_PER_HOST);
+
+        // The honest peer dials from 127.0.0.1 too, through its bootstrap
+        // dialer (which retries with backoff if a dial fails).
+        let before = opened.load(Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        let honest = TestNode::start(&Net::Tcp, 60, cfg(&[&addr])).await;
+        eventually(Duration::from_secs(5), "honest peer connected", || {
+            node.pm.is_connected(&honest.node_id()) && honest.pm.is_connected(&node.node_id())
+        })
+        .await;
+        let joined_in = started.elapsed();
+        // ...and exchanges a message.
+        let env = EnvelopeBuilder::gossip(MsgType::Plugin(1001), b"hi".to_vec()).sign(&honest.id);
+        honest.pm.send(&node.node_id(), &env).unwrap();
+        eventually(Duration::from_secs(5), "message delivered", || {
+            node.seen
+                .lock()
+                .unwrap()
+                .messages
+                .iter()
+                .any(|(from, e)| *from == honest.node_id() && e.message_id == env.message_id)
+        })
+        .await;
+        // The attacker kept reopening all along, and never held more than
+        // the pre-auth budget.
+        assert!(opened.load(Ordering::Relaxed) > before, "attack continued");
+        assert!(node.pm.pending_handshakes() <= micelio_transport::DEFAULT_MAX_PENDING_PER_HOST);
+        assert_eq!(node.pm.peer_count(), 1);
+        assert_eq!(
+            node.pm.stats().refused_max_peers,
+            0,
+            "silence never counts as a peer"
+        );
+        assert!(
+            joined_in < Duration::from_secs(5),
+            "joined in {joined_in:?}"
+        );
+        stop.store(true, Ordering::Relaxed);
+        for a in attackers {
+            a.await.unwrap();
+        }
+        shutdown_all(&[&node, &honest]).await;
+    })
+    .await;
+}
+
+/// Regression (issue 8, item 11): one peer-exchange sender filled the
+/// known-peers table with 4,096 fakes at 127.0.0.1:1; valid entries were
+/// then refused, and the fakes were repeated to every new peer.
+#[tokio::test]
+async fn a_flood_of_fake_peers_neither_locks_out_honest_entries_nor_spreads() {
+    use micelio_transport::discovery::{MAX_EXCHANGE_SENT, MAX_NEW_PER_SENDER};
+    use micelio_wire::proto::{PeerExchange, PeerInfo};
+    bounded(T, async {
+        let node = TestNode::start(&Net::Tcp, 1, cfg(&[])).await;
+        let flooder = Identity::from_seed([72; 32]);
+        let mut p = RawPeer::connect(&node.addr(), &flooder).await;
+        p.honest_hello(&flooder).await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let fakes: Vec<PeerInfo> = (0u32..10_000)
+            .map(|n| {
+                let mut seed = [3u8; 32];
+                seed[..4].copy_from_slice(&n.to_le_bytes());
+                let i = Identity::from_seed(seed);
+                PeerInfo {
+                    node_id: i.node_id().to_string(),
+                    addr: format!("127.0.0.1:{}", 1 + n % 3),
+                    reachable: true,
+                    ed25519_pubkey: i.public_key().as_bytes().to_vec().into(),
+                    last_seen: now + 3600,
+                }
+            })
+            .collect();
+        // Frames of about 50 KB (the raw peer's Noise messages are capped).
+        for chunk in fakes.chunks(400) {
+            let px = PeerExchange {
+                peers: chunk.to_vec(),
+            };
+            p.send_envelope(
+                &EnvelopeBuilder::new(MsgType::PeerExchange, px.encode_wire()).sign(&flooder),
+            )
+            .await;
+        }
+        eventually(Duration::from_secs(10), "the flood is processed", || {
+            node.pm.stats().peer_entries_quota == (10_000 - MAX_NEW_PER_SENDER) as u64
+        })
+        .await;
+        assert!(node.pm.known_peer_count() <= MAX_NEW_PER_SENDER);
+
+        // An honest peer b, which knows c, connects: the node learns c from
+        // b's exchange and dials it, fakes notwithstanding.
+        let b = TestNode::start(&Net::Tcp, 2, cfg(&[])).await;
+        let c = TestNode::start(&Net::Tcp, 3, cfg(&[&b.addr()])).await;
+        full_mesh(&[&b, &c], Duration::from_secs(5)).await;
+        b.pm.dial(&node.addr()).await.unwrap();
+        eventually(Duration::from_secs(10), "the node dials c", || {
+            node.pm.is_connected(&c.node_id())
+        })
+        .await;
+
+        // A new peer gets an exchange within the cap, real peers first.
+        let newcomer = Identity::from_seed([73; 32]);
+        let mut d = RawPeer::connect(&node.addr(), &newcomer).await;
+        d.honest_hello(&newcomer).await;
+        let px = bounded(Duration::from_secs(5), async {
+            loop {
+                let env = d.recv_envelope().await;
+                if env.kind() == MsgType::PeerExchange {
+                    return PeerExchange::decode_wire(env.payload.clone()).unwrap();
+                }
+            }
+        })
+        .await;
+        assert!(px.peers.len() <= MAX_EXCHANGE_SENT, "{}", px.peers.len());
+        let ids: Vec<&str> = px.peers.iter().map(|i| i.node_id.as_str()).collect();
+        let (bs, cs) = (b.node_id().to_string(), c.node_id().to_string());
+        assert!(
+            ids[..3].contains(&bs.as_str()) && ids[..3].contains(&cs.as_str()),
+            "{ids:?}"
+        );
+        assert!(
+            px.peers.iter().all(|i| i.last_seen <= now + 120),
+            "future clamped"
+        );
+        shutdown_all(&[&node, &b, &c]).await;
     })
     .await;
 }

@@ -6,4 +6,5 @@
 mod adversarial;
 mod conformance;
 mod mesh;
+mod mixed;
 mod support;

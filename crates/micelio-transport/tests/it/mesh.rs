@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use micelio_transport::discovery::PeerStore;
+use micelio_transport::SledPeerStore;
 use micelio_transport::memory::MemoryNetwork;
 
 use crate::support::*;
@@ -77,17 +77,16 @@ async fn a_restarted_node_rejoins_from_persisted_peers() {
         let a = TestNode::start(&net, 1, cfg(&[])).await;
         let b = TestNode::start(&net, 2, cfg(&[&a.addr()])).await;
         {
-            let db = sled::open(dir.path()).unwrap();
-            let store = PeerStore::new(db.open_tree("peers").unwrap());
-            let c = TestNode::start_with_store(&net, 3, cfg(&[&a.addr()]), Some(store)).await;
+            let store = SledPeerStore::open(dir.path()).unwrap();
+            let c =
+                TestNode::start_with_store(&net, 3, cfg(&[&a.addr()]), Some(Box::new(store))).await;
             full_mesh(&[&a, &b, &c], Duration::from_secs(20)).await;
             eventually(Duration::from_secs(5), "c knows a and b", || {
                 c.pm.known_peers().len() == 2
             })
             .await;
-            c.pm.shutdown().await;
+            c.pm.shutdown_and_flush().await.unwrap();
             drop(c);
-            db.flush().unwrap();
         }
         eventually(Duration::from_secs(5), "c is gone", || {
             a.pm.peer_count() == 1 && b.pm.peer_count() == 1
@@ -95,9 +94,8 @@ async fn a_restarted_node_rejoins_from_persisted_peers() {
         .await;
 
         // Restart c with the same data dir and no bootstrap list.
-        let db = sled::open(dir.path()).unwrap();
-        let store = PeerStore::new(db.open_tree("peers").unwrap());
-        let c = TestNode::start_with_store(&net, 3, cfg(&[]), Some(store)).await;
+        let store = SledPeerStore::open(dir.path()).unwrap();
+        let c = TestNode::start_with_store(&net, 3, cfg(&[]), Some(Box::new(store))).await;
         assert_eq!(c.pm.known_peers().len(), 2, "loaded from sled");
         full_mesh(&[&a, &b, &c], Duration::from_secs(20)).await;
         shutdown_all(&[&a, &b, &c]).await;
@@ -131,6 +129,60 @@ async fn others_reconnect_with_backoff_when_the_bootstrap_node_returns() {
         let a = TestNode::start(&net, 1, ca).await;
         full_mesh(&[&a, &b, &c], Duration::from_secs(20)).await;
         shutdown_all(&[&a, &b, &c]).await;
+    })
+    .await;
+}
+
+/// A store that fails every write, slowly: the manager counts and logs the
+/// failures and keeps serving peers at full speed.
+#[tokio::test]
+async fn a_failing_slow_store_is_counted_and_never_stalls_the_manager() {
+    use micelio_identity::NodeId;
+    use micelio_transport::{LoadedPeers, PeerStore, StoreError};
+    use micelio_wire::proto::PeerInfo;
+
+    struct Broken;
+    impl PeerStore for Broken {
+        fn load(&mut self) -> Result<LoadedPeers, StoreError> {
+            Err(StoreError::message("cannot read"))
+        }
+        fn save(&mut self, _: &NodeId, _: &PeerInfo) -> Result<(), StoreError> {
+            std::thread::sleep(Duration::from_secs(1));
+            Err(StoreError::message("disk full"))
+        }
+        fn remove(&mut self, _: &NodeId) -> Result<(), StoreError> {
+            Err(StoreError::message("disk full"))
+        }
+        fn flush(&mut self) -> Result<(), StoreError> {
+            Err(StoreError::message("flush failed"))
+        }
+    }
+
+    bounded(T, async {
+        let net = Net::Tcp;
+        let a = TestNode::start_with_store(&net, 1, cfg(&[]), Some(Box::new(Broken))).await;
+        let others = [
+            TestNode::start(&net, 2, cfg(&[&a.addr()])).await,
+            TestNode::start(&net, 3, cfg(&[&a.addr()])).await,
+            TestNode::start(&net, 4, cfg(&[&a.addr()])).await,
+        ];
+        // Three peers join well within the three seconds that their three
+        // saves would take if they were made on the connection path.
+        let started = tokio::time::Instant::now();
+        eventually(Duration::from_secs(10), "peers joined", || {
+            a.pm.peer_count() == 3
+        })
+        .await;
+        assert!(started.elapsed() < Duration::from_millis(2500));
+        eventually(Duration::from_secs(10), "failures counted", || {
+            a.pm.stats().store_errors >= 1
+        })
+        .await;
+        let e = a.pm.shutdown_and_flush().await.unwrap_err();
+        assert!(e.to_string().contains("flush failed"), "{e}");
+        for o in &others {
+            o.pm.shutdown().await;
+        }
     })
     .await;
 }

@@ -5,9 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use micelio_identity::{Identity, NodeId};
-use micelio_transport::discovery::PeerStore;
 use micelio_transport::memory::MemoryNetwork;
-use micelio_transport::{PeerEvent, PeerManager, TcpTransport, Transport, TransportConfig};
+use micelio_transport::{
+    PeerEvent, PeerManager, PeerStore, TcpTransport, Transport, TransportConfig,
+};
 use micelio_wire::Envelope;
 
 /// Which transport a test runs on.
@@ -68,7 +69,7 @@ impl TestNode {
         net: &Net,
         seed: u8,
         cfg: TransportConfig,
-        store: Option<PeerStore>,
+        store: Option<Box<dyn PeerStore>>,
     ) -> TestNode {
         let id = Arc::new(Identity::from_seed([seed; 32]));
         let transport = net.transport(&id, &cfg);
