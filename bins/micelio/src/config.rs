@@ -561,18 +561,26 @@ impl Default for PartylineConfig {
 impl PartylineConfig {
     fn check(s: &mut Section<'_, '_>) -> Option<Self> {
         let history_lines = s.number("history_lines", 0, 1000);
+        // Receivers forget a presence after at most PRESENCE_TTL_MAX; the
+        // node announces itself at least three times within it.
+        let max = micelio_partyline::PRESENCE_TTL_MAX / 3;
+        let range = Duration::from_secs(1)..=max;
         let presence_interval = s.duration("presence_interval");
         if let Some(d) = presence_interval
-            && d < Duration::from_secs(1)
+            && !range.contains(&d)
         {
             s.error(
                 "presence_interval",
-                format!("must be at least 1s, got {}", humantime::format_duration(d)),
+                format!(
+                    "must be between 1s and {}, got {}",
+                    humantime::format_duration(max),
+                    humantime::format_duration(d)
+                ),
             );
         }
         Some(Self {
             history_lines: history_lines?,
-            presence_interval: presence_interval.filter(|d| *d >= Duration::from_secs(1))?,
+            presence_interval: presence_interval.filter(|d| range.contains(d))?,
         })
     }
 }

@@ -419,7 +419,11 @@ fn partyline_settings() {
     toml("[partyline]\nhistory_lines = 1001")
         .fails("partyline.history_lines", "between 0 and 1000");
     toml("[partyline]\npresence_interval = \"500ms\"")
-        .fails("partyline.presence_interval", "at least 1s");
+        .fails("partyline.presence_interval", "between 1s and 3m 20s");
+    // Longer than a third of the longest TTL receivers keep: they would
+    // forget the node between two announcements.
+    toml("[partyline]\npresence_interval = \"1h\"")
+        .fails("partyline.presence_interval", "between 1s and 3m 20s");
     let config = Case::new()
         .env("MICELIO_PARTYLINE__HISTORY_LINES", "5")
         .ok();
