@@ -697,9 +697,9 @@ mod tests {
         assert!(node.peers.is_some() && node.gossip.is_some() && node.party.is_some());
         node.stop().await.unwrap();
         // What had started is stopped, not left running half-alive.
-        let gossip = node.gossip.clone().unwrap();
+        let gossip = node.gossip.as_ref().unwrap();
         assert!(gossip.stats().await.is_err(), "gossip stopped");
-        let party = node.party.clone().unwrap();
+        let party = node.party.as_ref().unwrap();
         assert!(party.who().await.is_err(), "partyline stopped");
         // The store was flushed and released: it opens again.
         drop(node);
