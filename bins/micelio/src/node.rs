@@ -679,7 +679,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_start_still_flushes_what_was_opened() {
+    async fn a_failed_start_still_stops_and_flushes_what_was_started() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_tests(dir.path());
         // Two listeners on one port: the SSH server cannot bind.
@@ -691,6 +691,11 @@ mod tests {
         assert!(format!("{err:#}").contains("SSH"), "{err:#}");
         assert!(node.peers.is_some() && node.gossip.is_some() && node.party.is_some());
         node.stop().await.unwrap();
+        // What had started is stopped, not left running half-alive.
+        let gossip = node.gossip.as_ref().unwrap();
+        assert!(gossip.stats().await.is_err(), "gossip stopped");
+        let party = node.party.as_ref().unwrap();
+        assert!(party.who().await.is_err(), "partyline stopped");
         // The store was flushed and released: it opens again.
         drop(node);
         open_peer_store(dir.path()).await.unwrap();
