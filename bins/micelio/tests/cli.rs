@@ -2,13 +2,13 @@
 //! in a temporary home and data dir, with bounded waits, and kills every
 //! child it starts.
 
-use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
+
+use micelio_testkit::micelio::command;
+use micelio_testkit::process::{self, Output, Process};
 
 /// Longest a command that should finish promptly may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,76 +40,17 @@ impl Env {
     /// `micelio ARGS` with HOME pointing here and no `MICELIO_` variables
     /// inherited from the test's environment.
     fn micelio(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_micelio"));
-        cmd.args(args)
-            .env("HOME", self.home.path())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("MICELIO_") {
-                cmd.env_remove(name);
-            }
-        }
-        cmd
+        command(
+            Path::new(env!("CARGO_BIN_EXE_micelio")),
+            self.home.path(),
+            args,
+        )
     }
-}
-
-/// The result of a finished command.
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Kills the child when dropped, so that no failed assertion leaves it.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Waits for the child to exit, killing it after `timeout`.
-fn wait(guard: &mut Guard, timeout: Duration) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = guard.0.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = guard.0.kill();
-            let _ = guard.0.wait();
-            panic!("micelio did not exit within {timeout:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn read_all(mut pipe: impl std::io::Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    })
 }
 
 /// Runs `cmd` to completion within [`COMMAND_TIMEOUT`].
-fn run(mut cmd: Command) -> Output {
-    let mut guard = Guard(cmd.spawn().unwrap());
-    let stdout = read_all(guard.0.stdout.take().unwrap());
-    let stderr = read_all(guard.0.stderr.take().unwrap());
-    let status = wait(&mut guard, COMMAND_TIMEOUT);
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+fn run(cmd: Command) -> Output {
+    process::run(cmd, COMMAND_TIMEOUT)
 }
 
 #[track_caller]
@@ -308,63 +249,35 @@ fn the_example_config_passes_config_check() {
     assert_eq!(get(&config, "network.max_peers").as_integer(), Some(15));
 }
 
-/// A running node whose stdout lines arrive on a channel.
-struct Node {
-    guard: Guard,
-    lines: mpsc::Receiver<String>,
-    stderr: thread::JoinHandle<String>,
-}
+/// A running node, killed by handle if a test fails.
+struct Node(Process);
 
 impl Node {
     fn start(env: &Env, args: &[&str]) -> Self {
-        let mut guard = Guard(env.micelio(args).spawn().unwrap());
-        let stdout = guard.0.stdout.take().unwrap();
-        let stderr = read_all(guard.0.stderr.take().unwrap());
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            guard,
-            lines,
-            stderr,
-        }
+        Self(Process::spawn(env.micelio(args), "micelio"))
     }
 
     /// The NodeId the node prints when it starts.
-    fn node_id(&self) -> String {
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .expect("the node printed its NodeId");
-            if let Some(id) = line.split_whitespace().find(|word| is_node_id(word)) {
-                return id.to_owned();
-            }
-        }
+    fn node_id(&mut self) -> String {
+        let line = self
+            .0
+            .wait_for(COMMAND_TIMEOUT, |l| l.split_whitespace().any(is_node_id));
+        line.split_whitespace()
+            .find(|word| is_node_id(word))
+            .unwrap_or_default()
+            .to_owned()
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.guard.0.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.0.signal(name);
     }
 
     /// Waits for the exit, returning its status and everything on stderr.
     fn exit(mut self) -> (ExitStatus, String) {
         let started = Instant::now();
-        let status = wait(&mut self.guard, SHUTDOWN_TIMEOUT);
+        let status = self.0.wait_exit(SHUTDOWN_TIMEOUT);
         assert!(started.elapsed() < SHUTDOWN_TIMEOUT);
-        (status, self.stderr.join().unwrap())
+        (status, self.0.seen_stderr().join("\n"))
     }
 }
 
@@ -373,7 +286,7 @@ fn sigterm_stops_the_node_cleanly() {
     let env = Env::new();
     let data = env.path("data");
     let data = data.to_str().unwrap();
-    let node = Node::start(
+    let mut node = Node::start(
         &env,
         &[
             "--data-dir",
@@ -405,7 +318,7 @@ fn sigterm_stops_the_node_cleanly() {
 fn sigint_stops_the_node_and_json_logs_go_to_stderr() {
     let env = Env::new();
     let data = env.path("data");
-    let node = Node::start(
+    let mut node = Node::start(
         &env,
         &[
             "run",

@@ -115,7 +115,7 @@ fn memory_stays_flat_across_three_floods_of_fresh_identities() {
         &config,
         &["--listen", "127.0.0.1:0"],
     );
-    let pid = node.child.id();
+    let pid = node.pid();
     let addr = node.addr.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

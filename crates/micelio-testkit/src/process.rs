@@ -14,9 +14,17 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Process {
     child: Child,
-    lines: mpsc::Receiver<String>,
+    lines: mpsc::Receiver<(Stream, String)>,
     seen: Vec<String>,
+    stderr: Vec<String>,
     what: String,
+}
+
+/// Which pipe a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
 }
 
 /// No line matched in time: see [`Process::try_wait_for`].
@@ -67,10 +75,10 @@ pub struct Output {
     pub stderr: String,
 }
 
-fn pump(pipe: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
+fn pump(pipe: impl Read + Send + 'static, stream: Stream, tx: mpsc::Sender<(Stream, String)>) {
     thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
+            if tx.send((stream, line)).is_err() {
                 break;
             }
         }
@@ -101,15 +109,16 @@ impl Process {
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         let (tx, lines) = mpsc::channel();
         if let Some(out) = child.stdout.take() {
-            pump(out, tx.clone());
+            pump(out, Stream::Stdout, tx.clone());
         }
         if let Some(err) = child.stderr.take() {
-            pump(err, tx);
+            pump(err, Stream::Stderr, tx);
         }
         Self {
             child,
             lines,
             seen: Vec::new(),
+            stderr: Vec::new(),
             what: what.to_owned(),
         }
     }
@@ -126,10 +135,23 @@ impl Process {
         &self.seen
     }
 
+    /// The lines received so far from stderr alone.
+    pub fn seen_stderr(&mut self) -> &[String] {
+        self.drain();
+        &self.stderr
+    }
+
     fn drain(&mut self) {
         while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
+            self.record(line);
         }
+    }
+
+    fn record(&mut self, (stream, line): (Stream, String)) {
+        if stream == Stream::Stderr {
+            self.stderr.push(line.clone());
+        }
+        self.seen.push(line);
     }
 
     /// Waits up to `timeout` for a line satisfying `pred`, already seen or
@@ -166,8 +188,9 @@ impl Process {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
+                Ok(item) => {
+                    let line = item.1.clone();
+                    self.record(item);
                     if pred(&line) {
                         return Ok(line);
                     }
@@ -215,7 +238,7 @@ impl Process {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 // The pipes close at exit: drain what is left, bounded.
                 while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-                    self.seen.push(line);
+                    self.record(line);
                 }
                 return status;
             }
@@ -299,6 +322,7 @@ mod tests {
         let mut p = Process::spawn(sh("echo one; echo two >&2; exec sleep 30"), "sh");
         p.wait_for(Duration::from_secs(10), |l| l == "one");
         p.wait_for(Duration::from_secs(10), |l| l == "two");
+        assert_eq!(p.seen_stderr(), ["two"]);
         let (status, lines) = p.terminate(Duration::from_secs(10));
         assert!(!status.success(), "killed by SIGTERM");
         assert!(lines.contains(&"one".to_owned()));
