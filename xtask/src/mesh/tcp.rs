@@ -197,18 +197,12 @@ pub(crate) fn node_command(
     name: &str,
     log_format: &str,
 ) -> Command {
-    let mut cmd = Command::new(bin);
+    let mut cmd = micelio_testkit::micelio::command(bin, home, &[]);
     cmd.arg("--data-dir")
         .arg(data)
         .args(["--name", name])
         .args(["--listen", "127.0.0.1:0", "--ssh-listen", "127.0.0.1:0"])
         .args(["--log-format", log_format, "--log-level", "info"]);
-    for (var, _) in std::env::vars_os() {
-        if var.to_string_lossy().starts_with("MICELIO_") {
-            cmd.env_remove(var);
-        }
-    }
-    cmd.env("HOME", home).env("NO_COLOR", "1");
     cmd
 }
 
