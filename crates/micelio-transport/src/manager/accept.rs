@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, warn};
 
 use super::{Shared, authenticate, lock, register};
-use crate::admission::host_of;
+use crate::admission::{Budget, host_of};
 use crate::link::{Incoming, Listener};
 
 /// Pause after a failing `accept` (for example out of file descriptors).
@@ -79,10 +79,12 @@ pub(super) fn admit(shared: &Arc<Shared>, incoming: Box<dyn Incoming>) {
             Some("max_peers reached")
         }
         Err(Some(budget)) => {
-            shared
-                .counters
-                .preauth_refused
-                .fetch_add(1, Ordering::Relaxed);
+            let c = &shared.counters;
+            let counter = match budget {
+                Budget::PerHost => &c.preauth_refused_per_host,
+                Budget::Total => &c.preauth_refused_total,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             Some(budget.label())
         }
     };
