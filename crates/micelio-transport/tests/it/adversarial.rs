@@ -237,11 +237,10 @@ async fn garbage_and_truncation_before_the_handshake() {
         let mut s = TcpStream::connect(node.addr()).await.unwrap();
         closed_by_node(&mut s).await;
         eventually(Duration::from_secs(5), "handshake failures", || {
-            node.pm.stats().handshake_failures >= 3
+            // The silent one was closed by the pre-auth deadline.
+            node.pm.stats().handshake_failures >= 3 && node.pm.stats().preauth_timeouts >= 1
         })
         .await;
-        // The silent ones were closed by the pre-auth deadline.
-        assert!(node.pm.stats().preauth_timeouts >= 1);
         still_serving(&node, 61).await;
         node.pm.shutdown().await;
     })
