@@ -414,11 +414,12 @@ impl KnownPeers {
         if let Some(rec) = self.peers.get_mut(&node_id) {
             if last_seen > rec.last_seen {
                 // A confirmed peer's address came from its own hello: a third
-                // party may move it only while we fail to reach it there.
-                if !rec.confirmed || rec.fails > 0 {
+                // party may move it only while we fail to reach it there (or
+                // if its hello gave none).
+                if !rec.confirmed || rec.fails > 0 || !rec.reachable {
                     rec.addr = info.addr.clone();
+                    rec.reachable = true;
                 }
-                rec.reachable = true;
                 rec.last_seen = last_seen;
                 out.refreshed += 1;
             }
@@ -733,6 +734,26 @@ mod tests {
             "then confirmed, newest first"
         );
         assert_eq!(list[2].node_id, id(2).node_id().to_string());
+    }
+
+    #[test]
+    fn a_third_party_cannot_move_a_confirmed_peer_that_answers() {
+        let mut t = KnownPeers::new(*id(1).node_id());
+        t.on_connected(&hello_of(2, "127.0.0.1:2"), NOW);
+        t.merge(
+            id(9).node_id(),
+            &[info(2, "127.0.0.1:666", NOW + 10)],
+            NOW + 10,
+        );
+        assert_eq!(t.all()[0].addr, "127.0.0.1:2");
+        assert_eq!(t.all()[0].last_seen, NOW + 10);
+        t.record_failure(id(2).node_id(), Instant::now());
+        t.merge(
+            id(9).node_id(),
+            &[info(2, "127.0.0.1:3", NOW + 20)],
+            NOW + 20,
+        );
+        assert_eq!(t.all()[0].addr, "127.0.0.1:3", "moved once unreachable");
     }
 
     /// Regression (issue 8, item 11): `last_seen` = 2^63 pinned an address
