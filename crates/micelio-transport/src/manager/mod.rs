@@ -42,7 +42,7 @@ use crate::config::{TransportConfig, is_dialable_addr};
 use crate::discovery::{KnownPeer, KnownPeers};
 use crate::error::{DialError, SendError, TransportError};
 use crate::hello::{LocalHello, PeerHelloInfo};
-use crate::link::{Direction, Transport};
+use crate::link::{Direction, Listener, Transport};
 use crate::stats::{Counters, TransportStats};
 use crate::store::{self, PeerStore, StoreError, StoreHandle};
 
@@ -266,21 +266,7 @@ impl PeerManager {
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             config,
         });
-        let span = info_span!("transport", node = %shared.identity.node_id().short(12));
-        if let Some(listener) = listener {
-            info!(parent: &span, addr = shared.local_addr.as_deref().unwrap_or(""), "listening");
-            shared
-                .tracker
-                .spawn(accept_loop(shared.clone(), listener).instrument(span.clone()));
-        }
-        for addr in shared.config.bootstrap.clone() {
-            shared
-                .tracker
-                .spawn(bootstrap_loop(shared.clone(), addr).instrument(span.clone()));
-        }
-        shared
-            .tracker
-            .spawn(maintenance_loop(shared.clone()).instrument(span));
+        start_tasks(&shared, listener);
         Ok((Self { shared }, events_rx))
     }
 
@@ -454,6 +440,26 @@ impl PeerManager {
             None => Ok(()),
         }
     }
+}
+
+/// Starts the long-lived tasks: the accept loop (if listening), one
+/// bootstrap dialer per address, the maintenance loop.
+fn start_tasks(shared: &Arc<Shared>, listener: Option<Box<dyn Listener>>) {
+    let span = info_span!("transport", node = %shared.identity.node_id().short(12));
+    if let Some(listener) = listener {
+        info!(parent: &span, addr = shared.local_addr.as_deref().unwrap_or(""), "listening");
+        shared
+            .tracker
+            .spawn(accept_loop(shared.clone(), listener).instrument(span.clone()));
+    }
+    for addr in shared.config.bootstrap.clone() {
+        shared
+            .tracker
+            .spawn(bootstrap_loop(shared.clone(), addr).instrument(span.clone()));
+    }
+    shared
+        .tracker
+        .spawn(maintenance_loop(shared.clone()).instrument(span));
 }
 
 /// Loads the known peers from `store` in `spawn_blocking` and starts the
