@@ -143,22 +143,21 @@ pub enum EntryDrop {
 
 /// How many entries of one peer exchange were dropped, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct EntryDrops {
+pub(crate) struct EntryDrops {
     /// [`EntryDrop::SelfEntry`].
-    pub self_entry: u64,
+    pub(crate) self_entry: u64,
     /// [`EntryDrop::Unreachable`].
-    pub unreachable: u64,
+    pub(crate) unreachable: u64,
     /// [`EntryDrop::BadAddress`].
-    pub bad_address: u64,
+    pub(crate) bad_address: u64,
     /// [`EntryDrop::BadIdentity`].
-    pub bad_identity: u64,
+    pub(crate) bad_identity: u64,
     /// [`EntryDrop::TableFull`].
-    pub table_full: u64,
+    pub(crate) table_full: u64,
     /// [`EntryDrop::SenderQuota`].
-    pub sender_quota: u64,
+    pub(crate) sender_quota: u64,
     /// [`EntryDrop::OverCap`].
-    pub over_cap: u64,
+    pub(crate) over_cap: u64,
 }
 
 impl EntryDrops {
@@ -176,7 +175,7 @@ impl EntryDrops {
     }
 
     /// Every count as (reason, value).
-    pub fn entries(&self) -> [(&'static str, u64); 7] {
+    pub(crate) fn entries(&self) -> [(&'static str, u64); 7] {
         [
             ("self", self.self_entry),
             ("unreachable", self.unreachable),
@@ -189,13 +188,13 @@ impl EntryDrops {
     }
 
     /// All dropped entries.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.entries().iter().map(|(_, n)| n).sum()
     }
 
     /// The non-zero counts, as `reason=count` separated by spaces: one log
     /// line per message.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         self.entries()
             .iter()
             .filter(|(_, n)| *n > 0)
