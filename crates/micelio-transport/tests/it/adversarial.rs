@@ -564,8 +564,8 @@ async fn a_flood_of_fake_peers_neither_locks_out_honest_entries_nor_spreads() {
 /// nothing is closed at `preauth_timeout` (paused time, simulated network).
 #[tokio::test(start_paused = true)]
 async fn the_pre_auth_phase_is_bounded_as_a_whole() {
+    use micelio_transport::Transport as _;
     use micelio_transport::memory::MemoryNetwork;
-    use micelio_transport::{FrameSource as _, Transport as _};
     let sim = MemoryNetwork::new();
     let net = Net::Memory(sim.clone());
     let mut c = cfg(&[]);
