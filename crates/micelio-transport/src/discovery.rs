@@ -143,22 +143,21 @@ pub enum EntryDrop {
 
 /// How many entries of one peer exchange were dropped, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct EntryDrops {
+pub(crate) struct EntryDrops {
     /// [`EntryDrop::SelfEntry`].
-    pub self_entry: u64,
+    pub(crate) self_entry: u64,
     /// [`EntryDrop::Unreachable`].
-    pub unreachable: u64,
+    pub(crate) unreachable: u64,
     /// [`EntryDrop::BadAddress`].
-    pub bad_address: u64,
+    pub(crate) bad_address: u64,
     /// [`EntryDrop::BadIdentity`].
-    pub bad_identity: u64,
+    pub(crate) bad_identity: u64,
     /// [`EntryDrop::TableFull`].
-    pub table_full: u64,
+    pub(crate) table_full: u64,
     /// [`EntryDrop::SenderQuota`].
-    pub sender_quota: u64,
+    pub(crate) sender_quota: u64,
     /// [`EntryDrop::OverCap`].
-    pub over_cap: u64,
+    pub(crate) over_cap: u64,
 }
 
 impl EntryDrops {
@@ -176,7 +175,7 @@ impl EntryDrops {
     }
 
     /// Every count as (reason, value).
-    pub fn entries(&self) -> [(&'static str, u64); 7] {
+    pub(crate) fn entries(&self) -> [(&'static str, u64); 7] {
         [
             ("self", self.self_entry),
             ("unreachable", self.unreachable),
@@ -189,13 +188,13 @@ impl EntryDrops {
     }
 
     /// All dropped entries.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.entries().iter().map(|(_, n)| n).sum()
     }
 
     /// The non-zero counts, as `reason=count` separated by spaces: one log
     /// line per message.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         self.entries()
             .iter()
             .filter(|(_, n)| *n > 0)
@@ -414,11 +413,12 @@ impl KnownPeers {
         if let Some(rec) = self.peers.get_mut(&node_id) {
             if last_seen > rec.last_seen {
                 // A confirmed peer's address came from its own hello: a third
-                // party may move it only while we fail to reach it there.
-                if !rec.confirmed || rec.fails > 0 {
+                // party may move it only while we fail to reach it there (or
+                // if its hello gave none).
+                if !rec.confirmed || rec.fails > 0 || !rec.reachable {
                     rec.addr = info.addr.clone();
+                    rec.reachable = true;
                 }
-                rec.reachable = true;
                 rec.last_seen = last_seen;
                 out.refreshed += 1;
             }
@@ -733,6 +733,26 @@ mod tests {
             "then confirmed, newest first"
         );
         assert_eq!(list[2].node_id, id(2).node_id().to_string());
+    }
+
+    #[test]
+    fn a_third_party_cannot_move_a_confirmed_peer_that_answers() {
+        let mut t = KnownPeers::new(*id(1).node_id());
+        t.on_connected(&hello_of(2, "127.0.0.1:2"), NOW);
+        t.merge(
+            id(9).node_id(),
+            &[info(2, "127.0.0.1:666", NOW + 10)],
+            NOW + 10,
+        );
+        assert_eq!(t.all()[0].addr, "127.0.0.1:2");
+        assert_eq!(t.all()[0].last_seen, NOW + 10);
+        t.record_failure(id(2).node_id(), Instant::now());
+        t.merge(
+            id(9).node_id(),
+            &[info(2, "127.0.0.1:3", NOW + 20)],
+            NOW + 20,
+        );
+        assert_eq!(t.all()[0].addr, "127.0.0.1:3", "moved once unreachable");
     }
 
     /// Regression (issue 8, item 11): `last_seen` = 2^63 pinned an address

@@ -7,7 +7,8 @@
 //!   handshake and transport-message framing of protocol v1 (including the
 //!   large transport messages the reference sends);
 //! - [`Transport`]: how links are made — [`TcpTransport`] for real TCP +
-//!   Noise, [`memory::MemoryNetwork`] for simulations — each yielding a
+//!   Noise, `memory::MemoryNetwork` (cargo feature `memory`) for
+//!   simulations — each yielding a
 //!   [`Link`] that carries frames of the micelio wire format;
 //! - [`hello`]: the signed hello that binds a NodeId to the Noise key;
 //! - [`PeerManager`]: the actor that listens, dials (bootstrap with backoff,
@@ -46,6 +47,7 @@ mod error;
 pub mod hello;
 mod link;
 mod manager;
+#[cfg(feature = "memory")]
 pub mod memory;
 pub mod noise;
 mod stats;

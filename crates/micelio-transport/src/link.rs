@@ -109,7 +109,7 @@ pub trait Listener: Send {
 }
 
 /// A way to reach peers: real TCP + Noise ([`crate::TcpTransport`]) or the
-/// simulated network ([`crate::memory::MemoryNetwork`]).
+/// simulated network (`memory::MemoryNetwork`, cargo feature `memory`).
 pub trait Transport: Send + Sync + 'static {
     /// Binds a listener on `addr` (`host:port`; port 0 picks one).
     fn listen<'a>(

@@ -35,9 +35,12 @@ counters! {
     connections_outbound,
     /// Inbound connections closed before the handshake because of `max_peers`.
     refused_max_peers,
-    /// Inbound connections refused at accept because the pre-auth budget
-    /// (per host or overall) was full of connections making progress.
-    preauth_refused,
+    /// Inbound connections refused at accept because their host's pre-auth
+    /// budget was full of connections making progress.
+    preauth_refused_per_host,
+    /// Inbound connections refused at accept because the overall pre-auth
+    /// budget was full of connections making progress.
+    preauth_refused_total,
     /// Unauthenticated inbound connections closed to admit a newer one.
     preauth_evicted,
     /// Inbound connections not authenticated within `preauth_timeout`.

@@ -237,7 +237,8 @@ async fn garbage_and_truncation_before_the_handshake() {
         let mut s = TcpStream::connect(node.addr()).await.unwrap();
         closed_by_node(&mut s).await;
         eventually(Duration::from_secs(5), "handshake failures", || {
-            node.pm.stats().handshake_failures >= 3
+            // The silent one was closed by the pre-auth deadline.
+            node.pm.stats().handshake_failures >= 3 && node.pm.stats().preauth_timeouts >= 1
         })
         .await;
         still_serving(&node, 61).await;
@@ -556,4 +557,35 @@ async fn a_flood_of_fake_peers_neither_locks_out_honest_entries_nor_spreads() {
         shutdown_all(&[&node, &b, &c]).await;
     })
     .await;
+}
+
+/// The whole pre-auth phase is bounded by `preauth_timeout`, however long
+/// the hello deadline: a peer that completes the handshake and then says
+/// nothing is closed at `preauth_timeout` (paused time, simulated network).
+#[tokio::test(start_paused = true)]
+async fn the_pre_auth_phase_is_bounded_as_a_whole() {
+    use micelio_transport::Transport as _;
+    use micelio_transport::memory::MemoryNetwork;
+    let sim = MemoryNetwork::new();
+    let net = Net::Memory(sim.clone());
+    let mut c = cfg(&[]);
+    c.hello_timeout = Duration::from_secs(30);
+    c.preauth_timeout = Duration::from_secs(3);
+    let node = TestNode::start(&net, 1, c).await;
+    let silent = sim.transport(&Identity::from_seed([74; 32]));
+    let started = tokio::time::Instant::now();
+    let mut link = silent.dial(&node.addr()).await.unwrap();
+    // Never send the hello; wait for the node to close the link.
+    let closed = link.source.recv().await;
+    assert!(matches!(closed, Ok(None) | Err(_)), "{closed:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    eventually(Duration::from_secs(1), "timeout counted", || {
+        node.pm.stats().preauth_timeouts == 1 && node.pm.pending_handshakes() == 0
+    })
+    .await;
+    node.pm.shutdown().await;
 }
