@@ -324,6 +324,17 @@ pub(crate) struct NetworkConfig {
     /// Length of each peer's bounded send queue; messages beyond it are
     /// dropped and counted.
     pub(crate) send_queue: usize,
+    /// Inbound connections still in the handshake, overall.
+    pub(crate) max_pending_handshakes: usize,
+    /// Inbound connections still in the handshake, from one host.
+    pub(crate) max_pending_per_host: usize,
+    /// Deadline from accept to a verified hello for an inbound connection.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) preauth_timeout: Duration,
+    /// How long two connections to a reference peer are kept, waiting for
+    /// it to close one.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) duplicate_grace: Duration,
 }
 
 impl Default for NetworkConfig {
@@ -343,6 +354,10 @@ impl Default for NetworkConfig {
             idle_timeout: t.idle_timeout,
             write_timeout: t.write_timeout,
             send_queue: t.send_queue,
+            max_pending_handshakes: t.max_pending_handshakes,
+            max_pending_per_host: t.max_pending_per_host,
+            preauth_timeout: t.preauth_timeout,
+            duplicate_grace: t.duplicate_grace,
         }
     }
 }
@@ -404,6 +419,18 @@ impl NetworkConfig {
         }
         let write_timeout = s.duration("write_timeout");
         let send_queue = s.number("send_queue", 1, 65_536);
+        let max_pending_handshakes = s.number("max_pending_handshakes", 1, 65_536);
+        let max_pending_per_host = s.number("max_pending_per_host", 1, 65_536);
+        if let (Some(all), Some(one)) = (max_pending_handshakes, max_pending_per_host)
+            && one > all
+        {
+            s.error(
+                "max_pending_per_host",
+                format!("must be at most network.max_pending_handshakes ({all}), got {one}"),
+            );
+        }
+        let preauth_timeout = s.duration("preauth_timeout");
+        let duplicate_grace = s.duration("duplicate_grace");
         Some(Self {
             listen: listen?,
             advertise_addr: advertise_addr?,
@@ -417,6 +444,11 @@ impl NetworkConfig {
             idle_timeout: idle_timeout.filter(|idle| Some(*idle) > keepalive_interval)?,
             write_timeout: write_timeout?,
             send_queue: send_queue?,
+            max_pending_per_host: max_pending_per_host
+                .filter(|one| Some(*one) <= max_pending_handshakes)?,
+            max_pending_handshakes: max_pending_handshakes?,
+            preauth_timeout: preauth_timeout?,
+            duplicate_grace: duplicate_grace?,
         })
     }
 }

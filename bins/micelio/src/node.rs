@@ -74,6 +74,10 @@ fn transport_config(config: &Config) -> TransportConfig {
     t.idle_timeout = net.idle_timeout;
     t.write_timeout = net.write_timeout;
     t.send_queue = net.send_queue;
+    t.max_pending_handshakes = net.max_pending_handshakes;
+    t.max_pending_per_host = net.max_pending_per_host;
+    t.preauth_timeout = net.preauth_timeout;
+    t.duplicate_grace = net.duplicate_grace;
     t.exchange_interval = net.exchange_interval;
     t.discovery_interval = net.discovery_interval;
     t
@@ -616,6 +620,20 @@ mod tests {
         config.ssh.write_timeout = Duration::from_secs(3);
         config.partyline.history_lines = 0;
         config.partyline.presence_interval = Duration::from_secs(9);
+        config.network.max_pending_handshakes = 40;
+        config.network.max_pending_per_host = 4;
+        config.network.preauth_timeout = Duration::from_secs(6);
+        config.network.duplicate_grace = Duration::from_secs(2);
+        let t = transport_config(&config);
+        assert_eq!(
+            (
+                t.max_pending_handshakes,
+                t.max_pending_per_host,
+                t.preauth_timeout,
+                t.duplicate_grace
+            ),
+            (40, 4, Duration::from_secs(6), Duration::from_secs(2))
+        );
         let g = gossip_config(&config);
         assert_eq!(
             (

@@ -369,6 +369,27 @@ fn send_queue_range() {
     assert_eq!(toml("[network]\nsend_queue = 1").ok().network.send_queue, 1);
 }
 
+#[test]
+fn handshake_admission_settings() {
+    let n = toml(
+        "[network]\nmax_pending_handshakes = 10\nmax_pending_per_host = 2\n\
+         preauth_timeout = \"3s\"\nduplicate_grace = \"1s\"",
+    )
+    .ok()
+    .network;
+    assert_eq!((n.max_pending_handshakes, n.max_pending_per_host), (10, 2));
+    assert_eq!(n.preauth_timeout, Duration::from_secs(3));
+    assert_eq!(n.duplicate_grace, Duration::from_secs(1));
+    toml("[network]\nmax_pending_handshakes = 0")
+        .fails("network.max_pending_handshakes", "between 1 and 65536");
+    toml("[network]\nmax_pending_handshakes = 4\nmax_pending_per_host = 5").fails(
+        "network.max_pending_per_host",
+        "at most network.max_pending_handshakes (4), got 5",
+    );
+    toml("[network]\npreauth_timeout = \"0s\"")
+        .fails("network.preauth_timeout", "greater than zero");
+}
+
 // ---- [gossip] ----
 
 #[test]
