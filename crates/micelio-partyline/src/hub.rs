@@ -51,6 +51,10 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// [`micelio_gossip::Gossip::try_originate`].
 pub(crate) type Origin = Box<dyn FnMut(MsgType, Bytes) -> Result<(), GossipError> + Send>;
 
+/// How many peers this node has now: a new one is told our users soon,
+/// not at the next periodic refresh.
+pub(crate) type PeerCount = Box<dyn Fn() -> usize + Send>;
+
 /// The hub's counters, as a snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
@@ -181,6 +185,8 @@ pub(crate) struct Hub {
     node_name: String,
     origin: Origin,
     outbox: Outbox,
+    peer_count: PeerCount,
+    last_peer_count: usize,
     history_len: usize,
     presence: PresenceTiming,
     sessions: BTreeMap<u64, SessionSlot>,
@@ -202,6 +208,7 @@ impl Hub {
         node_name: String,
         origin: Origin,
         outbox: OutboxLimits,
+        peer_count: PeerCount,
         history_len: usize,
         presence: PresenceTiming,
     ) -> Self {
@@ -210,6 +217,8 @@ impl Hub {
             node_name,
             origin,
             outbox: Outbox::new(outbox),
+            last_peer_count: peer_count(),
+            peer_count,
             history_len,
             presence: PresenceTiming {
                 // Refreshed before receivers forget it (TTL = 3 periods,
@@ -237,6 +246,16 @@ impl Hub {
             Some(at) => at.min(self.presence_due),
             None => self.presence_due,
         }
+    }
+
+    /// A new peer learns our users after the debounce delay, not at the next
+    /// refresh.
+    fn watch_peers(&mut self) {
+        let n = (self.peer_count)();
+        if n > self.last_peer_count {
+            self.presence_changed();
+        }
+        self.last_peer_count = n;
     }
 
     /// Our users changed: announce it after the debounce delay.
@@ -270,6 +289,7 @@ impl Hub {
                 _ = tick.tick() => {
                     self.prune();
                     self.expire_remote();
+                    self.watch_peers();
                 }
                 _ = tokio::time::sleep_until(presence_at) => self.announce(),
                 _ = tokio::time::sleep_until(outbox_at.unwrap_or(presence_at)), if outbox_at.is_some() => {
@@ -845,6 +865,7 @@ mod tests {
             "here".into(),
             origin,
             limits,
+            Box::new(|| 0),
             20,
             PresenceTiming {
                 every: Duration::from_secs(60),
@@ -968,6 +989,10 @@ mod tests {
 
         fn spawn_with(room: usize, limits: OutboxLimits) -> Self {
             let (hub, sent) = hub_with(room, limits);
+            Self::start(hub, sent)
+        }
+
+        fn start(hub: Hub, sent: Sent) -> Self {
             let (tx, rx) = mpsc::channel(64);
             let (chat, chat_rx) = mpsc::channel(64);
             let (presence, presence_rx) = mpsc::channel(64);
@@ -1353,6 +1378,30 @@ mod tests {
         }
         assert_eq!(accepted, 2 + 8);
         assert_eq!(h.stats().await.lines_refused, 15 - 10);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_peer_is_told_our_users_soon() {
+        let peers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (mut hub, sent) = hub();
+        let count = peers.clone();
+        hub.peer_count = Box::new(move || count.load(std::sync::atomic::Ordering::Relaxed));
+        let h = Running::start(hub, sent);
+        let _alice = h.join("alice").await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let before = h.sent_of(MsgType::Presence).len();
+        peers.store(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            h.sent_of(MsgType::Presence).len(),
+            before + 1,
+            "within a tick and the debounce"
+        );
+        // A peer leaving costs nothing.
+        peers.store(0, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(h.sent_of(MsgType::Presence).len(), before + 1);
         h.stop().await;
     }
 }

@@ -191,6 +191,10 @@ impl Partyline {
                 per_sec: gossip.config().pace_per_sec,
                 burst: gossip.config().pace_burst,
             },
+            {
+                let peers = peers.clone();
+                Box::new(move || peers.peer_count())
+            },
             config.history_lines,
             PresenceTiming {
                 every: config.presence_interval,
