@@ -276,7 +276,10 @@ impl Pacer {
         if self.tokens >= 1.0 {
             now
         } else {
-            now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+            // At least a millisecond, so that a wait rounded to nothing
+            // never wakes the task before the token is there.
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+            now + wait.max(Duration::from_millis(1))
         }
     }
 
@@ -330,7 +333,7 @@ impl Service {
         loop {
             let now = Instant::now();
             let ready_at = self.pacer.ready_at(now);
-            let ready = ready_at <= now;
+            let ready = self.pacer.tokens >= 1.0;
             self.paced_queued = paced.len() as u64;
             tokio::select! {
                 _ = cancel.cancelled() => break,

@@ -1,9 +1,11 @@
 //! The hub: one task that owns the sessions, their nicks, the history and
 //! what is known of other nodes' users, driven by channels.
 //!
-//! Everything it sends to the mesh goes through one ordered, bounded, paced
-//! path: [`micelio_gossip::Gossip::try_originate`], which never waits. A line
-//! the queue refuses is reported to its author, never silently lost.
+//! Everything sessions send to the mesh waits in the [`Outbox`] (per
+//! session FIFOs, bounded, drained round-robin at the origin's pace) and
+//! leaves through [`micelio_gossip::Gossip::try_originate`], which never
+//! waits. A line the outbox refuses is reported to its author, never
+//! silently lost.
 //!
 //! What other nodes announce (presence) is untrusted and capped: at most
 //! [`MAX_REMOTE_NODES`] nodes of at most [`MAX_REMOTE_NICKS`] nicks each,
@@ -26,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::chat::{ChatLine, unix_now};
+use crate::outbox::{Outbox, OutboxLimits, Refused};
 use crate::text::{ChatView, NickError, check_nick, nick_from_user, sanitize};
 
 /// Lines queued per session before further ones are dropped for it.
@@ -48,6 +51,10 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// [`micelio_gossip::Gossip::try_originate`].
 pub(crate) type Origin = Box<dyn FnMut(MsgType, Bytes) -> Result<(), GossipError> + Send>;
 
+/// How many peers this node has now: a new one is told our users soon,
+/// not at the next periodic refresh.
+pub(crate) type PeerCount = Box<dyn Fn() -> usize + Send>;
+
 /// The hub's counters, as a snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
@@ -64,8 +71,12 @@ pub struct PartylineStats {
     pub remote_expired: u64,
     /// Nicks of announcements ignored beyond [`MAX_REMOTE_NICKS`].
     pub remote_nicks_ignored: u64,
-    /// Lines (chat, private) refused because the outgoing queue was full.
+    /// Lines (chat, private) refused because the outbox was full.
     pub lines_refused: u64,
+    /// Lines waiting in the outbox.
+    pub lines_queued: u64,
+    /// Lines gossip refused for good (it had stopped, or on shutdown).
+    pub lines_lost: u64,
     /// Presence announcements sent.
     pub presence_sent: u64,
     /// Presence announcements put off because the outgoing queue was full.
@@ -173,6 +184,9 @@ pub(crate) struct Hub {
     node_id: NodeId,
     node_name: String,
     origin: Origin,
+    outbox: Outbox,
+    peer_count: PeerCount,
+    last_peer_count: usize,
     history_len: usize,
     presence: PresenceTiming,
     sessions: BTreeMap<u64, SessionSlot>,
@@ -193,6 +207,8 @@ impl Hub {
         node_id: NodeId,
         node_name: String,
         origin: Origin,
+        outbox: OutboxLimits,
+        peer_count: PeerCount,
         history_len: usize,
         presence: PresenceTiming,
     ) -> Self {
@@ -200,6 +216,9 @@ impl Hub {
             node_id,
             node_name,
             origin,
+            outbox: Outbox::new(outbox),
+            last_peer_count: peer_count(),
+            peer_count,
             history_len,
             presence: PresenceTiming {
                 // Refreshed before receivers forget it (TTL = 3 periods,
@@ -229,6 +248,16 @@ impl Hub {
         }
     }
 
+    /// A new peer learns our users after the debounce delay, not at the next
+    /// refresh.
+    fn watch_peers(&mut self) {
+        let n = (self.peer_count)();
+        if n > self.last_peer_count {
+            self.presence_changed();
+        }
+        self.last_peer_count = n;
+    }
+
     /// Our users changed: announce it after the debounce delay.
     fn presence_changed(&mut self) {
         let at = Instant::now() + self.presence.debounce;
@@ -247,6 +276,7 @@ impl Hub {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let presence_at = self.next_presence();
+            let outbox_at = self.outbox.next_at(Instant::now());
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 msg = rx.recv() => match msg {
@@ -259,9 +289,20 @@ impl Hub {
                 _ = tick.tick() => {
                     self.prune();
                     self.expire_remote();
+                    self.watch_peers();
                 }
                 _ = tokio::time::sleep_until(presence_at) => self.announce(),
+                _ = tokio::time::sleep_until(outbox_at.unwrap_or(presence_at)), if outbox_at.is_some() => {
+                    self.pump();
+                }
             }
+        }
+        if self.outbox.len() > 0 {
+            warn!(
+                lines = self.outbox.len(),
+                "lines not sent to the mesh at shutdown"
+            );
+            self.stats.lines_lost += self.outbox.len() as u64;
         }
         for slot in self.sessions.values() {
             let _ = slot
@@ -302,6 +343,12 @@ impl Hub {
                 }
             }
             HubMsg::Leave { id } => {
+                // A change still waiting (a new nick) is announced before
+                // the leave, so that other nodes see who left.
+                if self.presence_dirty.is_some() && self.sessions.get(&id).is_some_and(|s| !s.quiet)
+                {
+                    self.announce();
+                }
                 if let Some(slot) = self.sessions.remove(&id)
                     && !slot.quiet
                 {
@@ -433,7 +480,7 @@ impl Hub {
             timestamp,
         }
         .encode_wire();
-        self.send_line(MsgType::Chat, payload.into())?;
+        self.send_line(id, MsgType::Chat, payload.into())?;
         let view = ChatView {
             nick,
             node: self.node_name.clone(),
@@ -447,24 +494,40 @@ impl Hub {
         Ok(())
     }
 
-    /// Queues a user's line for the mesh; a refusal is the user's to know.
-    fn send_line(&mut self, kind: MsgType, payload: Bytes) -> Result<(), String> {
-        match (self.origin)(kind, payload) {
-            Ok(()) => Ok(()),
-            Err(e) => {
+    /// Queues a line of session `id` for the mesh and sends what the pace
+    /// allows; a refusal is the user's to know.
+    fn send_line(&mut self, id: u64, kind: MsgType, payload: Bytes) -> Result<(), String> {
+        match self.outbox.push(id, kind, payload) {
+            Ok(()) => {
+                self.pump();
+                Ok(())
+            }
+            Err(refused) => {
                 self.stats.lines_refused += 1;
                 if !self.refuse_logged {
                     self.refuse_logged = true;
-                    warn!(%kind, "line refused: {e} (logged once)");
+                    warn!(%kind, ?refused, "line refused: the outbox is full (logged once)");
                 }
-                Err(match e {
-                    GossipError::QueueFull(n) => format!(
-                        "line not sent: {n} lines are already waiting to go out to the mesh; \
-                         wait a moment and send it again"
+                let pace = self.outbox.per_sec();
+                Err(match refused {
+                    Refused::SessionFull(n) => format!(
+                        "line not sent: you have {n} lines waiting to go out to the mesh \
+                         (at {pace} a second); wait a moment and send it again"
                     ),
-                    other => format!("line not sent: {other}"),
+                    Refused::Full(n) => format!(
+                        "line not sent: {n} lines are waiting to go out to the mesh \
+                         (at {pace} a second); wait a moment and send it again"
+                    ),
                 })
             }
+        }
+    }
+
+    fn pump(&mut self) {
+        let done = self.outbox.pump(Instant::now(), &mut *self.origin);
+        if done.lost > 0 {
+            self.stats.lines_lost += done.lost;
+            debug!(lost = done.lost, "gossip refused lines for good");
         }
     }
 
@@ -512,7 +575,7 @@ impl Hub {
                     timestamp: view.timestamp,
                 }
                 .encode_wire();
-                self.send_line(MsgType::DirectMessage, payload.into())?;
+                self.send_line(id, MsgType::DirectMessage, payload.into())?;
                 Ok(format!("-> {nick}@{name}: {text}"))
             }
             many => Err(format!(
@@ -682,6 +745,7 @@ impl Hub {
             sessions: self.sessions.len() as u64,
             remote_nodes: self.remote.len() as u64,
             remote_users: self.remote.values().map(|r| r.nicks.len() as u64).sum(),
+            lines_queued: self.outbox.len() as u64,
             ..self.stats.clone()
         }
     }
@@ -707,6 +771,7 @@ impl Hub {
         .encode_wire();
         match (self.origin)(MsgType::Presence, payload.into()) {
             Ok(()) => {
+                self.outbox.spend(now);
                 self.stats.presence_sent += 1;
                 self.presence_dirty = None;
                 self.presence_due = now + self.presence.every;
@@ -762,8 +827,28 @@ mod tests {
 
     type Sent = Arc<Mutex<Vec<(MsgType, Bytes)>>>;
 
+    /// Small outbox limits for tests: 5 lines per session, 8 in all, 8/s
+    /// with a burst of 2.
+    const SMALL: OutboxLimits = OutboxLimits {
+        per_session: 5,
+        total: 8,
+        per_sec: 8,
+        burst: 2,
+    };
+    /// Roomy outbox limits, for tests about something else.
+    const ROOMY: OutboxLimits = OutboxLimits {
+        per_session: 256,
+        total: 1024,
+        per_sec: 8,
+        burst: 10,
+    };
+
     /// A hub whose outgoing queue holds `room` messages (taken by nobody).
     fn hub_with_room(room: usize) -> (Hub, Sent) {
+        hub_with(room, ROOMY)
+    }
+
+    fn hub_with(room: usize, limits: OutboxLimits) -> (Hub, Sent) {
         let sent: Sent = Arc::default();
         let log = sent.clone();
         let origin: Origin = Box::new(move |kind, payload| {
@@ -779,6 +864,8 @@ mod tests {
             *me.node_id(),
             "here".into(),
             origin,
+            limits,
+            Box::new(|| 0),
             20,
             PresenceTiming {
                 every: Duration::from_secs(60),
@@ -897,7 +984,15 @@ mod tests {
 
     impl Running {
         fn spawn(room: usize) -> Self {
-            let (hub, sent) = hub_with_room(room);
+            Self::spawn_with(room, ROOMY)
+        }
+
+        fn spawn_with(room: usize, limits: OutboxLimits) -> Self {
+            let (hub, sent) = hub_with(room, limits);
+            Self::start(hub, sent)
+        }
+
+        fn start(hub: Hub, sent: Sent) -> Self {
             let (tx, rx) = mpsc::channel(64);
             let (chat, chat_rx) = mpsc::channel(64);
             let (presence, presence_rx) = mpsc::channel(64);
@@ -1194,29 +1289,119 @@ mod tests {
         h.stop().await;
     }
 
+    fn chat_texts(h: &Running) -> Vec<String> {
+        h.sent_of(MsgType::Chat)
+            .into_iter()
+            .map(|p| ChatMessage::decode_wire(p).unwrap().text)
+            .collect()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_outbox_keeps_order_and_a_refused_line_is_reported_not_shown() {
-        let h = Running::spawn(6);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        // One slot went to the start-up presence.
+        let h = Running::spawn_with(usize::MAX, SMALL);
         let (a, _, mut out) = h.join("alice").await;
-        for i in 0..5 {
+        // Past the start-up presence (it spent a token).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for i in 0..7 {
             h.say(a, &format!("l{i}")).await.unwrap();
         }
+        assert_eq!(chat_texts(&h), vec!["l0", "l1"], "the burst left at once");
+        assert_eq!(h.stats().await.lines_queued, 5);
         let err = h.say(a, "one too many").await.unwrap_err();
-        assert!(err.contains("line not sent"), "{err}");
+        assert!(
+            err.contains("line not sent: you have 5 lines waiting"),
+            "{err}"
+        );
         let shown = texts(&mut out);
+        assert!(shown.iter().any(|l| l.contains("l6")));
         assert!(
             !shown.iter().any(|l| l.contains("one too many")),
             "{shown:?}"
         );
-        let order: Vec<String> = h
-            .sent_of(MsgType::Chat)
-            .into_iter()
-            .map(|p| ChatMessage::decode_wire(p).unwrap().text)
-            .collect();
-        assert_eq!(order, vec!["l0", "l1", "l2", "l3", "l4"]);
-        assert_eq!(h.stats().await.lines_refused, 1);
+        // The rest leaves at the pace, in order.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(chat_texts(&h).len(), 4, "two more after 250 ms at 8/s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            chat_texts(&h),
+            vec!["l0", "l1", "l2", "l3", "l4", "l5", "l6"]
+        );
+        let s = h.stats().await;
+        assert_eq!((s.lines_refused, s.lines_queued), (1, 0));
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pasting_session_does_not_hold_up_the_others() {
+        let h = Running::spawn_with(usize::MAX, SMALL);
+        let (a, _, _oa) = h.join("alice").await;
+        let (b, _, _ob) = h.join("bob").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for i in 0..5 {
+            h.say(a, &format!("paste {i}")).await.unwrap();
+        }
+        h.say(b, "quick question").await.unwrap();
+        // The whole outbox is nearly full: a third session is refused once
+        // the total (8) is reached, whatever its own queue.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let order = chat_texts(&h);
+        let pos = order.iter().position(|t| t == "quick question").unwrap();
+        assert!(
+            pos <= 4,
+            "bob's line waited one turn, not the whole paste: {order:?}"
+        );
+        let pastes: Vec<&String> = order.iter().filter(|t| t.starts_with("paste")).collect();
+        assert_eq!(
+            pastes,
+            ["paste 0", "paste 1", "paste 2", "paste 3", "paste 4"]
+        );
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_outbox_total_is_bounded_across_sessions() {
+        let h = Running::spawn_with(usize::MAX, SMALL);
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            ids.push(h.join(&format!("u{n}")).await);
+        }
+        // Past the start-up presence; the joins' presence is still due.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Burst of 2 goes out; then 8 wait in all.
+        let mut accepted = 0;
+        for round in 0..5 {
+            for (id, _, _) in &ids {
+                if h.say(*id, &format!("r{round}")).await.is_ok() {
+                    accepted += 1;
+                }
+            }
+        }
+        assert_eq!(accepted, 2 + 8);
+        assert_eq!(h.stats().await.lines_refused, 15 - 10);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_peer_is_told_our_users_soon() {
+        let peers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (mut hub, sent) = hub();
+        let count = peers.clone();
+        hub.peer_count = Box::new(move || count.load(std::sync::atomic::Ordering::Relaxed));
+        let h = Running::start(hub, sent);
+        let _alice = h.join("alice").await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let before = h.sent_of(MsgType::Presence).len();
+        peers.store(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            h.sent_of(MsgType::Presence).len(),
+            before + 1,
+            "within a tick and the debounce"
+        );
+        // A peer leaving costs nothing.
+        peers.store(0, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(h.sent_of(MsgType::Presence).len(), before + 1);
         h.stop().await;
     }
 }

@@ -48,6 +48,7 @@
 pub mod chat;
 mod commands;
 mod hub;
+mod outbox;
 pub mod text;
 
 use std::collections::BTreeMap;
@@ -71,6 +72,7 @@ pub use hub::{
     MAX_NODE_NAME, MAX_REMOTE_NICKS, MAX_REMOTE_NODES, Output, PRESENCE_TTL_MAX, PRESENCE_TTL_MIN,
     PartylineStats, WhoEntry,
 };
+pub use outbox::{MAX_QUEUED_LINES, MAX_QUEUED_PER_SESSION};
 pub use text::ChatView;
 
 use crate::hub::{Hub, HubMsg, PresenceTiming};
@@ -183,6 +185,16 @@ impl Partyline {
             node_id,
             node_name.clone(),
             Box::new(move |kind, payload| origin_gossip.try_originate(kind, payload)),
+            outbox::OutboxLimits {
+                per_session: MAX_QUEUED_PER_SESSION,
+                total: MAX_QUEUED_LINES,
+                per_sec: gossip.config().pace_per_sec,
+                burst: gossip.config().pace_burst,
+            },
+            {
+                let peers = peers.clone();
+                Box::new(move || peers.peer_count())
+            },
             config.history_lines,
             PresenceTiming {
                 every: config.presence_interval,
