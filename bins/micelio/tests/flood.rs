@@ -14,10 +14,12 @@
 //! `MICELIO_FLOOD_SEEN_CAP` (default 16,384) so that the first flood fills
 //! every cap. `MICELIO_FLOOD_IDS=100000 MICELIO_FLOOD_SEEN_CAP=0 cargo test
 //! --release -p micelio --test flood -- --nocapture` runs the defaults and
-//! gives the figures recorded in `docs/benchmarks.md`.
+//! gives the figures recorded in `docs/benchmarks.md`;
+//! `MICELIO_FLOOD_BIN=<path>` floods another build instead, to compare.
 
 mod support;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -109,11 +111,16 @@ fn memory_stays_flat_across_three_floods_of_fresh_identities() {
         format!("[gossip]\nseen_cap = {seen_cap}\n")
     };
     std::fs::write(&config, format!("{FAST}{gossip}")).unwrap();
-    let node = Node::start(
+    // Another build to measure in the same run (an older one, say).
+    let bin = std::env::var_os("MICELIO_FLOOD_BIN")
+        .map_or_else(|| env!("CARGO_BIN_EXE_micelio").into(), PathBuf::from);
+    let node = Node::start_bin(
+        &bin,
         home.path(),
         &home.path().join("n"),
         &config,
         &["--listen", "127.0.0.1:0"],
+        &[],
     );
     let pid = node.pid();
     let addr = node.addr.clone();

@@ -39,7 +39,26 @@ impl Node {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Node {
-        let bin = Path::new(env!("CARGO_BIN_EXE_micelio"));
+        Self::start_bin(
+            Path::new(env!("CARGO_BIN_EXE_micelio")),
+            home,
+            data,
+            config,
+            extra,
+            env,
+        )
+    }
+
+    /// As [`Node::start_with_env`], running the executable `bin` (another
+    /// build, to compare with in the same run).
+    pub fn start_bin(
+        bin: &Path,
+        home: &Path,
+        data: &Path,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
         let mut cmd = command(bin, home, &[]);
         cmd.arg("--config")
             .arg(config)
