@@ -436,10 +436,15 @@ async fn stats(c: CommandCall) -> Reply {
         p.presence_deferred
     ));
     out.push_str("\ntransport:");
+    let mut any = false;
     for (k, v) in t.entries() {
         if v > 0 {
+            any = true;
             out.push_str(&format!("\n  {k}: {v}"));
         }
+    }
+    if !any {
+        out.push_str(" every counter is 0");
     }
     Reply::ok(out)
 }
