@@ -198,6 +198,8 @@ pub(crate) struct Hub {
     presence_due: Instant,
     /// When a pending change is to be announced.
     presence_dirty: Option<Instant>,
+    /// When the last announcement left.
+    presence_sent_at: Option<Instant>,
     stats: PartylineStats,
     refuse_logged: bool,
 }
@@ -236,6 +238,7 @@ impl Hub {
             presence_seq: unix_now().saturating_mul(1000),
             presence_due: Instant::now(),
             presence_dirty: None,
+            presence_sent_at: None,
             stats: PartylineStats::default(),
             refuse_logged: false,
         }
@@ -258,9 +261,17 @@ impl Hub {
         self.last_peer_count = n;
     }
 
-    /// Our users changed: announce it after the debounce delay.
+    /// Our users changed: announce it at once if nothing was announced
+    /// within the debounce delay, otherwise when that delay has passed
+    /// since the last announcement. At most one announcement per delay,
+    /// and the first change of a quiet spell is seen at once (so a line
+    /// said right after joining already shows the node's name elsewhere).
     fn presence_changed(&mut self) {
-        let at = Instant::now() + self.presence.debounce;
+        let now = Instant::now();
+        let at = match self.presence_sent_at {
+            Some(sent) => (sent + self.presence.debounce).max(now),
+            None => now,
+        };
         self.presence_dirty = Some(self.presence_dirty.map_or(at, |d| d.min(at)));
     }
 
@@ -773,6 +784,7 @@ impl Hub {
             Ok(()) => {
                 self.outbox.spend(now);
                 self.stats.presence_sent += 1;
+                self.presence_sent_at = Some(now);
                 self.presence_dirty = None;
                 self.presence_due = now + self.presence.every;
             }
@@ -1092,6 +1104,31 @@ mod tests {
         assert!((11..=12).contains(&n), "{n} announcements");
         assert_eq!(h.stats().await.presence_sent as usize, n);
         drop(sessions);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_change_of_a_quiet_spell_is_announced_at_once() {
+        let h = Running::spawn(usize::MAX);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(h.sent_of(MsgType::Presence).len(), 1, "announced at start");
+        // Quiet for longer than the debounce delay: a join goes out within
+        // a housekeeping tick, not after the delay.
+        let first = h.join("early").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = h.sent_of(MsgType::Presence);
+        assert_eq!(sent.len(), 2, "announced at once");
+        assert_eq!(
+            Presence::decode_wire(sent[1].clone()).unwrap().nicks,
+            ["early"]
+        );
+        // A second change right after waits for the delay.
+        let second = h.join("late").await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(h.sent_of(MsgType::Presence).len(), 2, "debounced");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(h.sent_of(MsgType::Presence).len(), 3);
+        drop((first, second));
         h.stop().await;
     }
 

@@ -94,8 +94,9 @@ pub struct PartylineConfig {
     /// which keep an announcement at most 600 s, never forget a live node).
     /// Changes are announced as they happen, after `presence_debounce`.
     pub presence_interval: Duration,
-    /// How long after a change of users (join, leave, nick) it is
-    /// announced, so that a burst of changes costs one message.
+    /// Least time between two announcements of a change of users (join,
+    /// leave, nick): the first change after a quiet spell goes out at
+    /// once, later ones wait, so that a burst of changes costs one message.
     pub presence_debounce: Duration,
 }
 
