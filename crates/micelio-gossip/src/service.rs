@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use micelio_identity::{Identity, NodeId};
-use micelio_transport::{PeerEvent, PeerManager};
+use micelio_transport::{PeerEvent, PeerManager, TaskExit, TaskGroup};
 use micelio_wire::{Envelope, MsgType, Routing, frame};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -63,16 +63,24 @@ enum Command {
         reply: oneshot::Sender<mpsc::Receiver<Delivered>>,
     },
     Stats(oneshot::Sender<GossipStats>),
+    /// Test-only fault: the task panics.
+    #[cfg(test)]
+    Panic,
 }
 
 /// Handle to a running gossip service. Clones share it.
 #[derive(Clone, Debug)]
+#[must_use = "dropping the handle does not stop the service; call shutdown()"]
 pub struct Gossip {
     tx: mpsc::Sender<Command>,
     paced: mpsc::Sender<(MsgType, Bytes)>,
     refused: Arc<AtomicU64>,
     config: Arc<GossipConfig>,
     cancel: CancellationToken,
+    /// The service task, watched for [`Gossip::closed`].
+    tasks: TaskGroup,
+    /// The watcher of the service task (it returns once the task has ended
+    /// and a panic has been logged).
     task: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
     node_id: NodeId,
 }
@@ -107,7 +115,9 @@ impl Gossip {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let cancel = CancellationToken::new();
         let span = info_span!("gossip", node = %node_id.short(12));
-        let task = tokio::spawn(
+        let tasks = TaskGroup::new(cancel.clone());
+        let task = tasks.spawn(
+            "the gossip task",
             Service {
                 engine,
                 peers,
@@ -126,6 +136,7 @@ impl Gossip {
             refused,
             config: shared_config,
             cancel,
+            tasks,
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
             node_id,
         }
@@ -233,13 +244,35 @@ impl Gossip {
         rx.await.map_err(|_| GossipError::Stopped)
     }
 
-    /// Stops the task and waits for it. Idempotent. The peer manager is not
-    /// stopped: its owner does that.
+    /// Resolves once the service task has ended, saying how:
+    /// [`TaskExit::Stopped`] after [`Gossip::shutdown`], or
+    /// [`TaskExit::Failed`] if it panicked (the reason carries the panic
+    /// message) or returned by itself (its peer event stream ended), which
+    /// a supervisor should treat as the service's death. The future owns
+    /// what it needs, so it can be moved into a watching task.
+    ///
+    /// Cancel safety: safe to cancel.
+    pub fn closed(&self) -> impl std::future::Future<Output = TaskExit> + Send + 'static {
+        self.tasks.closed()
+    }
+
+    /// Stops the task and waits for it. Idempotent. A task that had
+    /// panicked is logged once, with its message (and told by
+    /// [`Gossip::closed`]). The peer manager is not stopped: its owner
+    /// does that.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
-        if let Some(task) = self.task.lock().await.take() {
-            let _ = task.await;
+        if let Some(watcher) = self.task.lock().await.take()
+            && watcher.await.is_err()
+        {
+            warn!("the gossip task's watcher was aborted");
         }
+    }
+
+    /// Test-only fault: makes the service task panic.
+    #[cfg(test)]
+    async fn panic_for_tests(&self) {
+        let _ = self.tx.send(Command::Panic).await;
     }
 }
 
@@ -416,6 +449,8 @@ impl Service {
                 stats.subscribers = subs;
                 let _ = reply.send(stats);
             }
+            #[cfg(test)]
+            Command::Panic => panic!("test fault: the gossip task panics"),
         }
     }
 
@@ -514,5 +549,79 @@ impl Service {
                 s.dropped += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use micelio_transport::TransportConfig;
+    use micelio_transport::memory::MemoryNetwork;
+
+    async fn gossip() -> (Gossip, PeerManager) {
+        let id = Arc::new(Identity::from_seed([5; 32]));
+        let net = MemoryNetwork::new();
+        let (peers, events) = PeerManager::spawn(
+            id.clone(),
+            Arc::new(net.transport(&id)),
+            TransportConfig::new(None),
+            None,
+        )
+        .await
+        .unwrap();
+        (
+            Gossip::spawn(id, GossipConfig::default(), peers.clone(), events),
+            peers,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_reported_by_closed_and_shutdown_returns() {
+        let (gossip, peers) = gossip().await;
+        let closed = gossip.closed();
+        gossip.panic_for_tests().await;
+        assert_eq!(
+            closed.await,
+            TaskExit::Failed(
+                "the gossip task panicked: test fault: the gossip task panics".to_owned()
+            )
+        );
+        assert_eq!(gossip.stats().await, Err(GossipError::Stopped));
+        gossip.shutdown().await;
+        peers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_is_reported_as_a_stop() {
+        let (gossip, peers) = gossip().await;
+        let closed = tokio::spawn(gossip.closed());
+        gossip.stats().await.unwrap();
+        assert!(!closed.is_finished(), "running");
+        gossip.shutdown().await;
+        assert_eq!(closed.await.unwrap(), TaskExit::Stopped);
+        peers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_task_whose_peer_events_end_has_failed() {
+        let id = Arc::new(Identity::from_seed([6; 32]));
+        let net = MemoryNetwork::new();
+        let (peers, _events) = PeerManager::spawn(
+            id.clone(),
+            Arc::new(net.transport(&id)),
+            TransportConfig::new(None),
+            None,
+        )
+        .await
+        .unwrap();
+        let (tx, events) = mpsc::channel(1);
+        let gossip = Gossip::spawn(id, GossipConfig::default(), peers.clone(), events);
+        drop(tx);
+        assert_eq!(
+            gossip.closed().await,
+            TaskExit::Failed("the gossip task ended by itself".to_owned())
+        );
+        gossip.shutdown().await;
+        peers.shutdown().await;
     }
 }

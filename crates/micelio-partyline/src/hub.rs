@@ -151,6 +151,9 @@ pub(crate) enum HubMsg {
     Stats {
         reply: oneshot::Sender<PartylineStats>,
     },
+    /// Test-only fault: the hub task panics.
+    #[cfg(test)]
+    Panic,
 }
 
 struct SessionSlot {
@@ -374,6 +377,8 @@ impl Hub {
             HubMsg::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
+            #[cfg(test)]
+            HubMsg::Panic => panic!("test fault: the hub panics"),
             HubMsg::Private {
                 id,
                 to,
