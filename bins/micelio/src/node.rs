@@ -96,6 +96,11 @@ fn gossip_config(config: &Config) -> GossipConfig {
     c.repair_interval = g.repair_interval;
     c.repair_window = g.repair_window;
     c.repair_retention = g.repair_retention;
+    c.learned_keys_cap = g.learned_keys_cap;
+    c.rate_buckets_cap = g.rate_buckets_cap;
+    c.pace_per_sec = g.pace_per_sec;
+    c.pace_burst = g.pace_burst;
+    c.origin_queue = g.origin_queue;
     c
 }
 
@@ -104,6 +109,7 @@ fn partyline_config(config: &Config) -> PartylineConfig {
     let mut c = PartylineConfig::new(config.node.name.clone());
     c.history_lines = config.partyline.history_lines;
     c.presence_interval = config.partyline.presence_interval;
+    c.presence_debounce = config.partyline.presence_debounce;
     c
 }
 
@@ -637,6 +643,12 @@ mod tests {
         config.gossip.repair_interval = Duration::ZERO;
         config.gossip.repair_window = Duration::from_secs(7);
         config.gossip.repair_retention = Duration::from_secs(70);
+        config.gossip.learned_keys_cap = 100;
+        config.gossip.rate_buckets_cap = 200;
+        config.gossip.pace_per_sec = 3;
+        config.gossip.pace_burst = 4;
+        config.gossip.origin_queue = 50;
+        config.partyline.presence_debounce = Duration::from_millis(500);
         config.ssh.max_connections = 5;
         config.ssh.inactivity_timeout = Duration::from_secs(77);
         config.ssh.write_timeout = Duration::from_secs(3);
@@ -671,6 +683,16 @@ mod tests {
                 Duration::from_secs(70)
             )
         );
+        assert_eq!(
+            (
+                g.learned_keys_cap,
+                g.rate_buckets_cap,
+                g.pace_per_sec,
+                g.pace_burst,
+                g.origin_queue
+            ),
+            (100, 200, 3, 4, 50)
+        );
         let s = ssh_config(&config);
         assert_eq!(
             (s.max_connections, s.inactivity_timeout, s.write_timeout),
@@ -678,8 +700,8 @@ mod tests {
         );
         let p = partyline_config(&config);
         assert_eq!(
-            (p.history_lines, p.presence_interval),
-            (0, Duration::from_secs(9))
+            (p.history_lines, p.presence_interval, p.presence_debounce),
+            (0, Duration::from_secs(9), Duration::from_millis(500))
         );
     }
 
