@@ -1,8 +1,8 @@
 //! End-to-end with the real OpenSSH client (`/usr/bin/ssh`): meshed
 //! `micelio` processes on 127.0.0.1, users on different nodes, every
 //! command, exec requests, refused clients, `authorized_keys` options and
-//! hostile input, and a paste of 100 lines. The host key is pinned: `known_hosts` is written from the
-//! node's own public key.
+//! hostile input, and a paste of 100 lines. The host key is pinned:
+//! `known_hosts` is written from the node's own public key.
 
 mod support;
 
