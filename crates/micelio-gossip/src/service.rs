@@ -33,6 +33,10 @@ const COMMAND_QUEUE: usize = 1024;
 const SUBSCRIBER_QUEUE: usize = 1024;
 /// Period of seen-cache and rate-bucket expiry.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+/// How long a stopping service keeps sending its paced originations, at
+/// the pace: what this node said just before a shutdown still goes out;
+/// what is left after it is dropped and logged.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
 
 /// Why a gossip call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -256,7 +260,10 @@ impl Gossip {
         self.tasks.closed()
     }
 
-    /// Stops the task and waits for it. Idempotent. A task that had
+    /// Stops the task and waits for it. Idempotent. Paced originations
+    /// still queued keep leaving, at the pace, for at most
+    /// [`SHUTDOWN_DRAIN`] (1 s; the queue takes nothing new meanwhile);
+    /// what is left then is dropped and logged. A task that had
     /// panicked is logged once, with its message (and told by
     /// [`Gossip::closed`]). The peer manager is not stopped: its owner
     /// does that.
@@ -397,7 +404,42 @@ impl Service {
                 }
             }
         }
+        if cancel.is_cancelled() {
+            self.drain(&mut paced, Instant::now() + SHUTDOWN_DRAIN)
+                .await;
+        }
         debug!("gossip service stopped");
+    }
+
+    /// Sends what the paced queue holds, at the pace, until it is empty or
+    /// `deadline`; the queue takes nothing new meanwhile. What is left is
+    /// dropped and logged.
+    async fn drain(&mut self, paced: &mut mpsc::Receiver<(MsgType, Bytes)>, deadline: Instant) {
+        paced.close();
+        while !paced.is_empty() {
+            let at = self.pacer.ready_at(Instant::now());
+            if at > deadline {
+                break;
+            }
+            tokio::time::sleep_until(at).await;
+            let Ok((msg_type, payload)) = paced.try_recv() else {
+                break;
+            };
+            let now = Instant::now();
+            self.pacer.take(now);
+            let (_, actions) = self.engine.originate(now.into_std(), msg_type, payload);
+            self.execute(actions);
+        }
+        let mut left = 0usize;
+        while paced.try_recv().is_ok() {
+            left += 1;
+        }
+        if left > 0 {
+            warn!(
+                left,
+                "paced originations not sent at shutdown: dropped after {SHUTDOWN_DRAIN:?}"
+            );
+        }
     }
 
     fn command(&mut self, cmd: Command) {
@@ -589,6 +631,52 @@ mod tests {
         assert_eq!(gossip.stats().await, Err(GossipError::Stopped));
         gossip.shutdown().await;
         peers.shutdown().await;
+    }
+
+    async fn node(net: &MemoryNetwork, seed: u8) -> (Gossip, PeerManager) {
+        let id = Arc::new(Identity::from_seed([seed; 32]));
+        let mut cfg = TransportConfig::new(Some(format!("127.0.9.{seed}:4000")));
+        cfg.discovery_interval = Duration::from_secs(3600);
+        let (peers, events) =
+            PeerManager::spawn(id.clone(), Arc::new(net.transport(&id)), cfg, None)
+                .await
+                .unwrap();
+        (
+            Gossip::spawn(id, GossipConfig::default(), peers.clone(), events),
+            peers,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_originations_queued_at_shutdown_leave_within_the_drain() {
+        let net = MemoryNetwork::new();
+        let (a, pa) = node(&net, 1).await;
+        let (b, pb) = node(&net, 2).await;
+        let mut chat = b.subscribe(MsgType::Chat).await.unwrap();
+        let keys = (a.stats().await.unwrap().keys, b.stats().await.unwrap().keys);
+        pa.dial(pb.local_addr().unwrap()).await.unwrap();
+        // Both engines know the other (its direct key from the hello).
+        while a.stats().await.unwrap().keys == keys.0 || b.stats().await.unwrap().keys == keys.1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The burst (10) leaves at once; 8 more within the 1 s drain at
+        // 8/s; the last two are dropped.
+        for i in 0..20 {
+            a.try_originate(MsgType::Chat, format!("m{i:02}").into())
+                .unwrap();
+        }
+        let started = Instant::now();
+        a.shutdown().await;
+        assert!(started.elapsed() <= SHUTDOWN_DRAIN, "bounded");
+        let mut left = Vec::new();
+        while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(3), chat.recv()).await {
+            left.push(String::from_utf8(d.envelope.payload.to_vec()).unwrap());
+        }
+        let want: Vec<String> = (0..18).map(|i| format!("m{i:02}")).collect();
+        assert_eq!(left, want, "in order, as many as the pace allows");
+        b.shutdown().await;
+        pa.shutdown().await;
+        pb.shutdown().await;
     }
 
     #[tokio::test]

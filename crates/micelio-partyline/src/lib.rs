@@ -70,7 +70,7 @@ pub use commands::{
 };
 pub use hub::{
     MAX_NODE_NAME, MAX_REMOTE_NICKS, MAX_REMOTE_NODES, Output, PRESENCE_TTL_MAX, PRESENCE_TTL_MIN,
-    PartylineStats, WhoEntry,
+    PartylineStats, SHUTDOWN_DRAIN, WhoEntry,
 };
 pub use outbox::{MAX_QUEUED_LINES, MAX_QUEUED_PER_SESSION};
 pub use text::ChatView;
@@ -431,8 +431,11 @@ impl Partyline {
         self.inner.tasks.closed()
     }
 
-    /// Stops the hub (sessions are told) and waits for it. Idempotent. A
-    /// hub that had panicked is logged once, with its message (and told by
+    /// Stops the hub and waits for it. Idempotent. Sessions are told; lines
+    /// still in the outbox keep going to gossip, in order and at the
+    /// origin's pace, for at most [`SHUTDOWN_DRAIN`] (1 s); what is left
+    /// then is dropped, counted in `lines_lost` and logged. A hub that had
+    /// panicked is logged once, with its message (and told by
     /// [`Partyline::closed`]).
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
