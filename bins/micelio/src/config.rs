@@ -506,6 +506,17 @@ pub(crate) struct GossipConfig {
     /// least `repair_window`.
     #[serde(serialize_with = "humantime_str")]
     pub(crate) repair_retention: Duration,
+    /// Most sender keys learned from gossip kept (least recently used
+    /// evicted).
+    pub(crate) learned_keys_cap: usize,
+    /// Most per-sender rate buckets kept.
+    pub(crate) rate_buckets_cap: usize,
+    /// This node's own originations per second (below `rate_per_sec`).
+    pub(crate) pace_per_sec: u32,
+    /// Burst of this node's own originations (below `rate_burst`).
+    pub(crate) pace_burst: u32,
+    /// Own originations queued, in order, before more are refused.
+    pub(crate) origin_queue: usize,
 }
 
 impl Default for GossipConfig {
@@ -522,6 +533,11 @@ impl Default for GossipConfig {
             repair_interval: g.repair_interval,
             repair_window: g.repair_window,
             repair_retention: g.repair_retention,
+            learned_keys_cap: g.learned_keys_cap,
+            rate_buckets_cap: g.rate_buckets_cap,
+            pace_per_sec: g.pace_per_sec,
+            pace_burst: g.pace_burst,
+            origin_queue: g.origin_queue,
         }
     }
 }
@@ -543,6 +559,13 @@ impl GossipConfig {
         });
         let repair_window = s.duration("repair_window");
         let repair_retention = s.duration("repair_retention");
+        let learned_keys_cap = s.number("learned_keys_cap", 64, 10_000_000);
+        let rate_buckets_cap = s.number("rate_buckets_cap", 64, 10_000_000);
+        let origin_queue = s.number("origin_queue", 1, 1_000_000);
+        // Relays (ours and the reference's) drop what a sender sends over
+        // their per-sender limit: our own pace stays under the mesh's.
+        let pace_per_sec = Self::below(s, "pace_per_sec", "rate_per_sec", rate_per_sec);
+        let pace_burst = Self::below(s, "pace_burst", "rate_burst", rate_burst);
         if let (Some(window), Some(retention)) = (repair_window, repair_retention)
             && retention < window
         {
@@ -565,9 +588,45 @@ impl GossipConfig {
             repair_interval: repair_interval?,
             repair_window: repair_window?,
             repair_retention: repair_retention.filter(|r| Some(*r) >= repair_window)?,
+            learned_keys_cap: learned_keys_cap?,
+            rate_buckets_cap: rate_buckets_cap?,
+            pace_per_sec: pace_per_sec?,
+            pace_burst: pace_burst?,
+            origin_queue: origin_queue?,
         })
     }
+
+    /// `key`, a number from 1 that must be below the per-sender `limit`
+    /// (`limit_key`), when that one is valid.
+    fn below(
+        s: &mut Section<'_, '_>,
+        key: &str,
+        limit_key: &str,
+        limit: Option<u32>,
+    ) -> Option<u32> {
+        let value: u32 = s.number(key, 1, 1_000_000)?;
+        match limit {
+            Some(limit) if value >= limit => {
+                s.error(
+                    key,
+                    format!(
+                        "must be below gossip.{limit_key} ({limit}), or relays drop this \
+                         node's own messages; got {value}"
+                    ),
+                );
+                None
+            }
+            _ => Some(value),
+        }
+    }
 }
+
+/// Shortest `partyline.presence_debounce`: a burst of joins and leaves
+/// costs one announcement, not one each.
+const PRESENCE_DEBOUNCE_MIN: Duration = Duration::from_millis(100);
+/// Longest `partyline.presence_debounce`: other nodes learn of a change
+/// within a minute.
+const PRESENCE_DEBOUNCE_MAX: Duration = Duration::from_secs(60);
 
 /// `[partyline]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -577,6 +636,9 @@ pub(crate) struct PartylineConfig {
     /// How often this node re-announces its users to the mesh.
     #[serde(serialize_with = "humantime_str")]
     pub(crate) presence_interval: Duration,
+    /// How long after a change of users it is announced.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) presence_debounce: Duration,
 }
 
 impl Default for PartylineConfig {
@@ -586,6 +648,7 @@ impl Default for PartylineConfig {
         Self {
             history_lines: p.history_lines,
             presence_interval: p.presence_interval,
+            presence_debounce: p.presence_debounce,
         }
     }
 }
@@ -610,9 +673,25 @@ impl PartylineConfig {
                 ),
             );
         }
+        let debounce_range = PRESENCE_DEBOUNCE_MIN..=PRESENCE_DEBOUNCE_MAX;
+        let presence_debounce = s.duration("presence_debounce");
+        if let Some(d) = presence_debounce
+            && !debounce_range.contains(&d)
+        {
+            s.error(
+                "presence_debounce",
+                format!(
+                    "must be between {} and {}, got {}",
+                    humantime::format_duration(PRESENCE_DEBOUNCE_MIN),
+                    humantime::format_duration(PRESENCE_DEBOUNCE_MAX),
+                    humantime::format_duration(d)
+                ),
+            );
+        }
         Some(Self {
             history_lines: history_lines?,
             presence_interval: presence_interval.filter(|d| range.contains(d))?,
+            presence_debounce: presence_debounce.filter(|d| debounce_range.contains(d))?,
         })
     }
 }

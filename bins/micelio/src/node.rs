@@ -15,13 +15,15 @@
 //! 4. close the peer connections (`PeerManager`);
 //! 5. flush storage.
 //!
-//! While it runs, the node watches its components: the SSH accept loop
-//! (`SshServer::closed`), gossip (its chat delivery stream, which ends when
-//! the gossip task does), the partyline hub (probed every
-//! [`PROBE_INTERVAL`]) and the node's own chat-log task (a panic is caught
-//! by its join handle). A component that ends or panics is logged with its
-//! reason and the node stops, in order, with an error (exit status 1): it
-//! never lingers half-alive.
+//! While it runs, the node watches every component, none is polled: each
+//! one's `closed()` future (`SshServer::closed` for the accept loop,
+//! `Partyline::closed` for the hub task, `Gossip::closed` for the gossip
+//! task, `PeerManager::closed` for the accept loop, bootstrap dialers,
+//! maintenance loop and storage task) resolves when its tasks end, with the
+//! panic message or the reason; the node's own chat-log task is watched by
+//! its join handle. A component that ends or panics is logged with its
+//! name and reason and the node stops, in order, with an error (exit
+//! status 1): it never lingers half-alive.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,7 +35,7 @@ use micelio_identity::Identity;
 use micelio_partyline::{Partyline, PartylineConfig};
 use micelio_ssh::{SshConfig, SshServer};
 use micelio_transport::{
-    PeerManager, PeerStore as _, SledPeerStore, TcpTransport, TransportConfig,
+    PeerManager, PeerStore as _, SledPeerStore, TaskExit, TcpTransport, TransportConfig,
 };
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
@@ -57,8 +59,6 @@ const LEGACY_DB: &str = "data.db";
 const MIGRATED_DB: &str = "migrated-data.db";
 /// Who may log in to the partyline.
 const AUTHORIZED_KEYS: &str = "authorized_keys";
-/// How often the partyline hub is asked whether it is still alive.
-pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Maps the validated configuration onto the transport's.
 fn transport_config(config: &Config) -> TransportConfig {
@@ -96,6 +96,11 @@ fn gossip_config(config: &Config) -> GossipConfig {
     c.repair_interval = g.repair_interval;
     c.repair_window = g.repair_window;
     c.repair_retention = g.repair_retention;
+    c.learned_keys_cap = g.learned_keys_cap;
+    c.rate_buckets_cap = g.rate_buckets_cap;
+    c.pace_per_sec = g.pace_per_sec;
+    c.pace_burst = g.pace_burst;
+    c.origin_queue = g.origin_queue;
     c
 }
 
@@ -104,6 +109,7 @@ fn partyline_config(config: &Config) -> PartylineConfig {
     let mut c = PartylineConfig::new(config.node.name.clone());
     c.history_lines = config.partyline.history_lines;
     c.presence_interval = config.partyline.presence_interval;
+    c.presence_debounce = config.partyline.presence_debounce;
     c
 }
 
@@ -312,6 +318,31 @@ impl Node {
         self.names.push((handle.id(), name));
     }
 
+    /// Watches every started component through its `closed()` future. A
+    /// component that ends while the node runs has died, even when it says
+    /// it was stopped: only [`Node::stop`] stops components, and it stops
+    /// watching first.
+    fn watch_components(&mut self) {
+        if let Some(ssh) = &self.ssh {
+            let closed = ssh.closed();
+            self.watch("ssh", async move {
+                Err(format!("the SSH server {}", closed.await))
+            });
+        }
+        if let Some(party) = &self.party {
+            let closed = party.closed();
+            self.watch("partyline", async move { Err(exit_reason(closed.await)) });
+        }
+        if let Some(gossip) = &self.gossip {
+            let closed = gossip.closed();
+            self.watch("gossip", async move { Err(exit_reason(closed.await)) });
+        }
+        if let Some(peers) = &self.peers {
+            let closed = peers.closed();
+            self.watch("peers", async move { Err(exit_reason(closed.await)) });
+        }
+    }
+
     /// Starts every component in order, recording each as it starts so
     /// that [`Node::stop`] can stop whatever did.
     async fn start(
@@ -354,7 +385,7 @@ impl Node {
         let party = Partyline::spawn(partyline_config(config), gossip.clone(), peers.clone())
             .await
             .context("cannot start the partyline")?;
-        let party = self.party.insert(party).clone();
+        let party = &*self.party.insert(party);
 
         let scfg = ssh_config(config);
         let keys_path = scfg.authorized_keys.clone();
@@ -365,14 +396,10 @@ impl Node {
         let ssh = self.ssh.insert(ssh);
         let ssh_addr = ssh.local_addr();
         let nobody = ssh.authorized_keys().is_empty().await;
-        let ssh_closed = ssh.closed();
 
-        self.watch("ssh", async move {
-            Err(format!("the SSH server {}", ssh_closed.await))
-        });
+        self.watch_components();
         let chat_peers = (fault == Some(Fault::Panic)).then(|| peers.clone());
         self.watch("chat-log", chat_log(chat, chat_peers));
-        self.watch("partyline", probe_partyline(party));
         write_stdout(&format!(
             "peers       {listening}\nssh         {ssh_addr}\n"
         ))?;
@@ -478,9 +505,11 @@ impl Node {
     }
 }
 
-/// Logs every chat line until gossip's delivery stream ends, which happens
-/// only when the gossip task has stopped. With `fault_after_peer`, panics
-/// once the node has a peer (debug fault injection).
+/// Logs every chat line. Gossip's delivery stream ends only when the gossip
+/// task has ended, which the gossip watch reports (with its reason); this
+/// task then has nothing more to do and waits to be stopped. With
+/// `fault_after_peer`, panics once the node has a peer (debug fault
+/// injection).
 async fn chat_log(
     mut chat: mpsc::Receiver<Delivered>,
     fault_after_peer: Option<PeerManager>,
@@ -497,21 +526,20 @@ async fn chat_log(
             () = &mut fault => panic!("debug fault injection: the chat log panics"),
             delivered = chat.recv() => match delivered {
                 Some(d) => log_chat(&d),
-                None => return Err("its delivery stream ended: the gossip task has stopped".to_owned()),
+                None => break,
             },
         }
     }
+    std::future::pending().await
 }
 
-/// Asks the partyline hub every [`PROBE_INTERVAL`] whether it still
-/// answers; returns when it does not.
-async fn probe_partyline(party: Partyline) -> Ended {
-    let mut tick = tokio::time::interval(PROBE_INTERVAL);
-    loop {
-        tick.tick().await;
-        if let Err(e) = party.who().await {
-            return Err(format!("the hub does not answer: {e}"));
-        }
+/// Why a component whose tasks ended is dead: its failure, or a stop
+/// nobody asked for.
+fn exit_reason(exit: TaskExit) -> String {
+    match exit {
+        TaskExit::Failed(reason) => reason,
+        TaskExit::Stopped => "it stopped without being asked to".to_owned(),
+        other => other.to_string(),
     }
 }
 
@@ -615,6 +643,12 @@ mod tests {
         config.gossip.repair_interval = Duration::ZERO;
         config.gossip.repair_window = Duration::from_secs(7);
         config.gossip.repair_retention = Duration::from_secs(70);
+        config.gossip.learned_keys_cap = 100;
+        config.gossip.rate_buckets_cap = 200;
+        config.gossip.pace_per_sec = 3;
+        config.gossip.pace_burst = 4;
+        config.gossip.origin_queue = 50;
+        config.partyline.presence_debounce = Duration::from_millis(500);
         config.ssh.max_connections = 5;
         config.ssh.inactivity_timeout = Duration::from_secs(77);
         config.ssh.write_timeout = Duration::from_secs(3);
@@ -649,6 +683,16 @@ mod tests {
                 Duration::from_secs(70)
             )
         );
+        assert_eq!(
+            (
+                g.learned_keys_cap,
+                g.rate_buckets_cap,
+                g.pace_per_sec,
+                g.pace_burst,
+                g.origin_queue
+            ),
+            (100, 200, 3, 4, 50)
+        );
         let s = ssh_config(&config);
         assert_eq!(
             (s.max_connections, s.inactivity_timeout, s.write_timeout),
@@ -656,8 +700,8 @@ mod tests {
         );
         let p = partyline_config(&config);
         assert_eq!(
-            (p.history_lines, p.presence_interval),
-            (0, Duration::from_secs(9))
+            (p.history_lines, p.presence_interval, p.presence_debounce),
+            (0, Duration::from_secs(9), Duration::from_millis(500))
         );
     }
 
@@ -684,6 +728,63 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "component gossip failed: its stream ended");
+    }
+
+    #[tokio::test]
+    async fn a_gossip_task_that_dies_stops_the_node_with_its_name_and_reason() {
+        let id = Arc::new(Identity::from_seed([4; 32]));
+        let transport =
+            TcpTransport::new(id.clone(), Duration::from_secs(1), Duration::from_secs(1));
+        let (peers, _events) = PeerManager::spawn(
+            id.clone(),
+            Arc::new(transport),
+            TransportConfig::new(None),
+            None,
+        )
+        .await
+        .unwrap();
+        // Gossip runs on an event stream of its own, which the test ends.
+        let (events_tx, events) = mpsc::channel(1);
+        let gossip = Gossip::spawn(id, GossipConfig::default(), peers.clone(), events);
+        let party = Partyline::spawn(PartylineConfig::new("n"), gossip.clone(), peers.clone())
+            .await
+            .unwrap();
+        let mut node = Node {
+            peers: Some(peers),
+            gossip: Some(gossip),
+            party: Some(party),
+            ..Node::default()
+        };
+        node.watch_components();
+        let supervised = tokio::spawn(async move {
+            let result = node.supervise(&CancellationToken::new(), None).await;
+            (node, result)
+        });
+        tokio::task::yield_now().await;
+        assert!(!supervised.is_finished(), "every component is alive");
+        drop(events_tx);
+        let (mut node, result) = tokio::time::timeout(Duration::from_secs(10), supervised)
+            .await
+            .expect("the death is seen without polling")
+            .unwrap();
+        assert_eq!(
+            result.unwrap_err().to_string(),
+            "component gossip failed: the gossip task ended by itself"
+        );
+        node.stop().await.unwrap();
+        assert!(node.party.as_ref().unwrap().who().await.is_err(), "stopped");
+    }
+
+    #[test]
+    fn a_stop_nobody_asked_for_is_a_death() {
+        assert_eq!(
+            exit_reason(TaskExit::Stopped),
+            "it stopped without being asked to"
+        );
+        assert_eq!(
+            exit_reason(TaskExit::Failed("x panicked: y".into())),
+            "x panicked: y"
+        );
     }
 
     #[tokio::test]

@@ -48,4 +48,4 @@ pub use engine::{
 pub use parts::{
     DEFAULT_LEARNED_KEYS, DEFAULT_RATE_BUCKETS, KeyRing, RateLimiter, SeenCache, Trust,
 };
-pub use service::{Gossip, GossipError};
+pub use service::{Gossip, GossipError, SHUTDOWN_DRAIN};

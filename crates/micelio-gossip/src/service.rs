@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use micelio_identity::{Identity, NodeId};
-use micelio_transport::{PeerEvent, PeerManager};
+use micelio_transport::{PeerEvent, PeerManager, TaskExit, TaskGroup};
 use micelio_wire::{Envelope, MsgType, Routing, frame};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -33,6 +33,10 @@ const COMMAND_QUEUE: usize = 1024;
 const SUBSCRIBER_QUEUE: usize = 1024;
 /// Period of seen-cache and rate-bucket expiry.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+/// How long a stopping service keeps sending its paced originations, at
+/// the pace: what this node said just before a shutdown still goes out;
+/// what is left after it is dropped and logged.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
 
 /// Why a gossip call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,16 +67,24 @@ enum Command {
         reply: oneshot::Sender<mpsc::Receiver<Delivered>>,
     },
     Stats(oneshot::Sender<GossipStats>),
+    /// Test-only fault: the task panics.
+    #[cfg(test)]
+    Panic,
 }
 
 /// Handle to a running gossip service. Clones share it.
 #[derive(Clone, Debug)]
+#[must_use = "dropping the handle does not stop the service; call shutdown()"]
 pub struct Gossip {
     tx: mpsc::Sender<Command>,
     paced: mpsc::Sender<(MsgType, Bytes)>,
     refused: Arc<AtomicU64>,
     config: Arc<GossipConfig>,
     cancel: CancellationToken,
+    /// The service task, watched for [`Gossip::closed`].
+    tasks: TaskGroup,
+    /// The watcher of the service task (it returns once the task has ended
+    /// and a panic has been logged).
     task: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
     node_id: NodeId,
 }
@@ -107,7 +119,9 @@ impl Gossip {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let cancel = CancellationToken::new();
         let span = info_span!("gossip", node = %node_id.short(12));
-        let task = tokio::spawn(
+        let tasks = TaskGroup::new(cancel.clone());
+        let task = tasks.spawn(
+            "the gossip task",
             Service {
                 engine,
                 peers,
@@ -126,6 +140,7 @@ impl Gossip {
             refused,
             config: shared_config,
             cancel,
+            tasks,
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
             node_id,
         }
@@ -233,13 +248,38 @@ impl Gossip {
         rx.await.map_err(|_| GossipError::Stopped)
     }
 
-    /// Stops the task and waits for it. Idempotent. The peer manager is not
-    /// stopped: its owner does that.
+    /// Resolves once the service task has ended, saying how:
+    /// [`TaskExit::Stopped`] after [`Gossip::shutdown`], or
+    /// [`TaskExit::Failed`] if it panicked (the reason carries the panic
+    /// message) or returned by itself (its peer event stream ended), which
+    /// a supervisor should treat as the service's death. The future owns
+    /// what it needs, so it can be moved into a watching task.
+    ///
+    /// Cancel safety: safe to cancel.
+    pub fn closed(&self) -> impl std::future::Future<Output = TaskExit> + Send + 'static {
+        self.tasks.closed()
+    }
+
+    /// Stops the task and waits for it. Idempotent. Paced originations
+    /// still queued keep leaving, at the pace, for at most
+    /// [`SHUTDOWN_DRAIN`] (1 s; the queue takes nothing new meanwhile);
+    /// what is left then is dropped and logged. A task that had
+    /// panicked is logged once, with its message (and told by
+    /// [`Gossip::closed`]). The peer manager is not stopped: its owner
+    /// does that.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
-        if let Some(task) = self.task.lock().await.take() {
-            let _ = task.await;
+        if let Some(watcher) = self.task.lock().await.take()
+            && watcher.await.is_err()
+        {
+            warn!("the gossip task's watcher was aborted");
         }
+    }
+
+    /// Test-only fault: makes the service task panic.
+    #[cfg(test)]
+    async fn panic_for_tests(&self) {
+        let _ = self.tx.send(Command::Panic).await;
     }
 }
 
@@ -364,7 +404,42 @@ impl Service {
                 }
             }
         }
+        if cancel.is_cancelled() {
+            self.drain(&mut paced, Instant::now() + SHUTDOWN_DRAIN)
+                .await;
+        }
         debug!("gossip service stopped");
+    }
+
+    /// Sends what the paced queue holds, at the pace, until it is empty or
+    /// `deadline`; the queue takes nothing new meanwhile. What is left is
+    /// dropped and logged.
+    async fn drain(&mut self, paced: &mut mpsc::Receiver<(MsgType, Bytes)>, deadline: Instant) {
+        paced.close();
+        while !paced.is_empty() {
+            let at = self.pacer.ready_at(Instant::now());
+            if at > deadline {
+                break;
+            }
+            tokio::time::sleep_until(at).await;
+            let Ok((msg_type, payload)) = paced.try_recv() else {
+                break;
+            };
+            let now = Instant::now();
+            self.pacer.take(now);
+            let (_, actions) = self.engine.originate(now.into_std(), msg_type, payload);
+            self.execute(actions);
+        }
+        let mut left = 0usize;
+        while paced.try_recv().is_ok() {
+            left += 1;
+        }
+        if left > 0 {
+            warn!(
+                left,
+                "paced originations not sent at shutdown: dropped after {SHUTDOWN_DRAIN:?}"
+            );
+        }
     }
 
     fn command(&mut self, cmd: Command) {
@@ -416,6 +491,8 @@ impl Service {
                 stats.subscribers = subs;
                 let _ = reply.send(stats);
             }
+            #[cfg(test)]
+            Command::Panic => panic!("test fault: the gossip task panics"),
         }
     }
 
@@ -514,5 +591,125 @@ impl Service {
                 s.dropped += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use micelio_transport::TransportConfig;
+    use micelio_transport::memory::MemoryNetwork;
+
+    async fn gossip() -> (Gossip, PeerManager) {
+        let id = Arc::new(Identity::from_seed([5; 32]));
+        let net = MemoryNetwork::new();
+        let (peers, events) = PeerManager::spawn(
+            id.clone(),
+            Arc::new(net.transport(&id)),
+            TransportConfig::new(None),
+            None,
+        )
+        .await
+        .unwrap();
+        (
+            Gossip::spawn(id, GossipConfig::default(), peers.clone(), events),
+            peers,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_reported_by_closed_and_shutdown_returns() {
+        let (gossip, peers) = gossip().await;
+        let closed = gossip.closed();
+        gossip.panic_for_tests().await;
+        assert_eq!(
+            closed.await,
+            TaskExit::Failed(
+                "the gossip task panicked: test fault: the gossip task panics".to_owned()
+            )
+        );
+        assert_eq!(gossip.stats().await, Err(GossipError::Stopped));
+        gossip.shutdown().await;
+        peers.shutdown().await;
+    }
+
+    async fn node(net: &MemoryNetwork, seed: u8) -> (Gossip, PeerManager) {
+        let id = Arc::new(Identity::from_seed([seed; 32]));
+        let mut cfg = TransportConfig::new(Some(format!("127.0.9.{seed}:4000")));
+        cfg.discovery_interval = Duration::from_secs(3600);
+        let (peers, events) =
+            PeerManager::spawn(id.clone(), Arc::new(net.transport(&id)), cfg, None)
+                .await
+                .unwrap();
+        (
+            Gossip::spawn(id, GossipConfig::default(), peers.clone(), events),
+            peers,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_originations_queued_at_shutdown_leave_within_the_drain() {
+        let net = MemoryNetwork::new();
+        let (a, pa) = node(&net, 1).await;
+        let (b, pb) = node(&net, 2).await;
+        let mut chat = b.subscribe(MsgType::Chat).await.unwrap();
+        let keys = (a.stats().await.unwrap().keys, b.stats().await.unwrap().keys);
+        pa.dial(pb.local_addr().unwrap()).await.unwrap();
+        // Both engines know the other (its direct key from the hello).
+        while a.stats().await.unwrap().keys == keys.0 || b.stats().await.unwrap().keys == keys.1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The burst (10) leaves at once; 8 more within the 1 s drain at
+        // 8/s; the last two are dropped.
+        for i in 0..20 {
+            a.try_originate(MsgType::Chat, format!("m{i:02}").into())
+                .unwrap();
+        }
+        let started = Instant::now();
+        a.shutdown().await;
+        assert!(started.elapsed() <= SHUTDOWN_DRAIN, "bounded");
+        let mut left = Vec::new();
+        while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(3), chat.recv()).await {
+            left.push(String::from_utf8(d.envelope.payload.to_vec()).unwrap());
+        }
+        let want: Vec<String> = (0..18).map(|i| format!("m{i:02}")).collect();
+        assert_eq!(left, want, "in order, as many as the pace allows");
+        b.shutdown().await;
+        pa.shutdown().await;
+        pb.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_is_reported_as_a_stop() {
+        let (gossip, peers) = gossip().await;
+        let closed = tokio::spawn(gossip.closed());
+        gossip.stats().await.unwrap();
+        assert!(!closed.is_finished(), "running");
+        gossip.shutdown().await;
+        assert_eq!(closed.await.unwrap(), TaskExit::Stopped);
+        peers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_task_whose_peer_events_end_has_failed() {
+        let id = Arc::new(Identity::from_seed([6; 32]));
+        let net = MemoryNetwork::new();
+        let (peers, _events) = PeerManager::spawn(
+            id.clone(),
+            Arc::new(net.transport(&id)),
+            TransportConfig::new(None),
+            None,
+        )
+        .await
+        .unwrap();
+        let (tx, events) = mpsc::channel(1);
+        let gossip = Gossip::spawn(id, GossipConfig::default(), peers.clone(), events);
+        drop(tx);
+        assert_eq!(
+            gossip.closed().await,
+            TaskExit::Failed("the gossip task ended by itself".to_owned())
+        );
+        gossip.shutdown().await;
+        peers.shutdown().await;
     }
 }

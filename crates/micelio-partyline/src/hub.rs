@@ -46,6 +46,11 @@ pub const PRESENCE_TTL_MIN: Duration = Duration::from_secs(10);
 pub const PRESENCE_TTL_MAX: Duration = Duration::from_secs(600);
 /// How often sessions and remote nodes are checked for expiry.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// How long a stopping hub keeps handing its outbox to gossip, at the
+/// origin's pace: the lines users sent just before a shutdown still go out
+/// (at 8 a second, the burst and about 8 more); what is left after it is
+/// counted in `lines_lost` and logged.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
 
 /// Sends one message to the mesh without waiting: in production
 /// [`micelio_gossip::Gossip::try_originate`].
@@ -151,6 +156,9 @@ pub(crate) enum HubMsg {
     Stats {
         reply: oneshot::Sender<PartylineStats>,
     },
+    /// Test-only fault: the hub task panics.
+    #[cfg(test)]
+    Panic,
 }
 
 struct SessionSlot {
@@ -308,17 +316,30 @@ impl Hub {
                 }
             }
         }
-        if self.outbox.len() > 0 {
-            warn!(
-                lines = self.outbox.len(),
-                "lines not sent to the mesh at shutdown"
-            );
-            self.stats.lines_lost += self.outbox.len() as u64;
-        }
         for slot in self.sessions.values() {
             let _ = slot
                 .tx
                 .try_send(Output::Notice("the partyline is shutting down".into()));
+        }
+        self.drain(Instant::now() + SHUTDOWN_DRAIN).await;
+    }
+
+    /// Keeps pumping the outbox at its pace until it is empty or
+    /// `deadline`; what is left is counted lost and logged.
+    async fn drain(&mut self, deadline: Instant) {
+        while let Some(at) = self.outbox.next_at(Instant::now()) {
+            if at > deadline {
+                break;
+            }
+            tokio::time::sleep_until(at).await;
+            self.pump();
+        }
+        if self.outbox.len() > 0 {
+            warn!(
+                lines = self.outbox.len(),
+                "lines not sent to the mesh at shutdown (counted in lines_lost)"
+            );
+            self.stats.lines_lost += self.outbox.len() as u64;
         }
     }
 
@@ -385,6 +406,8 @@ impl Hub {
             HubMsg::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
+            #[cfg(test)]
+            HubMsg::Panic => panic!("test fault: the hub panics"),
             HubMsg::Private {
                 id,
                 to,
@@ -1366,6 +1389,59 @@ mod tests {
         let s = h.stats().await;
         assert_eq!((s.lines_refused, s.lines_queued), (1, 0));
         h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lines_queued_at_shutdown_still_go_out_in_order_within_the_drain() {
+        let h = Running::spawn_with(usize::MAX, SMALL);
+        let (a, _, mut out) = h.join("alice").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for i in 0..7 {
+            h.say(a, &format!("l{i}")).await.unwrap();
+        }
+        assert_eq!(chat_texts(&h).len(), 2, "five wait for the pace");
+        let sent = h.sent.clone();
+        let started = Instant::now();
+        h.stop().await;
+        assert!(started.elapsed() <= SHUTDOWN_DRAIN, "bounded");
+        let left: Vec<String> = sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k == MsgType::Chat)
+            .map(|(_, p)| ChatMessage::decode_wire(p.clone()).unwrap().text)
+            .collect();
+        assert_eq!(left, ["l0", "l1", "l2", "l3", "l4", "l5", "l6"]);
+        assert!(texts(&mut out).iter().any(|l| l.contains("shutting down")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shutdown_drain_is_bounded_and_keeps_order() {
+        const SLOW: OutboxLimits = OutboxLimits {
+            per_session: 5,
+            total: 8,
+            per_sec: 2,
+            burst: 1,
+        };
+        let h = Running::spawn_with(usize::MAX, SLOW);
+        let (a, _, _out) = h.join("alice").await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for i in 0..6 {
+            h.say(a, &format!("l{i}")).await.unwrap();
+        }
+        let sent = h.sent.clone();
+        let started = Instant::now();
+        h.stop().await;
+        assert_eq!(started.elapsed(), SHUTDOWN_DRAIN, "waited no longer");
+        let left: Vec<String> = sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k == MsgType::Chat)
+            .map(|(_, p)| ChatMessage::decode_wire(p.clone()).unwrap().text)
+            .collect();
+        // The burst, then two more at 2 a second; three are lost.
+        assert_eq!(left, ["l0", "l1", "l2"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -57,7 +57,7 @@ use std::time::Duration;
 
 use micelio_gossip::Gossip;
 use micelio_identity::NodeId;
-use micelio_transport::PeerManager;
+use micelio_transport::{PeerManager, TaskExit, TaskGroup};
 use micelio_wire::MsgType;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -70,7 +70,7 @@ pub use commands::{
 };
 pub use hub::{
     MAX_NODE_NAME, MAX_REMOTE_NICKS, MAX_REMOTE_NODES, Output, PRESENCE_TTL_MAX, PRESENCE_TTL_MIN,
-    PartylineStats, WhoEntry,
+    PartylineStats, SHUTDOWN_DRAIN, WhoEntry,
 };
 pub use outbox::{MAX_QUEUED_LINES, MAX_QUEUED_PER_SESSION};
 pub use text::ChatView;
@@ -141,11 +141,16 @@ struct Inner {
     node_id: NodeId,
     node_name: String,
     cancel: CancellationToken,
+    /// The hub task, watched for [`Partyline::closed`].
+    tasks: TaskGroup,
+    /// The watcher of the hub task (it returns once the task has ended and
+    /// a panic has been logged).
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Handle to the partyline hub. Clones share it.
 #[derive(Clone)]
+#[must_use = "the hub runs until shutdown() stops it and waits for it"]
 pub struct Partyline {
     inner: Arc<Inner>,
 }
@@ -203,7 +208,9 @@ impl Partyline {
             },
         );
         let span = tracing::info_span!("partyline", node = %node_id.short(12));
-        let task = tokio::spawn(
+        let tasks = TaskGroup::new(cancel.clone());
+        let task = tasks.spawn(
+            "the hub task",
             hub.run(rx, chat, presence, direct, cancel.clone())
                 .instrument(span),
         );
@@ -220,6 +227,7 @@ impl Partyline {
                 node_id,
                 node_name,
                 cancel,
+                tasks,
                 task: Mutex::new(Some(task)),
             }),
         })
@@ -412,18 +420,43 @@ impl Partyline {
         .map_err(|e| e.to_string())?
     }
 
-    /// Stops the hub (sessions are told) and waits for it. Idempotent.
+    /// Resolves once the hub task has ended, saying how:
+    /// [`TaskExit::Stopped`] after [`Partyline::shutdown`], or
+    /// [`TaskExit::Failed`] if it panicked (the reason carries the panic
+    /// message) or returned by itself, which a supervisor should treat as
+    /// the partyline's death. The future owns what it needs, so it can be
+    /// moved into a watching task.
+    ///
+    /// Cancel safety: safe to cancel.
+    pub fn closed(&self) -> impl std::future::Future<Output = TaskExit> + Send + 'static {
+        self.inner.tasks.closed()
+    }
+
+    /// Stops the hub and waits for it. Idempotent. Sessions are told; lines
+    /// still in the outbox keep going to gossip, in order and at the
+    /// origin's pace, for at most [`SHUTDOWN_DRAIN`] (1 s); what is left
+    /// then is dropped, counted in `lines_lost` and logged. A hub that had
+    /// panicked is logged once, with its message (and told by
+    /// [`Partyline::closed`]).
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
-        let task = self
+        let watcher = self
             .inner
             .task
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(task) = task {
-            let _ = task.await;
+        if let Some(watcher) = watcher
+            && watcher.await.is_err()
+        {
+            tracing::warn!("the partyline hub's watcher was aborted");
         }
+    }
+
+    /// Test-only fault: makes the hub task panic.
+    #[cfg(test)]
+    async fn panic_for_tests(&self) {
+        let _ = self.inner.tx.send(HubMsg::Panic).await;
     }
 }
 
@@ -509,5 +542,59 @@ pub use text::check_nick;
 impl From<NickError> for Reply {
     fn from(e: NickError) -> Self {
         Reply::fail(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use micelio_gossip::GossipConfig;
+    use micelio_identity::Identity;
+    use micelio_transport::TransportConfig;
+    use micelio_transport::memory::MemoryNetwork;
+
+    async fn partyline() -> (Partyline, Gossip, PeerManager) {
+        let id = Arc::new(Identity::from_seed([8; 32]));
+        let net = MemoryNetwork::new();
+        let (peers, events) = PeerManager::spawn(
+            id.clone(),
+            Arc::new(net.transport(&id)),
+            TransportConfig::new(None),
+            None,
+        )
+        .await
+        .unwrap();
+        let gossip = Gossip::spawn(id, GossipConfig::default(), peers.clone(), events);
+        let party = Partyline::spawn(PartylineConfig::new("alpha"), gossip.clone(), peers.clone())
+            .await
+            .unwrap();
+        (party, gossip, peers)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_hub_is_reported_by_closed_and_shutdown_returns() {
+        let (party, gossip, peers) = partyline().await;
+        let closed = party.closed();
+        party.panic_for_tests().await;
+        assert_eq!(
+            closed.await,
+            TaskExit::Failed("the hub task panicked: test fault: the hub panics".to_owned())
+        );
+        assert_eq!(party.who().await, Err(PartylineError::Stopped));
+        party.shutdown().await;
+        gossip.shutdown().await;
+        peers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_is_reported_as_a_stop() {
+        let (party, gossip, peers) = partyline().await;
+        let closed = tokio::spawn(party.closed());
+        party.who().await.unwrap();
+        assert!(!closed.is_finished(), "running");
+        party.shutdown().await;
+        assert_eq!(closed.await.unwrap(), TaskExit::Stopped);
+        gossip.shutdown().await;
+        peers.shutdown().await;
     }
 }

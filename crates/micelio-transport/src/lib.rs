@@ -52,6 +52,7 @@ pub mod memory;
 pub mod noise;
 mod stats;
 pub mod store;
+pub mod task;
 mod tcp;
 
 pub use config::{
@@ -63,4 +64,5 @@ pub use link::{BoxFuture, Direction, FrameSink, FrameSource, Incoming, Link, Lis
 pub use manager::{PeerEvent, PeerManager, PeerSummary};
 pub use stats::TransportStats;
 pub use store::{LoadedPeers, MemoryPeerStore, PeerStore, SledPeerStore, StoreError};
+pub use task::{TaskExit, TaskGroup};
 pub use tcp::TcpTransport;

@@ -30,9 +30,10 @@ use micelio_wire::proto::PeerInfo;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{Instrument as _, warn};
+use tracing::warn;
 
 use crate::admission::LogGate;
+use crate::task::TaskGroup;
 
 /// The sled cache, set explicitly: sled's default is 1 GiB.
 pub const SLED_CACHE_BYTES: u64 = 4 << 20;
@@ -289,6 +290,9 @@ enum Op {
 enum Cmd {
     Write(NodeId, Op),
     Close(oneshot::Sender<Result<(), StoreError>>),
+    /// Test-only fault: the storage task panics.
+    #[cfg(test)]
+    Panic,
 }
 
 /// The handle of the storage task: queue writes without waiting, close
@@ -301,13 +305,16 @@ pub(crate) struct StoreHandle {
 }
 
 impl StoreHandle {
-    /// Starts the storage task owning `store`.
-    pub(crate) fn spawn(store: Box<dyn PeerStore>) -> Self {
+    /// Starts the storage task owning `store`, watched by `tasks` (a panic
+    /// is reported there; the task ends with [`StoreHandle::close`]).
+    pub(crate) fn spawn(store: Box<dyn PeerStore>, tasks: &TaskGroup) -> Self {
         let (tx, rx) = mpsc::channel(STORE_QUEUE);
         let counters = Arc::new(StoreCounters::default());
         let log = Arc::new(Mutex::new(LogGate::new(STORE_LOG_EVERY)));
-        let task =
-            tokio::spawn(store_task(store, rx, counters.clone(), log.clone()).in_current_span());
+        let task = tasks.spawn(
+            "the storage task",
+            store_task(store, rx, counters.clone(), log.clone()),
+        );
         Self {
             tx,
             task: Mutex::new(Some(task)),
@@ -318,6 +325,12 @@ impl StoreHandle {
 
     pub(crate) fn counters(&self) -> &StoreCounters {
         &self.counters
+    }
+
+    /// Test-only fault: makes the storage task panic.
+    #[cfg(test)]
+    pub(crate) fn panic_for_tests(&self) {
+        self.queue(Cmd::Panic);
     }
 
     fn queue(&self, cmd: Cmd) {
@@ -359,7 +372,9 @@ impl StoreHandle {
                 .await
                 .map_err(|_| StoreError::Stopped)?;
             let r = result.await.map_err(|_| StoreError::Stopped)?;
-            let _ = task.await;
+            // The watcher never fails: the task's own end (a panic) is
+            // reported by the group that watches it.
+            task.await.map_err(|_| StoreError::Stopped)?;
             r
         };
         tokio::time::timeout(STORE_CLOSE_GRACE, closing)
@@ -391,6 +406,8 @@ async fn store_task(
                     close = Some(reply);
                     break;
                 }
+                #[cfg(test)]
+                Cmd::Panic => panic!("test fault: the storage task panics"),
             }
             if taken < STORE_BATCH {
                 next = rx.try_recv().ok();
@@ -533,10 +550,14 @@ mod tests {
         assert!(e.to_string().contains("not-a-dir"), "{e}");
     }
 
+    fn group() -> TaskGroup {
+        TaskGroup::new(tokio_util::sync::CancellationToken::new())
+    }
+
     #[tokio::test]
     async fn the_task_coalesces_writes_and_flushes_on_close() {
         let mem = MemoryPeerStore::new();
-        let h = StoreHandle::spawn(Box::new(mem.clone()));
+        let h = StoreHandle::spawn(Box::new(mem.clone()), &group());
         let (a, ra) = rec(1, "127.0.0.1:1");
         let (_, ra2) = rec(1, "127.0.0.1:2");
         h.save(a, ra);
@@ -565,7 +586,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_counted_and_the_close_reports_the_flush() {
-        let h = StoreHandle::spawn(Box::new(Failing));
+        let h = StoreHandle::spawn(Box::new(Failing), &group());
         let (a, ra) = rec(1, "127.0.0.1:1");
         h.save(a, ra);
         let e = h.close().await.unwrap_err();

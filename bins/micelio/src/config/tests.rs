@@ -399,6 +399,49 @@ fn gossip_ranges() {
     toml("[gossip]\nrate_per_sec = 0").fails("gossip.rate_per_sec", "between 1");
     toml("[gossip]\nrate_burst = -1").fails("gossip.rate_burst", "got -1");
     toml("[gossip]\nseen_cap = 10").fails("gossip.seen_cap", "between 1000");
+    toml("[gossip]\nlearned_keys_cap = 10").fails("gossip.learned_keys_cap", "between 64");
+    toml("[gossip]\nrate_buckets_cap = 0").fails("gossip.rate_buckets_cap", "between 64");
+    toml("[gossip]\norigin_queue = 0").fails("gossip.origin_queue", "between 1");
+    toml("[gossip]\npace_per_sec = 0").fails("gossip.pace_per_sec", "between 1");
+}
+
+#[test]
+fn gossip_pace_stays_below_the_mesh_rate_limit() {
+    let config = toml(
+        "[gossip]\nlearned_keys_cap = 100\nrate_buckets_cap = 200\norigin_queue = 9\n\
+         rate_per_sec = 30\nrate_burst = 40\npace_per_sec = 29\npace_burst = 39",
+    )
+    .ok();
+    let g = &config.gossip;
+    assert_eq!(
+        (g.learned_keys_cap, g.rate_buckets_cap, g.origin_queue),
+        (100, 200, 9)
+    );
+    assert_eq!((g.pace_per_sec, g.pace_burst), (29, 39));
+    toml("[gossip]\npace_per_sec = 10").fails(
+        "gossip.pace_per_sec",
+        "must be below gossip.rate_per_sec (10), or relays drop this node's own messages; got 10",
+    );
+    toml("[gossip]\nrate_burst = 10")
+        .fails("gossip.pace_burst", "must be below gossip.rate_burst (10)");
+    let config = Case::new()
+        .env("MICELIO_GOSSIP__PACE_PER_SEC", "2")
+        .env("MICELIO_GOSSIP__PACE_BURST", "3")
+        .env("MICELIO_GOSSIP__ORIGIN_QUEUE", "7")
+        .env("MICELIO_GOSSIP__LEARNED_KEYS_CAP", "500")
+        .env("MICELIO_GOSSIP__RATE_BUCKETS_CAP", "600")
+        .ok();
+    let g = &config.gossip;
+    assert_eq!(
+        (
+            g.pace_per_sec,
+            g.pace_burst,
+            g.origin_queue,
+            g.learned_keys_cap,
+            g.rate_buckets_cap
+        ),
+        (2, 3, 7, 500, 600)
+    );
 }
 
 #[test]
@@ -437,6 +480,19 @@ fn partyline_settings() {
     let config = toml("[partyline]\nhistory_lines = 0\npresence_interval = \"1m\"").ok();
     assert_eq!(config.partyline.history_lines, 0);
     assert_eq!(config.partyline.presence_interval, Duration::from_secs(60));
+    toml("[partyline]\npresence_debounce = \"50ms\"").fails(
+        "partyline.presence_debounce",
+        "between 100ms and 1m, got 50ms",
+    );
+    toml("[partyline]\npresence_debounce = \"2m\"")
+        .fails("partyline.presence_debounce", "between 100ms and 1m");
+    let config = Case::new()
+        .env("MICELIO_PARTYLINE__PRESENCE_DEBOUNCE", "500ms")
+        .ok();
+    assert_eq!(
+        config.partyline.presence_debounce,
+        Duration::from_millis(500)
+    );
     toml("[partyline]\nhistory_lines = 1001")
         .fails("partyline.history_lines", "between 0 and 1000");
     toml("[partyline]\npresence_interval = \"500ms\"")

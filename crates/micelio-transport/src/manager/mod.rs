@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument as _, debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use crate::admission::{Admission, LogGate};
 use crate::config::{TransportConfig, is_dialable_addr};
@@ -45,6 +45,7 @@ use crate::hello::{LocalHello, PeerHelloInfo};
 use crate::link::{Direction, Listener, Transport};
 use crate::stats::{Counters, TransportStats};
 use crate::store::{self, PeerStore, StoreError, StoreHandle};
+use crate::task::{TaskExit, TaskGroup};
 
 mod accept;
 mod connection;
@@ -162,7 +163,13 @@ struct Shared {
     counters: Counters,
     events: mpsc::Sender<PeerEvent>,
     cancel: CancellationToken,
+    /// The long-lived tasks (accept loop, bootstrap dialers, maintenance
+    /// loop, storage task), watched for [`PeerManager::closed`].
+    tasks: TaskGroup,
     tracker: TaskTracker,
+    /// Test-only fault: the maintenance loop panics when notified.
+    #[cfg(test)]
+    fault: tokio::sync::Notify,
     local_addr: Option<String>,
     local_hello: LocalHello,
     bootstrap_addrs: HashSet<String>,
@@ -226,8 +233,10 @@ impl PeerManager {
             .or_else(|| local_addr.clone())
             .filter(|a| is_dialable_addr(a));
         let mut known = KnownPeers::new(*identity.node_id());
+        let cancel = CancellationToken::new();
+        let tasks = TaskGroup::new(cancel.clone());
         let store = match store {
-            Some(store) => load_known(store, &mut known).await,
+            Some(store) => load_known(store, &mut known, &tasks).await,
             None => None,
         };
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -259,8 +268,11 @@ impl PeerManager {
             store,
             counters: Counters::default(),
             events,
-            cancel: CancellationToken::new(),
+            cancel,
+            tasks,
             tracker: TaskTracker::new(),
+            #[cfg(test)]
+            fault: tokio::sync::Notify::new(),
             local_addr,
             next_conn: AtomicU64::new(1),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
@@ -407,6 +419,20 @@ impl PeerManager {
         stats
     }
 
+    /// Resolves once the manager's long-lived tasks (the accept loop, the
+    /// bootstrap dialers, the maintenance loop and the storage task) have
+    /// ended, saying how: [`TaskExit::Stopped`] once
+    /// [`PeerManager::shutdown`] has stopped them all (the store flushed and
+    /// released), or [`TaskExit::Failed`] as soon as one of them panicked
+    /// (the reason names it and carries the panic message) or returned by
+    /// itself, which a supervisor should treat as the manager's death. The
+    /// future owns what it needs, so it can be moved into a watching task.
+    ///
+    /// Cancel safety: safe to cancel.
+    pub fn closed(&self) -> impl std::future::Future<Output = TaskExit> + Send + 'static {
+        self.shared.tasks.closed()
+    }
+
     /// Stops accepting and dialing, closes every connection, waits for the
     /// tasks (at most a few seconds) and flushes the peer store. Idempotent.
     pub async fn shutdown(&self) {
@@ -446,27 +472,41 @@ impl PeerManager {
 /// bootstrap dialer per address, the maintenance loop.
 fn start_tasks(shared: &Arc<Shared>, listener: Option<Box<dyn Listener>>) {
     let span = info_span!("transport", node = %shared.identity.node_id().short(12));
+    let _entered = span.enter();
+    let (tasks, tracker) = (&shared.tasks, &shared.tracker);
     if let Some(listener) = listener {
-        info!(parent: &span, addr = shared.local_addr.as_deref().unwrap_or(""), "listening");
-        shared
-            .tracker
-            .spawn(accept_loop(shared.clone(), listener).instrument(span.clone()));
+        info!(
+            addr = shared.local_addr.as_deref().unwrap_or(""),
+            "listening"
+        );
+        tasks.spawn_tracked(
+            tracker,
+            "the accept loop",
+            accept_loop(shared.clone(), listener),
+        );
     }
     for addr in shared.config.bootstrap.clone() {
-        shared
-            .tracker
-            .spawn(bootstrap_loop(shared.clone(), addr).instrument(span.clone()));
+        tasks.spawn_tracked(
+            tracker,
+            "a bootstrap dialer",
+            bootstrap_loop(shared.clone(), addr),
+        );
     }
-    shared
-        .tracker
-        .spawn(maintenance_loop(shared.clone()).instrument(span));
+    let maintenance = maintenance_loop(shared.clone());
+    #[cfg(test)]
+    let maintenance = tests::with_fault(shared.clone(), maintenance);
+    tasks.spawn_tracked(tracker, "the maintenance loop", maintenance);
 }
 
 /// Loads the known peers from `store` in `spawn_blocking` and starts the
 /// storage task that owns it from then on. A store that cannot be read is
 /// logged and used all the same (for writes); one whose call panicked is
 /// lost, and the node runs without persistence.
-async fn load_known(store: Box<dyn PeerStore>, known: &mut KnownPeers) -> Option<StoreHandle> {
+async fn load_known(
+    store: Box<dyn PeerStore>,
+    known: &mut KnownPeers,
+    tasks: &TaskGroup,
+) -> Option<StoreHandle> {
     match store::blocking(store, |s| s.load()).await {
         Ok((store, loaded)) => {
             match loaded {
@@ -485,7 +525,7 @@ async fn load_known(store: Box<dyn PeerStore>, known: &mut KnownPeers) -> Option
                 }
                 Err(e) => warn!("cannot load known peers: {e}"),
             }
-            Some(StoreHandle::spawn(store))
+            Some(StoreHandle::spawn(store, tasks))
         }
         Err(e) => {
             warn!("loading known peers failed ({e}); known peers will not be persisted");
@@ -513,5 +553,80 @@ fn send_frame(shared: &Shared, to: &NodeId, frame: Bytes) -> Result<(), SendErro
             Err(SendError::QueueFull)
         }
         Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::NotConnected),
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::store::MemoryPeerStore;
+    use crate::tcp::TcpTransport;
+
+    /// Test-only fault hook: the maintenance loop panics once
+    /// [`Shared::fault`] is notified.
+    pub(super) async fn with_fault(
+        shared: Arc<Shared>,
+        task: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::select! {
+            () = shared.fault.notified() => panic!("test fault: the maintenance loop panics"),
+            () = task => {}
+        }
+    }
+
+    async fn manager() -> PeerManager {
+        let id = Arc::new(Identity::from_seed([3; 32]));
+        let transport =
+            TcpTransport::new(id.clone(), Duration::from_secs(1), Duration::from_secs(1));
+        let (peers, _events) = PeerManager::spawn(
+            id,
+            Arc::new(transport),
+            TransportConfig::new(Some("127.0.0.1:0".to_owned())),
+            Some(Box::new(MemoryPeerStore::new())),
+        )
+        .await
+        .unwrap();
+        peers
+    }
+
+    #[tokio::test]
+    async fn a_panicking_maintenance_loop_is_reported_by_closed() {
+        let peers = manager().await;
+        let closed = peers.closed();
+        peers.shared.fault.notify_one();
+        assert_eq!(
+            closed.await,
+            TaskExit::Failed(
+                "the maintenance loop panicked: test fault: the maintenance loop panics".to_owned()
+            )
+        );
+        peers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_panicking_storage_task_is_reported_by_closed() {
+        let peers = manager().await;
+        let closed = peers.closed();
+        peers.shared.store.as_ref().unwrap().panic_for_tests();
+        assert_eq!(
+            closed.await,
+            TaskExit::Failed(
+                "the storage task panicked: test fault: the storage task panics".to_owned()
+            )
+        );
+        assert!(matches!(
+            peers.shutdown_and_flush().await,
+            Err(StoreError::Stopped)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_is_reported_as_a_stop_after_the_flush() {
+        let peers = manager().await;
+        let closed = tokio::spawn(peers.closed());
+        tokio::task::yield_now().await;
+        assert!(!closed.is_finished(), "running");
+        peers.shutdown_and_flush().await.unwrap();
+        assert_eq!(closed.await.unwrap(), TaskExit::Stopped);
     }
 }
