@@ -108,17 +108,8 @@ pub(crate) fn cfg(boot: &[&str]) -> TransportConfig {
     c
 }
 
-/// Waits until `cond` holds, polling, for at most `limit`.
-pub(crate) async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Waits until a condition holds, polling on tokio time, bounded.
+pub(crate) use micelio_testkit::wait::eventually;
 
 /// Waits until every node is connected to every other.
 pub(crate) async fn full_mesh(nodes: &[&TestNode], limit: Duration) {
