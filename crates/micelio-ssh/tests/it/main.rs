@@ -8,11 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use micelio_gossip::{Gossip, GossipConfig};
-use micelio_identity::Identity;
+use micelio_gossip::GossipConfig;
+use micelio_gossip::test_utils::GossipNode;
 use micelio_partyline::{Partyline, PartylineConfig};
 use micelio_ssh::{SshConfig, SshExit, SshServer, host_key};
-use micelio_transport::{PeerManager, TcpTransport, TransportConfig};
+use micelio_transport::memory::MemoryMesh;
 use russh::client::{self, Handle};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
@@ -22,13 +22,12 @@ use tokio::time::timeout;
 /// Longest wait for any one step.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A node with only what the SSH server needs: an outbound-only transport
-/// with no peers, gossip and the partyline over it.
+/// A node with only what the SSH server needs: an outbound-only in-memory
+/// transport with no peers, gossip and the partyline over it.
 struct Fixture {
     ssh: SshServer,
     party: Partyline,
-    gossip: Gossip,
-    peers: PeerManager,
+    node: GossipNode,
     host: PublicKey,
     _dir: tempfile::TempDir,
     keys: std::path::PathBuf,
@@ -40,43 +39,36 @@ impl Fixture {
     }
 
     async fn start_with(authorized: &str, tune: impl FnOnce(&mut SshConfig)) -> Fixture {
-        let identity = Arc::new(Identity::from_seed([42; 32]));
-        let transport = TcpTransport::new(
-            identity.clone(),
-            Duration::from_secs(2),
-            Duration::from_secs(2),
-        );
-        let (peers, events) = PeerManager::spawn(
-            identity.clone(),
-            Arc::new(transport),
-            TransportConfig::new(None),
-            None,
+        let mut transport = MemoryMesh::config(42);
+        transport.listen = None;
+        let node = GossipNode::spawn_with(
+            &MemoryMesh::new(),
+            MemoryMesh::identity(42),
+            transport,
+            GossipConfig::default(),
         )
         .await
         .unwrap();
-        let gossip = Gossip::spawn(
-            identity.clone(),
-            GossipConfig::default(),
-            peers.clone(),
-            events,
-        );
-        let party = Partyline::spawn(PartylineConfig::new("box"), gossip.clone(), peers.clone())
-            .await
-            .unwrap();
+        let party = Partyline::spawn(
+            PartylineConfig::new("box"),
+            node.gossip.clone(),
+            node.peers.clone(),
+        )
+        .await
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("authorized_keys");
         std::fs::write(&keys, authorized).unwrap();
         let mut config = SshConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), &keys);
         tune(&mut config);
-        let ssh = SshServer::spawn(&identity, config, party.clone())
+        let ssh = SshServer::spawn(&node.identity, config, party.clone())
             .await
             .unwrap();
         Fixture {
             ssh,
             party,
-            gossip,
-            peers,
-            host: host_key(&identity).public_key().clone(),
+            host: host_key(&node.identity).public_key().clone(),
+            node,
             _dir: dir,
             keys,
         }
@@ -85,8 +77,7 @@ impl Fixture {
     async fn stop(self) {
         self.ssh.shutdown().await;
         self.party.shutdown().await;
-        self.gossip.shutdown().await;
-        self.peers.shutdown().await;
+        self.node.shutdown().await;
     }
 
     /// Connects and tries to log in as `user` with `key`.
