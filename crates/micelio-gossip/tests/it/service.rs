@@ -197,52 +197,50 @@ async fn everyone_hears_everyone_once(nodes: &mut [Node]) {
     }
 }
 
-async fn build(mesh: &MemoryMesh, n: u8, listen: impl Fn(u8) -> bool) -> Vec<Node> {
+/// `n` nodes (listening where `listen` says), then the links `edges`
+/// (dialler, dialled), each up before the next.
+async fn build(
+    mesh: &MemoryMesh,
+    n: u8,
+    listen: impl Fn(u8) -> bool,
+    edges: impl IntoIterator<Item = (usize, usize)>,
+) -> Vec<Node> {
     let mut v = Vec::new();
     for i in 0..n {
         v.push(node(mesh, 100 + i, listen(i)).await);
     }
+    for (a, b) in edges {
+        link(&v[a], &v[b]).await;
+    }
     v
+}
+
+/// Every node of the topology `edges` on `n` listening nodes hears every
+/// other node's line once.
+async fn check(n: u8, edges: impl IntoIterator<Item = (usize, usize)>) {
+    let mut nodes = build(&MemoryMesh::new(), n, |_| true, edges).await;
+    everyone_hears_everyone_once(&mut nodes).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn star() {
-    let mesh = MemoryMesh::new();
-    let mut n = build(&mesh, 5, |_| true).await;
-    for leaf in 1..5 {
-        link(&n[leaf], &n[0]).await;
-    }
-    everyone_hears_everyone_once(&mut n).await;
+    check(5, (1..5).map(|leaf| (leaf, 0))).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn chain() {
-    let mesh = MemoryMesh::new();
-    let mut n = build(&mesh, 6, |_| true).await;
-    for i in 1..6 {
-        link(&n[i], &n[i - 1]).await;
-    }
-    everyone_hears_everyone_once(&mut n).await;
+    check(6, (1..6).map(|i| (i, i - 1))).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn full_mesh() {
-    let mesh = MemoryMesh::new();
-    let mut n = build(&mesh, 6, |_| true).await;
-    for a in 0..6 {
-        for b in a + 1..6 {
-            link(&n[a], &n[b]).await;
-        }
-    }
-    everyone_hears_everyone_once(&mut n).await;
+    check(6, (0..6).flat_map(|a| (a + 1..6).map(move |b| (a, b)))).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_outbound_only_bridge_joins_two_meshes() {
-    let mesh = MemoryMesh::new();
     // 0,1,2 and 3,4,5 are two meshes; 6 listens nowhere and dials 1 and 4.
-    let mut n = build(&mesh, 7, |i| i != 6).await;
-    for (a, b) in [
+    let edges = [
         (0, 1),
         (1, 2),
         (0, 2),
@@ -251,9 +249,8 @@ async fn an_outbound_only_bridge_joins_two_meshes() {
         (3, 5),
         (6, 1),
         (6, 4),
-    ] {
-        link(&n[a], &n[b]).await;
-    }
+    ];
+    let mut n = build(&MemoryMesh::new(), 7, |i| i != 6, edges).await;
     assert!(
         !n[1].peers.is_connected(&n[4].node_id()),
         "the meshes meet only through the bridge"
@@ -272,10 +269,7 @@ async fn wait_line(n: &mut Node, text: &str) {
 #[tokio::test(start_paused = true)]
 async fn a_partition_hears_only_itself_and_catches_up_when_healed() {
     let mesh = MemoryMesh::new();
-    let mut n = build(&mesh, 4, |_| true).await;
-    for i in 1..4 {
-        link(&n[i], &n[i - 1]).await;
-    }
+    let mut n = build(&mesh, 4, |_| true, (1..4).map(|i| (i, i - 1))).await;
     everyone_ready(&n).await;
     // Cut the chain in the middle: {0,1} | {2,3}.
     mesh.cut(&n[1].peers, &n[2].peers);

@@ -385,6 +385,16 @@ async fn paced_node(mesh: &MemoryMesh, seed: u8, name: &str) -> Node {
     .await
 }
 
+/// Paced nodes `alpha` (of `seed`) and `beta` (of `seed + 1`), linked and
+/// ready.
+async fn paced_pair(mesh: &MemoryMesh, seed: u8) -> (Node, Node) {
+    let a = paced_node(mesh, seed, "alpha").await;
+    let b = paced_node(mesh, seed + 1, "beta").await;
+    link(&a, &b).await;
+    ready(&[&a, &b], 1).await;
+    (a, b)
+}
+
 /// Waits until every node has `peers_each` peers, all known to its gossip.
 async fn ready(nodes: &[&Node], peers_each: usize) {
     for n in nodes {
@@ -421,12 +431,7 @@ async fn rate_limited(n: &Node) -> u64 {
 #[tokio::test(start_paused = true)]
 async fn a_thousand_lines_typed_fast_arrive_in_order() {
     let mesh = MemoryMesh::new();
-    let (a, b) = (
-        paced_node(&mesh, 20, "alpha").await,
-        paced_node(&mesh, 21, "beta").await,
-    );
-    link(&a, &b).await;
-    ready(&[&a, &b], 1).await;
+    let (a, b) = paced_pair(&mesh, 20).await;
     let mut alice = a.party.join("alice").await.unwrap();
     let mut bob = b.party.join("bob").await.unwrap();
     let reader = tokio::spawn(async move { collect(&mut bob, "typed ", 1000).await });
@@ -487,12 +492,7 @@ async fn a_paste_of_a_hundred_lines_reaches_every_node_of_a_mesh_in_order() {
 #[tokio::test(start_paused = true)]
 async fn an_overflowing_paste_tells_the_user_and_keeps_the_rest_in_order() {
     let mesh = MemoryMesh::new();
-    let (a, b) = (
-        paced_node(&mesh, 25, "alpha").await,
-        paced_node(&mesh, 26, "beta").await,
-    );
-    link(&a, &b).await;
-    ready(&[&a, &b], 1).await;
+    let (a, b) = paced_pair(&mesh, 25).await;
     let mut alice = a.party.join("alice").await.unwrap();
     let mut bob = b.party.join("bob").await.unwrap();
     let mut accepted = Vec::new();

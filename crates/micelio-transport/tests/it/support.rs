@@ -99,6 +99,17 @@ impl TestNode {
     pub(crate) fn node_id(&self) -> NodeId {
         *self.id.node_id()
     }
+
+    /// Whether `env` has arrived from `from`, unchanged.
+    pub(crate) fn got(&self, from: &TestNode, env: &Envelope) -> bool {
+        let from = from.node_id();
+        self.seen
+            .lock()
+            .unwrap()
+            .messages
+            .iter()
+            .any(|(f, e)| *f == from && e == env)
+    }
 }
 
 /// Config listening on loopback with short timers, bootstrapping from `boot`.
