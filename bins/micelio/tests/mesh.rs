@@ -7,36 +7,56 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use micelio_gossip::{Gossip, GossipConfig};
 use micelio_identity::Identity;
+use micelio_testkit::wait;
 use micelio_transport::{PeerManager, TcpTransport, TransportConfig};
 use support::{FAST, Node, WAIT};
 
+/// A temporary home holding the fast test configuration; each node gets a
+/// data dir of its own below it.
+struct Home {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Home {
+    fn new() -> Home {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("fast.toml");
+        std::fs::write(&config, FAST).unwrap();
+        Home { dir, config }
+    }
+
+    /// The data dir `name`.
+    fn data(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts a node on the data dir `name` with `extra` flags.
+    fn start(&self, name: &str, extra: &[&str]) -> Node {
+        self.start_with_env(name, extra, &[])
+    }
+
+    /// As [`Home::start`], with extra environment variables.
+    fn start_with_env(&self, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        Node::start_with_env(self.dir.path(), &self.data(name), &self.config, extra, env)
+    }
+}
+
 #[test]
 fn three_processes_mesh_and_a_restarted_one_rejoins_without_bootstrap() {
-    let home = tempfile::tempdir().unwrap();
-    let config = home.path().join("fast.toml");
-    std::fs::write(&config, FAST).unwrap();
+    let home = Home::new();
     let listen = ["--listen", "127.0.0.1:0"];
 
-    let mut a = Node::start(home.path(), &home.path().join("a"), &config, &listen);
+    let mut a = home.start("a", &listen);
     assert!(a.addr.starts_with("127.0.0.1:"), "{}", a.addr);
     let boot = a.addr.clone();
-    let mut b = Node::start(
-        home.path(),
-        &home.path().join("b"),
-        &config,
-        &[&listen[..], &["--bootstrap", &boot]].concat(),
-    );
-    let mut c = Node::start(
-        home.path(),
-        &home.path().join("c"),
-        &config,
-        &[&listen[..], &["--bootstrap", &boot]].concat(),
-    );
+    let mut b = home.start("b", &[&listen[..], &["--bootstrap", &boot]].concat());
+    let mut c = home.start("c", &[&listen[..], &["--bootstrap", &boot]].concat());
 
     // b and c only know a; peer exchange makes them meet each other.
     let (ida, idb, idc) = (a.node_id.clone(), b.node_id.clone(), c.node_id.clone());
@@ -50,7 +70,7 @@ fn three_processes_mesh_and_a_restarted_one_rejoins_without_bootstrap() {
     // c leaves and comes back with its data dir but no bootstrap list, on a
     // fresh port: it dials the peers it persisted.
     c.terminate();
-    let mut c = Node::start(home.path(), &home.path().join("c"), &config, &listen);
+    let mut c = home.start("c", &listen);
     assert_eq!(c.node_id, idc, "same identity from the same data dir");
     c.connected_to(&ida);
     c.connected_to(&idb);
@@ -62,22 +82,10 @@ fn three_processes_mesh_and_a_restarted_one_rejoins_without_bootstrap() {
 
 #[test]
 fn a_node_without_listen_is_outbound_only_and_still_meshes() {
-    let home = tempfile::tempdir().unwrap();
-    let config = home.path().join("fast.toml");
-    std::fs::write(&config, FAST).unwrap();
-    let mut a = Node::start(
-        home.path(),
-        &home.path().join("a"),
-        &config,
-        &["--listen", "127.0.0.1:0"],
-    );
+    let home = Home::new();
+    let mut a = home.start("a", &["--listen", "127.0.0.1:0"]);
     let boot = a.addr.clone();
-    let mut b = Node::start(
-        home.path(),
-        &home.path().join("b"),
-        &config,
-        &["--bootstrap", &boot],
-    );
+    let mut b = home.start("b", &["--bootstrap", &boot]);
     assert_eq!(b.addr, "none", "peers line: outbound only");
     let idb = b.node_id.clone();
     let ida = a.node_id.clone();
@@ -89,26 +97,14 @@ fn a_node_without_listen_is_outbound_only_and_still_meshes() {
 
 #[test]
 fn a_chat_line_reaches_every_process_exactly_once() {
-    let home = tempfile::tempdir().unwrap();
-    let config = home.path().join("fast.toml");
-    std::fs::write(&config, FAST).unwrap();
+    let home = Home::new();
     let listen = ["--listen", "127.0.0.1:0"];
-    let a = Node::start(home.path(), &home.path().join("a"), &config, &listen);
+    let a = home.start("a", &listen);
     let boot = a.addr.clone();
-    let b = Node::start(
-        home.path(),
-        &home.path().join("b"),
-        &config,
-        &[&listen[..], &["--bootstrap", &boot]].concat(),
-    );
+    let b = home.start("b", &[&listen[..], &["--bootstrap", &boot]].concat());
     // c hangs off b only: lines reach it through relays.
     let b_addr = b.addr.clone();
-    let c = Node::start(
-        home.path(),
-        &home.path().join("c"),
-        &config,
-        &[&listen[..], &["--bootstrap", &b_addr]].concat(),
-    );
+    let c = home.start("c", &[&listen[..], &["--bootstrap", &b_addr]].concat());
     let mut nodes = [a, b, c];
 
     // An in-process node joins through a and says one line.
@@ -127,11 +123,10 @@ fn a_chat_line_reaches_every_process_exactly_once() {
             .await
             .unwrap();
         let gossip = Gossip::spawn(me.clone(), GossipConfig::default(), pm.clone(), events);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while gossip.stats().await.unwrap().keys == 0 {
-            assert!(tokio::time::Instant::now() < deadline, "never connected");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait::until_async(WAIT, "the in-process node connected", || async {
+            gossip.stats().await.unwrap().keys > 0
+        })
+        .await;
         let id = micelio_partyline::chat::say(&gossip, "tester", "hello, mesh ✓")
             .await
             .unwrap();
@@ -183,22 +178,13 @@ fn assert_ordered_stop(lines: &[String]) {
 /// reopens with the peer it learnt.
 #[cfg(debug_assertions)]
 fn a_failing_component_stops_the_node(fault: &str, needle: &str) {
-    let home = tempfile::tempdir().unwrap();
-    let config = home.path().join("fast.toml");
-    std::fs::write(&config, FAST).unwrap();
-    let mut a = Node::start(
-        home.path(),
-        &home.path().join("a"),
-        &config,
-        &["--listen", "127.0.0.1:0"],
-    );
+    let home = Home::new();
+    let mut a = home.start("a", &["--listen", "127.0.0.1:0"]);
     let ida = a.node_id.clone();
     // b is outbound-only: nobody can dial it, so after its restart it can
     // only reach a through the peers it stored before failing.
-    let b = Node::start_with_env(
-        home.path(),
-        &home.path().join("b"),
-        &config,
+    let b = home.start_with_env(
+        "b",
         &["--listen", "", "--bootstrap", &a.addr],
         &[("MICELIO_DEBUG_FAULT", fault)],
     );
@@ -217,12 +203,7 @@ fn a_failing_component_stops_the_node(fault: &str, needle: &str) {
     assert_ordered_stop(&lines);
     a.wait_for(|l| l.contains("peer disconnected") && l.contains(&idb));
 
-    let mut b = Node::start(
-        home.path(),
-        &home.path().join("b"),
-        &config,
-        &["--listen", ""],
-    );
+    let mut b = home.start("b", &["--listen", ""]);
     b.wait_for(|l| l.contains("loaded known peers") && l.contains("loaded=1"));
     b.connected_to(&ida);
     let lines = b.terminate();
@@ -312,25 +293,13 @@ fn reference_data_dir(dir: &std::path::Path) -> (String, Vec<u8>) {
 
 #[test]
 fn a_data_dir_the_reference_used_is_shared_and_its_data_db_left_alone() {
-    let home = tempfile::tempdir().unwrap();
-    let config = home.path().join("fast.toml");
-    std::fs::write(&config, FAST).unwrap();
-    let a = Node::start(
-        home.path(),
-        &home.path().join("a"),
-        &config,
-        &["--listen", "127.0.0.1:0"],
-    );
+    let home = Home::new();
+    let a = home.start("a", &["--listen", "127.0.0.1:0"]);
     let ida = a.node_id.clone();
-    let shared = home.path().join("shared");
+    let shared = home.data("shared");
     let (reference_id, bbolt) = reference_data_dir(&shared);
 
-    let mut r = Node::start(
-        home.path(),
-        &shared,
-        &config,
-        &["--listen", "", "--bootstrap", &a.addr],
-    );
+    let mut r = home.start("shared", &["--listen", "", "--bootstrap", &a.addr]);
     assert_eq!(
         r.node_id, reference_id,
         "the reference's identity, same NodeId"
@@ -348,7 +317,7 @@ fn a_data_dir_the_reference_used_is_shared_and_its_data_db_left_alone() {
     );
 
     // Again, without bootstrap: the peer comes from micelio/peers.
-    let mut r = Node::start(home.path(), &shared, &config, &["--listen", ""]);
+    let mut r = home.start("shared", &["--listen", ""]);
     assert_eq!(r.node_id, reference_id);
     r.wait_for(|l| l.contains("loaded known peers") && l.contains("loaded=1"));
     r.connected_to(&ida);

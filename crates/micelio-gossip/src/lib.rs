@@ -39,6 +39,8 @@
 mod engine;
 mod parts;
 mod service;
+#[cfg(feature = "test-utils")]
+pub mod test_utils;
 
 pub use engine::{
     Action, DEFAULT_ORIGIN_QUEUE, DEFAULT_PACE_BURST, DEFAULT_PACE_PER_SEC, DEFAULT_SEEN_CAP,

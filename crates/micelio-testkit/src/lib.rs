@@ -4,7 +4,8 @@
 //! own copy of these helpers; they live here once:
 //!
 //! - [`wait`]: bounded waits for a condition, blocking ([`wait::until`]) or
-//!   async ([`wait::until_async`]), that fail with a message instead of
+//!   async on tokio time ([`wait::until_async`], [`wait::eventually`],
+//!   [`wait::until_some_async`]), that fail with a message instead of
 //!   hanging;
 //! - [`process`]: real child processes whose output lines are collected
 //!   as they come, waited on with a bound, and killed by handle when the

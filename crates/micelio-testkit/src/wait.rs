@@ -70,6 +70,43 @@ where
     }
 }
 
+/// Awaits until the synchronous `cond` returns true, polling every
+/// [`POLL`] of tokio time: the form for conditions that read shared state
+/// without awaiting (a manager's counters, a connection table).
+///
+/// Cancel safety: safe to drop at any await point.
+///
+/// # Panics
+/// When `cond` is still false after `timeout` of tokio time.
+pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    until_async(timeout, what, || std::future::ready(cond())).await;
+}
+
+/// Awaits until `f` resolves to `Some`, polling every [`POLL`] of tokio
+/// time, and returns the value.
+///
+/// Cancel safety: safe to drop at any await point.
+///
+/// # Panics
+/// When `f` still resolves to `None` after `timeout` of tokio time.
+pub async fn until_some_async<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +147,27 @@ mod tests {
         )
         .await;
         assert!(start.elapsed() >= Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eventually_and_until_some_async_run_on_paused_time() {
+        let start = tokio::time::Instant::now();
+        eventually(Duration::from_secs(60), "five seconds", || {
+            start.elapsed() >= Duration::from_secs(5)
+        })
+        .await;
+        let at = until_some_async(Duration::from_secs(60), "seven seconds", || async move {
+            let e = start.elapsed();
+            (e >= Duration::from_secs(7)).then_some(e)
+        })
+        .await;
+        assert!(at >= Duration::from_secs(7) && at < Duration::from_secs(8));
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "waiting for nothing")]
+    async fn until_some_async_panics_at_the_deadline() {
+        until_some_async(Duration::from_secs(1), "nothing", || async { None::<u8> }).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,7 +5,8 @@
 //! codec (so the frame limit holds), bytes and frames are counted, and links
 //! between two nodes can be cut (live connections close, new dials are
 //! refused) and restored. Use it for simulations and for tests that need
-//! hundreds of nodes.
+//! hundreds of nodes; [`MemoryMesh`] spawns whole test nodes on it and
+//! [`link`] connects two and waits until both see it.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -40,10 +41,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{LinkError, TransportError};
+
+mod mesh;
 use crate::link::{
     BoxFuture, Direction, FrameSink, FrameSource, Incoming, Link, Listener, Transport,
     next_envelope,
 };
+pub use mesh::{LinkUpError, MemoryMesh, MemoryNode, QUIET, link, linked};
 
 /// Frames buffered per direction of a simulated connection.
 const LINK_BUFFER: usize = 64;

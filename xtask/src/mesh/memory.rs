@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use micelio_gossip::{DropReason, Gossip, GossipConfig};
+use micelio_gossip::test_utils::GossipNode;
+use micelio_gossip::{DropReason, GossipConfig};
 use micelio_identity::Identity;
-use micelio_transport::memory::MemoryNetwork;
-use micelio_transport::{DialError, PeerManager, TransportConfig};
+use micelio_transport::memory::{MemoryMesh, QUIET, linked};
+use micelio_transport::{DialError, TransportConfig};
 use micelio_wire::MsgType;
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -21,9 +22,6 @@ use super::{MESSAGE_TIMEOUT, MIN_GAP, MeshArgs, MessageResult, Outcome, await_re
 
 /// Longest wait for the built topology to be up.
 const LINKS_TIMEOUT: Duration = Duration::from_secs(30);
-/// Exchange and discovery period: long enough never to fire during a run,
-/// so the measured topology is the one built.
-const QUIET: Duration = Duration::from_secs(3600);
 
 /// The simulated address of node `i`.
 fn addr(i: usize) -> String {
@@ -53,10 +51,9 @@ pub(crate) fn chat_payload(k: usize) -> Bytes {
     Bytes::from(chat.encode_wire())
 }
 
-struct Node {
-    peers: PeerManager,
-    gossip: Gossip,
-}
+/// A node of the run (exchange and discovery [`QUIET`], so the measured
+/// topology is the one built).
+type Node = GossipNode;
 
 type Receipts = super::Receipts<Instant>;
 
@@ -64,7 +61,7 @@ type Receipts = super::Receipts<Instant>;
 pub(crate) async fn run(args: &MeshArgs, n: usize) -> anyhow::Result<Outcome> {
     let mut rng = SmallRng::seed_from_u64(args.seed ^ (n as u64).rotate_left(32));
     let edges = random_topology(n, args.max_peers, args.degree, &mut rng)?;
-    let net = MemoryNetwork::new();
+    let mesh = MemoryMesh::new();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut nodes = Vec::with_capacity(n);
     let result = async {
@@ -74,12 +71,11 @@ pub(crate) async fn run(args: &MeshArgs, n: usize) -> anyhow::Result<Outcome> {
             config.max_peers = args.max_peers;
             config.exchange_interval = QUIET;
             config.discovery_interval = QUIET;
-            let transport = Arc::new(net.transport(&identity));
-            let (peers, events) = PeerManager::spawn(identity.clone(), transport, config, None)
+            let node = GossipNode::spawn_with(&mesh, identity, config, GossipConfig::default())
                 .await
                 .with_context(|| format!("starting node {i}"))?;
-            let gossip = Gossip::spawn(identity, GossipConfig::default(), peers.clone(), events);
-            let mut sub = gossip
+            let mut sub = node
+                .gossip
                 .subscribe(MsgType::Chat)
                 .await
                 .with_context(|| format!("subscribing node {i}"))?;
@@ -92,7 +88,7 @@ pub(crate) async fn run(args: &MeshArgs, n: usize) -> anyhow::Result<Outcome> {
                     }
                 }
             });
-            nodes.push(Node { peers, gossip });
+            nodes.push(node);
         }
         progress(
             args,
@@ -109,10 +105,7 @@ pub(crate) async fn run(args: &MeshArgs, n: usize) -> anyhow::Result<Outcome> {
         loop {
             let missing = edges
                 .iter()
-                .filter(|&&(a, b)| {
-                    !nodes[a].peers.is_connected(nodes[b].peers.node_id())
-                        || !nodes[b].peers.is_connected(nodes[a].peers.node_id())
-                })
+                .filter(|&&(a, b)| !linked(&nodes[a].peers, &nodes[b].peers))
                 .count();
             if missing == 0 {
                 break;
@@ -140,7 +133,7 @@ pub(crate) async fn run(args: &MeshArgs, n: usize) -> anyhow::Result<Outcome> {
 
         let edge_count = nodes.iter().map(|x| x.peers.peer_count()).sum::<usize>() / 2;
         let (frames_before, drops_before) = counters(&nodes).await?;
-        let bytes_before = net.bytes_sent();
+        let bytes_before = mesh.network().bytes_sent();
         let started = Instant::now();
         let mut results = Vec::with_capacity(args.messages);
         for k in 1..=args.messages {
@@ -190,7 +183,7 @@ pub(crate) async fn run(args: &MeshArgs, n: usize) -> anyhow::Result<Outcome> {
             tokio::time::sleep_until(t0 + MIN_GAP).await;
         }
         let duration = started.elapsed();
-        let bytes = net.bytes_sent() - bytes_before;
+        let bytes = mesh.network().bytes_sent() - bytes_before;
         let (frames_after, mut drops) = counters(&nodes).await?;
         let frames = frames_after - frames_before;
         for (reason, count) in drops_before {
@@ -242,10 +235,7 @@ async fn counters(nodes: &[Node]) -> anyhow::Result<(u64, BTreeMap<String, u64>)
 async fn shutdown(nodes: Vec<Node>) {
     let mut tasks = tokio::task::JoinSet::new();
     for node in nodes {
-        tasks.spawn(async move {
-            node.gossip.shutdown().await;
-            node.peers.shutdown().await;
-        });
+        tasks.spawn(async move { node.shutdown().await });
     }
     while tasks.join_next().await.is_some() {}
 }

@@ -2,14 +2,15 @@
 //! star, chain, bridge and full-mesh topologies; every node gets every
 //! message exactly once.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use micelio_gossip::test_utils::GossipNode;
 use micelio_gossip::{Delivered, Gossip, GossipConfig, GossipError};
 use micelio_identity::{Identity, NodeId};
-use micelio_transport::memory::MemoryNetwork;
-use micelio_transport::{PeerManager, TransportConfig};
+use micelio_testkit::wait;
+use micelio_transport::TransportConfig;
+use micelio_transport::memory::MemoryMesh;
 use micelio_wire::proto::ChatMessage;
 use micelio_wire::{MsgType, WireMessage as _};
 use tokio::sync::mpsc;
@@ -51,50 +52,92 @@ impl Say for Gossip {
     }
 }
 
+/// Bound of every wait.
+const T: Duration = Duration::from_secs(10);
+
+/// A gossip test node and the chat lines it has received so far.
 struct Node {
-    id: NodeId,
-    pm: PeerManager,
-    gossip: Gossip,
+    node: GossipNode,
     chat: mpsc::Receiver<Delivered>,
     got: Vec<ChatLine>,
 }
 
-async fn node(net: &MemoryNetwork, seed: u8, listen: bool) -> Node {
-    let identity = Arc::new(Identity::from_seed([seed; 32]));
-    let mut cfg = TransportConfig::for_tests();
-    // Topologies are built by explicit dials and must stay as built.
-    cfg.discovery_interval = Duration::from_secs(3600);
-    cfg.listen = listen.then(|| format!("127.0.3.{seed}:4000"));
-    let (pm, events) = PeerManager::spawn(
-        identity.clone(),
-        Arc::new(net.transport(&identity)),
-        cfg,
-        None,
-    )
-    .await
-    .unwrap();
-    let gossip = Gossip::spawn(
-        identity.clone(),
-        GossipConfig::default(),
-        pm.clone(),
-        events,
-    );
-    let chat = gossip.subscribe(MsgType::Chat).await.unwrap();
-    Node {
-        id: *identity.node_id(),
-        pm,
-        gossip,
-        chat,
-        got: Vec::new(),
+impl std::ops::Deref for Node {
+    type Target = GossipNode;
+    fn deref(&self) -> &GossipNode {
+        &self.node
     }
 }
 
+impl Node {
+    async fn new(node: GossipNode) -> Node {
+        let chat = node.gossip.subscribe(MsgType::Chat).await.unwrap();
+        Node {
+            node,
+            chat,
+            got: Vec::new(),
+        }
+    }
+
+    /// Takes in what has arrived so far.
+    fn drain(&mut self) {
+        while let Ok(d) = self.chat.try_recv() {
+            self.got.push(ChatLine::from_delivered(&d).unwrap());
+        }
+    }
+
+    /// Waits for the next line, bounded.
+    async fn next(&mut self, what: &str) {
+        let d = tokio::time::timeout(T, self.chat.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: timed out"))
+            .unwrap();
+        self.got.push(ChatLine::from_delivered(&d).unwrap());
+    }
+}
+
+/// A node with the default configurations (listening unless `listen` is
+/// false); topologies are built by explicit dials and stay as built.
+async fn node(mesh: &MemoryMesh, seed: u8, listen: bool) -> Node {
+    node_with(mesh, seed, GossipConfig::default(), |c| {
+        if !listen {
+            c.listen = None;
+        }
+    })
+    .await
+}
+
+async fn node_with(
+    mesh: &MemoryMesh,
+    seed: u8,
+    gossip: GossipConfig,
+    tune: impl FnOnce(&mut TransportConfig),
+) -> Node {
+    let mut cfg = MemoryMesh::config(seed);
+    tune(&mut cfg);
+    let g = GossipNode::spawn_with(mesh, MemoryMesh::identity(seed), cfg, gossip)
+        .await
+        .unwrap();
+    Node::new(g).await
+}
+
 async fn link(a: &Node, b: &Node) {
-    a.pm.dial(b.pm.local_addr().unwrap()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !(b.pm.is_connected(&a.id) && a.pm.is_connected(&b.id)) {
-        assert!(tokio::time::Instant::now() < deadline, "link never came up");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    a.link(b, T).await.unwrap();
+}
+
+/// Waits until every node's gossip knows all of its connected peers.
+async fn everyone_ready(nodes: &[Node]) {
+    for n in nodes {
+        assert!(
+            n.ready(n.peers.peer_count(), T).await,
+            "gossip never saw its peers"
+        );
+    }
+}
+
+async fn stop(nodes: &[&Node]) {
+    for n in nodes {
+        n.shutdown().await;
     }
 }
 
@@ -102,21 +145,7 @@ async fn link(a: &Node, b: &Node) {
 /// then checks nothing arrived twice.
 async fn everyone_hears_everyone_once(nodes: &mut [Node]) {
     // Give the gossip tasks the Up events before originating.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    for n in nodes.iter() {
-        let expected = n.pm.peer_count();
-        loop {
-            let known = n.gossip.stats().await.unwrap().keys as usize;
-            if known >= expected {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gossip never saw its peers"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    everyone_ready(nodes).await;
     let mut ids = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         ids.push(
@@ -127,22 +156,15 @@ async fn everyone_hears_everyone_once(nodes: &mut [Node]) {
         );
     }
     let total = nodes.len();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        for n in nodes.iter_mut() {
-            while let Ok(d) = n.chat.try_recv() {
-                n.got.push(ChatLine::from_delivered(&d).unwrap());
-            }
+    for (i, n) in nodes.iter_mut().enumerate() {
+        while n.got.len() < total - 1 {
+            n.next(&format!(
+                "node {i}: line {} of {}",
+                n.got.len() + 1,
+                total - 1
+            ))
+            .await;
         }
-        if nodes.iter().all(|n| n.got.len() >= total - 1) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not every line arrived: {:?}",
-            nodes.iter().map(|n| n.got.len()).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // A duplicate would have been delivered by now: every relay finished
     // before the last first delivery plus the queue drain below.
@@ -150,11 +172,9 @@ async fn everyone_hears_everyone_once(nodes: &mut [Node]) {
         let s = n.gossip.stats().await.unwrap();
         assert_eq!(s.delivered as usize, total - 1, "delivered once each");
     }
-    let node_ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
+    let node_ids: Vec<NodeId> = nodes.iter().map(|n| n.node_id()).collect();
     for (i, n) in nodes.iter_mut().enumerate() {
-        while let Ok(d) = n.chat.try_recv() {
-            n.got.push(ChatLine::from_delivered(&d).unwrap());
-        }
+        n.drain();
         assert_eq!(
             n.got.len(),
             total - 1,
@@ -173,57 +193,54 @@ async fn everyone_hears_everyone_once(nodes: &mut [Node]) {
         }
     }
     for n in nodes.iter() {
-        n.gossip.shutdown().await;
-        n.pm.shutdown().await;
+        n.shutdown().await;
     }
 }
 
-async fn build(net: &MemoryNetwork, n: u8, listen: impl Fn(u8) -> bool) -> Vec<Node> {
+/// `n` nodes (listening where `listen` says), then the links `edges`
+/// (dialler, dialled), each up before the next.
+async fn build(
+    mesh: &MemoryMesh,
+    n: u8,
+    listen: impl Fn(u8) -> bool,
+    edges: impl IntoIterator<Item = (usize, usize)>,
+) -> Vec<Node> {
     let mut v = Vec::new();
     for i in 0..n {
-        v.push(node(net, 100 + i, listen(i)).await);
+        v.push(node(mesh, 100 + i, listen(i)).await);
+    }
+    for (a, b) in edges {
+        link(&v[a], &v[b]).await;
     }
     v
 }
 
+/// Every node of the topology `edges` on `n` listening nodes hears every
+/// other node's line once.
+async fn check(n: u8, edges: impl IntoIterator<Item = (usize, usize)>) {
+    let mut nodes = build(&MemoryMesh::new(), n, |_| true, edges).await;
+    everyone_hears_everyone_once(&mut nodes).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn star() {
-    let net = MemoryNetwork::new();
-    let mut n = build(&net, 5, |_| true).await;
-    for leaf in 1..5 {
-        link(&n[leaf], &n[0]).await;
-    }
-    everyone_hears_everyone_once(&mut n).await;
+    check(5, (1..5).map(|leaf| (leaf, 0))).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn chain() {
-    let net = MemoryNetwork::new();
-    let mut n = build(&net, 6, |_| true).await;
-    for i in 1..6 {
-        link(&n[i], &n[i - 1]).await;
-    }
-    everyone_hears_everyone_once(&mut n).await;
+    check(6, (1..6).map(|i| (i, i - 1))).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn full_mesh() {
-    let net = MemoryNetwork::new();
-    let mut n = build(&net, 6, |_| true).await;
-    for a in 0..6 {
-        for b in a + 1..6 {
-            link(&n[a], &n[b]).await;
-        }
-    }
-    everyone_hears_everyone_once(&mut n).await;
+    check(6, (0..6).flat_map(|a| (a + 1..6).map(move |b| (a, b)))).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_outbound_only_bridge_joins_two_meshes() {
-    let net = MemoryNetwork::new();
     // 0,1,2 and 3,4,5 are two meshes; 6 listens nowhere and dials 1 and 4.
-    let mut n = build(&net, 7, |i| i != 6).await;
-    for (a, b) in [
+    let edges = [
         (0, 1),
         (1, 2),
         (0, 2),
@@ -232,11 +249,10 @@ async fn an_outbound_only_bridge_joins_two_meshes() {
         (3, 5),
         (6, 1),
         (6, 4),
-    ] {
-        link(&n[a], &n[b]).await;
-    }
+    ];
+    let mut n = build(&MemoryMesh::new(), 7, |i| i != 6, edges).await;
     assert!(
-        !n[1].pm.is_connected(&n[4].id),
+        !n[1].peers.is_connected(&n[4].node_id()),
         "the meshes meet only through the bridge"
     );
     everyone_hears_everyone_once(&mut n).await;
@@ -244,34 +260,23 @@ async fn an_outbound_only_bridge_joins_two_meshes() {
 
 /// Waits until node `n` has received a line with `text`, bounded.
 async fn wait_line(n: &mut Node, text: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        while let Ok(d) = n.chat.try_recv() {
-            n.got.push(ChatLine::from_delivered(&d).unwrap());
-        }
-        if n.got.iter().any(|l| l.text == text) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never got {text:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    n.drain();
+    while !n.got.iter().any(|l| l.text == text) {
+        n.next(&format!("never got {text:?}")).await;
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_partition_hears_only_itself_and_catches_up_when_healed() {
-    let net = MemoryNetwork::new();
-    let mut n = build(&net, 4, |_| true).await;
-    for i in 1..4 {
-        link(&n[i], &n[i - 1]).await;
-    }
+    let mesh = MemoryMesh::new();
+    let mut n = build(&mesh, 4, |_| true, (1..4).map(|i| (i, i - 1))).await;
     everyone_ready(&n).await;
     // Cut the chain in the middle: {0,1} | {2,3}.
-    net.cut(&n[1].id, &n[2].id);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while n[1].pm.is_connected(&n[2].id) || n[2].pm.is_connected(&n[1].id) {
-        assert!(tokio::time::Instant::now() < deadline, "cut not seen");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    mesh.cut(&n[1].peers, &n[2].peers);
+    wait::eventually(T, "the cut seen on both sides", || {
+        !n[1].peers.is_connected(&n[2].node_id()) && !n[2].peers.is_connected(&n[1].node_id())
+    })
+    .await;
     n[0].gossip.say("a", "during the cut").await.unwrap();
     n[3].gossip.say("d", "other side").await.unwrap();
     wait_line(&mut n[1], "during the cut").await;
@@ -283,9 +288,7 @@ async fn a_partition_hears_only_itself_and_catches_up_when_healed() {
         (2, "during the cut"),
         (3, "during the cut"),
     ] {
-        while let Ok(d) = n[i].chat.try_recv() {
-            n[i].got.push(ChatLine::from_delivered(&d).unwrap());
-        }
+        n[i].drain();
         assert!(
             !n[i].got.iter().any(|l| l.text == foreign),
             "node {i} heard across the cut"
@@ -293,16 +296,14 @@ async fn a_partition_hears_only_itself_and_catches_up_when_healed() {
     }
     // Heal: the link comes back (the bootstrap-less pair is redialled by
     // hand here), and repair brings each side the other's recent line.
-    net.restore(&n[1].id, &n[2].id);
+    mesh.restore(&n[1].peers, &n[2].peers);
     link(&n[2], &n[1]).await;
     wait_line(&mut n[0], "other side").await;
     wait_line(&mut n[3], "during the cut").await;
     wait_line(&mut n[1], "other side").await;
     wait_line(&mut n[2], "during the cut").await;
     for (i, node) in n.iter_mut().enumerate() {
-        while let Ok(d) = node.chat.try_recv() {
-            node.got.push(ChatLine::from_delivered(&d).unwrap());
-        }
+        node.drain();
         let mut texts: Vec<&str> = node.got.iter().map(|l| l.text.as_str()).collect();
         texts.sort_unstable();
         let before = texts.len();
@@ -310,40 +311,19 @@ async fn a_partition_hears_only_itself_and_catches_up_when_healed() {
         assert_eq!(before, texts.len(), "node {i} got a line twice");
     }
     for node in n.iter() {
-        node.gossip.shutdown().await;
-        node.pm.shutdown().await;
-    }
-}
-
-async fn everyone_ready(nodes: &[Node]) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    for n in nodes {
-        while (n.gossip.stats().await.unwrap().keys as usize) < n.pm.peer_count() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gossip never saw its peers"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        node.shutdown().await;
     }
 }
 
 /// Waits until `n`'s gossip knows `peers` connected peers.
 async fn knows(n: &Node, peers: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while (n.gossip.stats().await.unwrap().keys as usize) < peers {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gossip never saw its peers"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(n.ready(peers, T).await, "gossip never saw its peers");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_point_to_point_message_carries_the_connected_peer_as_sender() {
-    let net = MemoryNetwork::new();
-    let (a, b) = (node(&net, 60, true).await, node(&net, 61, true).await);
+    let mesh = MemoryMesh::new();
+    let (a, b) = (node(&mesh, 60, true).await, node(&mesh, 61, true).await);
     link(&a, &b).await;
     knows(&b, 1).await;
     let mut sync = b.gossip.subscribe(MsgType::StateSyncRequest).await.unwrap();
@@ -353,13 +333,15 @@ async fn a_point_to_point_message_carries_the_connected_peer_as_sender() {
         micelio_wire::EnvelopeBuilder::new(MsgType::StateSyncRequest, body).sign(who)
     };
     // Claims to be another node: refused, counted.
-    a.pm.send(&b.id, &claims(&someone_else, b"forged")).unwrap();
+    a.peers
+        .send(&b.node_id(), &claims(&someone_else, b"forged"))
+        .unwrap();
     // Names nobody: delivered as from the connected peer.
     let mut anonymous = claims(&me, b"anonymous");
     anonymous.sender_id.clear();
-    a.pm.send(&b.id, &anonymous).unwrap();
+    a.peers.send(&b.node_id(), &anonymous).unwrap();
     // Honest.
-    a.pm.send(&b.id, &claims(&me, b"honest")).unwrap();
+    a.peers.send(&b.node_id(), &claims(&me, b"honest")).unwrap();
     let mut got = Vec::new();
     while got.len() < 2 {
         let d = tokio::time::timeout(Duration::from_secs(5), sync.recv())
@@ -369,57 +351,39 @@ async fn a_point_to_point_message_carries_the_connected_peer_as_sender() {
         got.push(d);
     }
     for d in &got {
-        assert_eq!(d.sender, a.id, "the connected peer");
-        assert_eq!(d.from_peer, a.id);
+        assert_eq!(d.sender, a.node_id(), "the connected peer");
+        assert_eq!(d.from_peer, a.node_id());
         assert_ne!(&d.envelope.payload[..], b"forged");
     }
     let s = b.gossip.stats().await.unwrap();
     assert_eq!(s.dropped_for(micelio_gossip::DropReason::SenderNotPeer), 1);
     assert!(sync.try_recv().is_err(), "the forged one never arrives");
-    for n in [&a, &b] {
-        n.gossip.shutdown().await;
-        n.pm.shutdown().await;
-    }
+    stop(&[&a, &b]).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_subscriber_that_falls_behind_has_its_drops_counted() {
-    let net = MemoryNetwork::new();
+    let mesh = MemoryMesh::new();
     let mut config = GossipConfig::default();
     config.rate_per_sec = 1_000_000;
     config.rate_burst = 1_000_000;
     let mk = |seed: u8| {
-        let net = net.clone();
+        let mut cfg = MemoryMesh::config(seed);
+        cfg.send_queue = 4096;
         let config = config.clone();
+        let mesh = &mesh;
         async move {
-            let identity = Arc::new(Identity::from_seed([seed; 32]));
-            let mut cfg = TransportConfig::for_tests();
-            cfg.discovery_interval = Duration::from_secs(3600);
-            cfg.listen = Some(format!("127.0.3.{seed}:4000"));
-            cfg.send_queue = 4096;
-            let (pm, events) = PeerManager::spawn(
-                identity.clone(),
-                Arc::new(net.transport(&identity)),
-                cfg,
-                None,
-            )
-            .await
-            .unwrap();
-            let gossip = Gossip::spawn(identity.clone(), config, pm.clone(), events);
-            (*identity.node_id(), pm, gossip)
+            GossipNode::spawn_with(mesh, MemoryMesh::identity(seed), cfg, config)
+                .await
+                .unwrap()
         }
     };
-    let (_, a_pm, a) = mk(63).await;
-    let (_, b_pm, b) = mk(64).await;
-    b_pm.dial(a_pm.local_addr().unwrap()).await.unwrap();
+    let (na, nb) = (mk(63).await, mk(64).await);
+    nb.link(&na, T).await.unwrap();
+    let (a, b) = (&na.gossip, &nb.gossip);
     // One subscriber that reads, one that never does.
     let mut reader = b.subscribe(MsgType::Chat).await.unwrap();
     let _stuck = b.subscribe(MsgType::Chat).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while a.stats().await.unwrap().keys == 0 || b.stats().await.unwrap().keys == 0 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     let total = 1500u64;
     let mut read = 0u64;
     for _ in 0..total {
@@ -444,45 +408,20 @@ async fn a_subscriber_that_falls_behind_has_its_drops_counted() {
     assert_eq!(st.delivered, 1024, "its queue filled");
     assert_eq!(st.dropped, total - 1024, "and the rest was counted");
     assert_eq!(s.subscriber_drops(), total - 1024);
-    for (g, pm) in [(&a, &a_pm), (&b, &b_pm)] {
-        g.shutdown().await;
-        pm.shutdown().await;
-    }
+    na.shutdown().await;
+    nb.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_reference_like_peer_gets_no_repair_traffic_while_micelio_peers_repair() {
-    let net = MemoryNetwork::new();
+    let mesh = MemoryMesh::new();
     // m1 says a line while alone; m2 and a reference-like node r (no
     // extensions announced, no repair of its own, as the Go node) then join.
-    let m1 = node(&net, 70, true).await;
-    let mut m2 = node(&net, 71, true).await;
-    let mut r = {
-        let identity = Arc::new(Identity::from_seed([72; 32]));
-        let mut cfg = TransportConfig::for_tests();
-        cfg.discovery_interval = Duration::from_secs(3600);
-        cfg.listen = Some("127.0.3.72:4000".into());
-        cfg.features = Vec::new();
-        let (pm, events) = PeerManager::spawn(
-            identity.clone(),
-            Arc::new(net.transport(&identity)),
-            cfg,
-            None,
-        )
-        .await
-        .unwrap();
-        let mut gc = GossipConfig::default();
-        gc.repair_interval = Duration::ZERO;
-        let gossip = Gossip::spawn(identity.clone(), gc, pm.clone(), events);
-        let chat = gossip.subscribe(MsgType::Chat).await.unwrap();
-        Node {
-            id: *identity.node_id(),
-            pm,
-            gossip,
-            chat,
-            got: Vec::new(),
-        }
-    };
+    let m1 = node(&mesh, 70, true).await;
+    let mut m2 = node(&mesh, 71, true).await;
+    let mut gc = GossipConfig::default();
+    gc.repair_interval = Duration::ZERO;
+    let mut r = node_with(&mesh, 72, gc, |c| c.features = Vec::new()).await;
     m1.gossip.say("m", "said alone").await.unwrap();
     link(&m2, &m1).await;
     link(&r, &m1).await;
@@ -509,16 +448,13 @@ async fn a_reference_like_peer_gets_no_repair_traffic_while_micelio_peers_repair
         "{s1:?} {s2:?}"
     );
     assert!(s1.repairs_served > 0, "m1 answered m2's request");
-    for n in [&m1, &m2, &r] {
-        n.gossip.shutdown().await;
-        n.pm.shutdown().await;
-    }
+    stop(&[&m1, &m2, &r]).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn paced_originations_leave_in_order_under_the_mesh_rate_and_overflow_is_refused() {
-    let net = MemoryNetwork::new();
-    let (a, mut b) = (node(&net, 80, true).await, node(&net, 81, true).await);
+    let mesh = MemoryMesh::new();
+    let (a, mut b) = (node(&mesh, 80, true).await, node(&mesh, 81, true).await);
     link(&a, &b).await;
     knows(&a, 1).await;
     knows(&b, 1).await;
@@ -566,8 +502,5 @@ async fn paced_originations_leave_in_order_under_the_mesh_rate_and_overflow_is_r
             .try_originate(MsgType::StateSyncRequest, Bytes::new()),
         Err(GossipError::NotGossip(_))
     ));
-    for n in [&a, &b] {
-        n.gossip.shutdown().await;
-        n.pm.shutdown().await;
-    }
+    stop(&[&a, &b]).await;
 }

@@ -1,28 +1,34 @@
 //! Integration tests of micelio-partyline: nodes on the in-memory transport,
 //! each with gossip and a partyline, users driven through sessions.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use micelio_gossip::{Gossip, GossipConfig};
-use micelio_identity::Identity;
+use micelio_gossip::GossipConfig;
+use micelio_gossip::test_utils::GossipNode;
 use micelio_partyline::{
     CommandSpec, Partyline, PartylineConfig, Reply, STATUS_UNKNOWN, STATUS_USAGE, Session,
 };
-use micelio_transport::memory::MemoryNetwork;
-use micelio_transport::{PeerManager, TransportConfig};
+use micelio_testkit::wait;
+use micelio_transport::memory::MemoryMesh;
 
 const T: Duration = Duration::from_secs(10);
 
+/// A gossip test node with a partyline on it.
 struct Node {
     party: Partyline,
-    pm: PeerManager,
-    gossip: Gossip,
+    node: GossipNode,
 }
 
-async fn node(net: &MemoryNetwork, seed: u8, name: &str) -> Node {
+impl std::ops::Deref for Node {
+    type Target = GossipNode;
+    fn deref(&self) -> &GossipNode {
+        &self.node
+    }
+}
+
+async fn node(mesh: &MemoryMesh, seed: u8, name: &str) -> Node {
     node_with(
-        net,
+        mesh,
         seed,
         name,
         GossipConfig::default(),
@@ -32,44 +38,38 @@ async fn node(net: &MemoryNetwork, seed: u8, name: &str) -> Node {
 }
 
 async fn node_with(
-    net: &MemoryNetwork,
+    mesh: &MemoryMesh,
     seed: u8,
     name: &str,
     gc: GossipConfig,
     presence: Duration,
 ) -> Node {
-    let id = Arc::new(Identity::from_seed([seed; 32]));
-    let mut cfg = TransportConfig::for_tests();
-    cfg.listen = Some(format!("127.0.4.{seed}:4000"));
-    cfg.discovery_interval = Duration::from_secs(3600);
-    let (pm, events) = PeerManager::spawn(id.clone(), Arc::new(net.transport(&id)), cfg, None)
-        .await
-        .unwrap();
-    let gossip = Gossip::spawn(id, gc, pm.clone(), events);
+    let node = GossipNode::spawn_with(
+        mesh,
+        MemoryMesh::identity(seed),
+        MemoryMesh::config(seed),
+        gc,
+    )
+    .await
+    .unwrap();
     let mut pc = PartylineConfig::new(name);
     pc.presence_interval = presence;
     pc.presence_debounce = Duration::from_millis(50);
-    let party = Partyline::spawn(pc, gossip.clone(), pm.clone())
+    let party = Partyline::spawn(pc, node.gossip.clone(), node.peers.clone())
         .await
         .unwrap();
-    Node { party, pm, gossip }
+    Node { party, node }
 }
 
+/// Connects two nodes and waits until both gossip engines know each other.
 async fn link(a: &Node, b: &Node) {
-    a.pm.dial(b.pm.local_addr().unwrap()).await.unwrap();
-    // Wait until both gossip engines know each other.
-    let deadline = tokio::time::Instant::now() + T;
-    while a.gossip.stats().await.unwrap().keys == 0 || b.gossip.stats().await.unwrap().keys == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never linked");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    a.link(b, T).await.unwrap();
 }
 
 async fn stop(nodes: &[&Node]) {
     for n in nodes {
         n.party.shutdown().await;
-        n.gossip.shutdown().await;
-        n.pm.shutdown().await;
+        n.shutdown().await;
     }
 }
 
@@ -112,14 +112,14 @@ async fn who_shows(s: &mut Session, nicks: &[&str]) -> String {
             "who never showed {nicks:?}: {}",
             r.text
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(wait::POLL).await;
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn chat_crosses_the_mesh_once_with_nick_and_node() {
-    let net = MemoryNetwork::new();
-    let (a, b) = (node(&net, 1, "alpha").await, node(&net, 2, "beta").await);
+    let mesh = MemoryMesh::new();
+    let (a, b) = (node(&mesh, 1, "alpha").await, node(&mesh, 2, "beta").await);
     link(&a, &b).await;
     let mut alice = a.party.join("alice").await.unwrap();
     let mut bob = b.party.join("bob").await.unwrap();
@@ -155,8 +155,8 @@ async fn chat_crosses_the_mesh_once_with_nick_and_node() {
 
 #[tokio::test(start_paused = true)]
 async fn commands_behave() {
-    let net = MemoryNetwork::new();
-    let (a, b) = (node(&net, 3, "alpha").await, node(&net, 4, "beta").await);
+    let mesh = MemoryMesh::new();
+    let (a, b) = (node(&mesh, 3, "alpha").await, node(&mesh, 4, "beta").await);
     link(&a, &b).await;
     let mut alice = a.party.join("alice").await.unwrap();
     let mut carol = a.party.join("carol").await.unwrap();
@@ -239,8 +239,8 @@ async fn commands_behave() {
 
 #[tokio::test(start_paused = true)]
 async fn a_newcomer_sees_the_last_twenty_lines() {
-    let net = MemoryNetwork::new();
-    let a = node(&net, 5, "alpha").await;
+    let mesh = MemoryMesh::new();
+    let a = node(&mesh, 5, "alpha").await;
     let mut alice = a.party.join("alice").await.unwrap();
     for i in 0..25 {
         alice.input(&format!("line {i:02}")).await;
@@ -257,8 +257,8 @@ async fn a_newcomer_sees_the_last_twenty_lines() {
 
 #[tokio::test(start_paused = true)]
 async fn nicks_are_made_unique_and_commands_can_be_added() {
-    let net = MemoryNetwork::new();
-    let a = node(&net, 6, "alpha").await;
+    let mesh = MemoryMesh::new();
+    let a = node(&mesh, 6, "alpha").await;
     let s1 = a.party.join("root").await.unwrap();
     let s2 = a.party.join("root").await.unwrap();
     let s3 = a.party.join("@@").await.unwrap();
@@ -296,8 +296,8 @@ async fn nicks_are_made_unique_and_commands_can_be_added() {
 
 #[tokio::test(start_paused = true)]
 async fn a_session_that_never_reads_does_not_slow_the_others() {
-    let net = MemoryNetwork::new();
-    let a = node(&net, 7, "alpha").await;
+    let mesh = MemoryMesh::new();
+    let a = node(&mesh, 7, "alpha").await;
     let _stuck = a.party.join("stuck").await.unwrap();
     let mut talker = a.party.join("talker").await.unwrap();
     // More lines than the stuck session's queue holds (256), typed at ten a
@@ -317,11 +317,11 @@ async fn a_session_that_never_reads_does_not_slow_the_others() {
 
 #[tokio::test(start_paused = true)]
 async fn chat_crosses_the_middle_of_a_three_node_chain() {
-    let net = MemoryNetwork::new();
+    let mesh = MemoryMesh::new();
     let (a, b, c) = (
-        node(&net, 8, "left").await,
-        node(&net, 9, "middle").await,
-        node(&net, 10, "right").await,
+        node(&mesh, 8, "left").await,
+        node(&mesh, 9, "middle").await,
+        node(&mesh, 10, "right").await,
     );
     link(&a, &b).await;
     link(&c, &b).await;
@@ -344,8 +344,8 @@ async fn chat_crosses_the_middle_of_a_three_node_chain() {
 
 #[tokio::test(start_paused = true)]
 async fn quiet_sessions_run_commands_without_being_announced() {
-    let net = MemoryNetwork::new();
-    let a = node(&net, 11, "alpha").await;
+    let mesh = MemoryMesh::new();
+    let a = node(&mesh, 11, "alpha").await;
     let mut alice = a.party.join("alice").await.unwrap();
     let mut script = a.party.join_quiet("cron").await.unwrap();
     let who = script.input("/who").await;
@@ -374,9 +374,9 @@ async fn quiet_sessions_run_commands_without_being_announced() {
 
 /// A node for the outbox tests: default gossip settings (the mesh's rate
 /// limit and the origin's pace), presence at its default rarity.
-async fn paced_node(net: &MemoryNetwork, seed: u8, name: &str) -> Node {
+async fn paced_node(mesh: &MemoryMesh, seed: u8, name: &str) -> Node {
     node_with(
-        net,
+        mesh,
         seed,
         name,
         GossipConfig::default(),
@@ -385,16 +385,20 @@ async fn paced_node(net: &MemoryNetwork, seed: u8, name: &str) -> Node {
     .await
 }
 
-/// Waits until every node's gossip knows all of its connected peers.
+/// Paced nodes `alpha` (of `seed`) and `beta` (of `seed + 1`), linked and
+/// ready.
+async fn paced_pair(mesh: &MemoryMesh, seed: u8) -> (Node, Node) {
+    let a = paced_node(mesh, seed, "alpha").await;
+    let b = paced_node(mesh, seed + 1, "beta").await;
+    link(&a, &b).await;
+    ready(&[&a, &b], 1).await;
+    (a, b)
+}
+
+/// Waits until every node has `peers_each` peers, all known to its gossip.
 async fn ready(nodes: &[&Node], peers_each: usize) {
-    let deadline = tokio::time::Instant::now() + T;
     for n in nodes {
-        while n.pm.peer_count() < peers_each
-            || (n.gossip.stats().await.unwrap().keys as usize) < peers_each
-        {
-            assert!(tokio::time::Instant::now() < deadline, "mesh never formed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        assert!(n.ready(peers_each, T).await, "mesh never formed");
     }
 }
 
@@ -426,13 +430,8 @@ async fn rate_limited(n: &Node) -> u64 {
 
 #[tokio::test(start_paused = true)]
 async fn a_thousand_lines_typed_fast_arrive_in_order() {
-    let net = MemoryNetwork::new();
-    let (a, b) = (
-        paced_node(&net, 20, "alpha").await,
-        paced_node(&net, 21, "beta").await,
-    );
-    link(&a, &b).await;
-    ready(&[&a, &b], 1).await;
+    let mesh = MemoryMesh::new();
+    let (a, b) = paced_pair(&mesh, 20).await;
     let mut alice = a.party.join("alice").await.unwrap();
     let mut bob = b.party.join("bob").await.unwrap();
     let reader = tokio::spawn(async move { collect(&mut bob, "typed ", 1000).await });
@@ -458,11 +457,11 @@ async fn a_thousand_lines_typed_fast_arrive_in_order() {
 
 #[tokio::test(start_paused = true)]
 async fn a_paste_of_a_hundred_lines_reaches_every_node_of_a_mesh_in_order() {
-    let net = MemoryNetwork::new();
+    let mesh = MemoryMesh::new();
     let (a, b, c) = (
-        paced_node(&net, 22, "alpha").await,
-        paced_node(&net, 23, "beta").await,
-        paced_node(&net, 24, "gamma").await,
+        paced_node(&mesh, 22, "alpha").await,
+        paced_node(&mesh, 23, "beta").await,
+        paced_node(&mesh, 24, "gamma").await,
     );
     link(&a, &b).await;
     link(&b, &c).await;
@@ -492,13 +491,8 @@ async fn a_paste_of_a_hundred_lines_reaches_every_node_of_a_mesh_in_order() {
 
 #[tokio::test(start_paused = true)]
 async fn an_overflowing_paste_tells_the_user_and_keeps_the_rest_in_order() {
-    let net = MemoryNetwork::new();
-    let (a, b) = (
-        paced_node(&net, 25, "alpha").await,
-        paced_node(&net, 26, "beta").await,
-    );
-    link(&a, &b).await;
-    ready(&[&a, &b], 1).await;
+    let mesh = MemoryMesh::new();
+    let (a, b) = paced_pair(&mesh, 25).await;
     let mut alice = a.party.join("alice").await.unwrap();
     let mut bob = b.party.join("bob").await.unwrap();
     let mut accepted = Vec::new();
@@ -530,13 +524,13 @@ async fn an_overflowing_paste_tells_the_user_and_keeps_the_rest_in_order() {
 
 #[tokio::test(start_paused = true)]
 async fn stats_show_the_drops_of_a_subscriber_that_falls_behind() {
-    let net = MemoryNetwork::new();
+    let mesh = MemoryMesh::new();
     let mut gc = GossipConfig::default();
     gc.rate_per_sec = 1_000_000;
     gc.rate_burst = 1_000_000;
     let presence = Duration::from_millis(300);
-    let a = node_with(&net, 30, "alpha", gc.clone(), presence).await;
-    let b = node_with(&net, 31, "beta", gc, presence).await;
+    let a = node_with(&mesh, 30, "alpha", gc.clone(), presence).await;
+    let b = node_with(&mesh, 31, "beta", gc, presence).await;
     link(&a, &b).await;
     // The partyline subscribed to chat, presence and direct lines (1-3).
     let _stuck = b
@@ -549,16 +543,12 @@ async fn stats_show_the_drops_of_a_subscriber_that_falls_behind() {
             .await
             .unwrap();
     }
-    let deadline = tokio::time::Instant::now() + T;
-    let stuck = loop {
+    let stuck = wait::until_some_async(T, "the stuck subscriber's drops", || async {
         let s = b.gossip.stats().await.unwrap();
         let st = s.subscribers.iter().find(|s| s.id == 4).cloned().unwrap();
-        if st.dropped > 0 && s.delivered >= 1100 - 20 {
-            break st;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        (st.dropped > 0 && s.delivered >= 1100 - 20).then_some(st)
+    })
+    .await;
     assert_eq!(stuck.delivered, 1024);
     let mut op = b.party.join("op").await.unwrap();
     let text = op.input("/stats").await.text;

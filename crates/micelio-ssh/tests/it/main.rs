@@ -8,11 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use micelio_gossip::{Gossip, GossipConfig};
-use micelio_identity::Identity;
+use micelio_gossip::GossipConfig;
+use micelio_gossip::test_utils::GossipNode;
 use micelio_partyline::{Partyline, PartylineConfig};
 use micelio_ssh::{SshConfig, SshExit, SshServer, host_key};
-use micelio_transport::{PeerManager, TcpTransport, TransportConfig};
+use micelio_transport::memory::MemoryMesh;
 use russh::client::{self, Handle};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
@@ -22,13 +22,12 @@ use tokio::time::timeout;
 /// Longest wait for any one step.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A node with only what the SSH server needs: an outbound-only transport
-/// with no peers, gossip and the partyline over it.
+/// A node with only what the SSH server needs: an outbound-only in-memory
+/// transport with no peers, gossip and the partyline over it.
 struct Fixture {
     ssh: SshServer,
     party: Partyline,
-    gossip: Gossip,
-    peers: PeerManager,
+    node: GossipNode,
     host: PublicKey,
     _dir: tempfile::TempDir,
     keys: std::path::PathBuf,
@@ -39,44 +38,44 @@ impl Fixture {
         Self::start_with(authorized, |_| {}).await
     }
 
+    /// A fixture whose `authorized_keys` holds one client key of `seed`,
+    /// after `options` (empty, or options and a space); and that key.
+    async fn with_key(seed: u8, options: &str) -> (Fixture, PrivateKey) {
+        let (key, line) = client_key(seed);
+        (Self::start(&format!("{options}{line}\n")).await, key)
+    }
+
     async fn start_with(authorized: &str, tune: impl FnOnce(&mut SshConfig)) -> Fixture {
-        let identity = Arc::new(Identity::from_seed([42; 32]));
-        let transport = TcpTransport::new(
-            identity.clone(),
-            Duration::from_secs(2),
-            Duration::from_secs(2),
-        );
-        let (peers, events) = PeerManager::spawn(
-            identity.clone(),
-            Arc::new(transport),
-            TransportConfig::new(None),
-            None,
+        let mut transport = MemoryMesh::config(42);
+        transport.listen = None;
+        let node = GossipNode::spawn_with(
+            &MemoryMesh::new(),
+            MemoryMesh::identity(42),
+            transport,
+            GossipConfig::default(),
         )
         .await
         .unwrap();
-        let gossip = Gossip::spawn(
-            identity.clone(),
-            GossipConfig::default(),
-            peers.clone(),
-            events,
-        );
-        let party = Partyline::spawn(PartylineConfig::new("box"), gossip.clone(), peers.clone())
-            .await
-            .unwrap();
+        let party = Partyline::spawn(
+            PartylineConfig::new("box"),
+            node.gossip.clone(),
+            node.peers.clone(),
+        )
+        .await
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("authorized_keys");
         std::fs::write(&keys, authorized).unwrap();
         let mut config = SshConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), &keys);
         tune(&mut config);
-        let ssh = SshServer::spawn(&identity, config, party.clone())
+        let ssh = SshServer::spawn(&node.identity, config, party.clone())
             .await
             .unwrap();
         Fixture {
             ssh,
             party,
-            gossip,
-            peers,
-            host: host_key(&identity).public_key().clone(),
+            host: host_key(&node.identity).public_key().clone(),
+            node,
             _dir: dir,
             keys,
         }
@@ -85,8 +84,7 @@ impl Fixture {
     async fn stop(self) {
         self.ssh.shutdown().await;
         self.party.shutdown().await;
-        self.gossip.shutdown().await;
-        self.peers.shutdown().await;
+        self.node.shutdown().await;
     }
 
     /// Connects and tries to log in as `user` with `key`.
@@ -189,6 +187,19 @@ impl Chan {
         t
     }
 
+    /// Starts a shell; the server must accept.
+    async fn shell(&mut self) {
+        self.0.request_shell(true).await.unwrap();
+        assert!(self.reply().await, "shell refused");
+    }
+
+    /// Reads until the channel closes, which must be with `status`.
+    async fn exits(&mut self, status: u32) -> Transcript {
+        let t = self.finish().await;
+        assert_eq!(t.status, Some(status), "{t:?}");
+        t
+    }
+
     async fn send(&self, bytes: &[u8]) {
         self.0.data_bytes(bytes.to_vec()).await.unwrap();
     }
@@ -204,33 +215,28 @@ impl Chan {
 
 #[tokio::test]
 async fn exec_runs_one_command_and_exits_with_its_status() {
-    let (key, line) = client_key(1);
-    let fx = Fixture::start(&format!("{line}\n")).await;
+    let (fx, key) = Fixture::with_key(1, "").await;
 
     let (_h, mut chan) = fx.session("alice", &key).await;
     chan.0.exec(true, "/who").await.unwrap();
     assert!(chan.reply().await);
-    let t = chan.finish().await;
-    assert_eq!(t.status, Some(0), "{t:?}");
+    let t = chan.exits(0).await;
     assert!(t.out.contains("box"), "{t:?}");
     assert!(!t.out.contains('\r'), "exec output is plain text: {t:?}");
 
     let (_h, mut chan) = fx.session("alice", &key).await;
     chan.0.exec(true, "/nope").await.unwrap();
-    let t = chan.finish().await;
-    assert_eq!(t.status, Some(127), "{t:?}");
+    let t = chan.exits(127).await;
     assert!(t.out.contains("unknown command"), "{t:?}");
     fx.stop().await;
 }
 
 #[tokio::test]
 async fn a_plain_session_reads_lines_and_exits_with_the_last_status() {
-    let (key, line) = client_key(2);
-    let fx = Fixture::start(&format!("{line}\n")).await;
+    let (fx, key) = Fixture::with_key(2, "").await;
 
     let (_h, mut chan) = fx.session("carol", &key).await;
-    chan.0.request_shell(true).await.unwrap();
-    assert!(chan.reply().await);
+    chan.shell().await;
     // Lines split across packets, and a last line without a newline, run
     // when the client sends EOF.
     chan.send(b"/nick dav").await;
@@ -247,30 +253,25 @@ async fn a_plain_session_reads_lines_and_exits_with_the_last_status() {
 
 #[tokio::test]
 async fn a_plain_line_over_the_limit_is_dropped_and_the_session_goes_on() {
-    let (key, line) = client_key(3);
-    let fx = Fixture::start(&format!("{line}\n")).await;
+    let (fx, key) = Fixture::with_key(3, "").await;
     let (_h, mut chan) = fx.session("erin", &key).await;
-    chan.0.request_shell(true).await.unwrap();
-    assert!(chan.reply().await);
+    chan.shell().await;
     chan.send(&vec![b'x'; 9000]).await;
     let mut text = String::new();
     chan.read_until(&mut text, "line too long, dropped").await;
     chan.send(b"/who\n").await;
     chan.read_until(&mut text, "erin").await;
     chan.send(b"/quit\n").await;
-    let t = chan.finish().await;
-    assert_eq!(t.status, Some(0), "{t:?}");
+    chan.exits(0).await;
     fx.stop().await;
 }
 
 #[tokio::test]
 async fn an_interactive_session_has_the_editor_and_quits_cleanly() {
-    let (key, line) = client_key(4);
-    let fx = Fixture::start(&format!("{line}\n")).await;
+    let (fx, key) = Fixture::with_key(4, "").await;
     let (_h, mut chan) = fx.session("frank", &key).await;
     assert!(chan.pty().await, "a PTY is granted");
-    chan.0.request_shell(true).await.unwrap();
-    assert!(chan.reply().await);
+    chan.shell().await;
     let mut text = String::new();
     chan.read_until(&mut text, "Welcome to the micelio partyline on box, frank")
         .await;
@@ -283,23 +284,19 @@ async fn an_interactive_session_has_the_editor_and_quits_cleanly() {
     chan.read_until(&mut text, "you are now grace").await;
     chan.read_until(&mut text, "grace> ").await;
     chan.send(b"/quit\r").await;
-    let t = chan.finish().await;
-    assert_eq!(t.status, Some(0), "{t:?}");
+    chan.exits(0).await;
     fx.stop().await;
 }
 
 #[tokio::test]
 async fn no_pty_refuses_the_pty_and_the_shell_runs_plain() {
-    let (key, line) = client_key(5);
-    let fx = Fixture::start(&format!("no-pty {line}\n")).await;
+    let (fx, key) = Fixture::with_key(5, "no-pty ").await;
     let (_h, mut chan) = fx.session("heidi", &key).await;
     assert!(!chan.pty().await, "the PTY request is refused");
-    chan.0.request_shell(true).await.unwrap();
-    assert!(chan.reply().await);
+    chan.shell().await;
     chan.send(b"/who\n").await;
     chan.0.eof().await.unwrap();
-    let t = chan.finish().await;
-    assert_eq!(t.status, Some(0), "{t:?}");
+    let t = chan.exits(0).await;
     assert!(t.out.contains("heidi"), "{t:?}");
     assert!(!t.out.contains("Welcome"), "no editor: {t:?}");
     assert!(!t.out.contains('\x1b'), "no terminal control: {t:?}");

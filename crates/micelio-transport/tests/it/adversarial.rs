@@ -123,6 +123,18 @@ impl RawPeer {
             .await;
         self.recv_envelope().await
     }
+
+    /// Connects to `node` as `me`, says an honest hello and waits until the
+    /// node has registered the peer; returns the peer and the node's ack.
+    pub(crate) async fn join(node: &TestNode, me: &Identity) -> (RawPeer, Envelope) {
+        let mut p = RawPeer::connect(&node.addr(), me).await;
+        let ack = p.honest_hello(me).await;
+        eventually(Duration::from_secs(5), "raw peer registered", || {
+            node.pm.is_connected(me.node_id())
+        })
+        .await;
+        (p, ack)
+    }
 }
 
 /// Waits until the node has closed `stream` (EOF or reset).
@@ -194,14 +206,9 @@ async fn each_broken_identity_binding_is_refused() {
         still_serving(&node, 60).await;
 
         // And an honest raw peer gets the node's ack, which verifies.
-        let mut p = RawPeer::connect(&node.addr(), &me).await;
-        let ack = p.honest_hello(&me).await;
+        let (_p, ack) = RawPeer::join(&node, &me).await;
         assert_eq!(ack.kind(), MsgType::HelloAck);
         ack.verify_with(&node.id.public_key()).unwrap();
-        eventually(Duration::from_secs(5), "raw peer registered", || {
-            node.pm.is_connected(me.node_id())
-        })
-        .await;
         node.pm.shutdown().await;
     })
     .await;
@@ -280,12 +287,7 @@ async fn bad_input_after_the_handshake_closes_only_that_connection() {
 
         // After a good hello: garbage that is not an envelope is dropped and
         // counted, the connection stays; then a bad frame closes it.
-        let mut p = RawPeer::connect(&node.addr(), &me).await;
-        p.honest_hello(&me).await;
-        eventually(Duration::from_secs(5), "registered", || {
-            node.pm.is_connected(me.node_id())
-        })
-        .await;
+        let (mut p, _) = RawPeer::join(&node, &me).await;
         let mut garbage = Vec::new();
         frame::encode(&[0xff, 0xff, 0xff, 0xff], &mut garbage).unwrap();
         p.send_plain(&garbage).await;
@@ -314,12 +316,7 @@ async fn a_silent_peer_is_dropped_after_the_idle_timeout() {
         c.idle_timeout = Duration::from_millis(600);
         let node = TestNode::start(&Net::Tcp, 1, c).await;
         let me = Identity::from_seed([80; 32]);
-        let mut p = RawPeer::connect(&node.addr(), &me).await;
-        p.honest_hello(&me).await;
-        eventually(Duration::from_secs(5), "registered", || {
-            node.pm.is_connected(me.node_id())
-        })
-        .await;
+        let (mut p, _) = RawPeer::join(&node, &me).await;
         // Say nothing more: the node closes us after its idle timeout.
         closed_by_node(&mut p.stream).await;
         eventually(Duration::from_secs(5), "idle timeout counted", || {
@@ -344,12 +341,7 @@ async fn a_peer_that_stops_reading_loses_messages_and_never_stalls_the_node() {
         c.idle_timeout = Duration::from_secs(20);
         let node = TestNode::start(&Net::Tcp, 1, c).await;
         let me = Identity::from_seed([90; 32]);
-        let mut p = RawPeer::connect(&node.addr(), &me).await;
-        p.honest_hello(&me).await;
-        eventually(Duration::from_secs(5), "registered", || {
-            node.pm.is_connected(me.node_id())
-        })
-        .await;
+        let (p, _) = RawPeer::join(&node, &me).await;
         // The raw peer never reads again. Queue far more than socket buffers,
         // the send queue and the write deadline allow.
         let big =
@@ -442,12 +434,7 @@ async fn an_honest_peer_gets_in_while_100_silent_sockets_are_held_open() {
         let env = EnvelopeBuilder::gossip(MsgType::Plugin(1001), b"hi".to_vec()).sign(&honest.id);
         honest.pm.send(&node.node_id(), &env).unwrap();
         eventually(Duration::from_secs(5), "message delivered", || {
-            node.seen
-                .lock()
-                .unwrap()
-                .messages
-                .iter()
-                .any(|(from, e)| *from == honest.node_id() && e.message_id == env.message_id)
+            node.got(&honest, &env)
         })
         .await;
         // The attacker kept reopening all along, and never held more than

@@ -139,21 +139,7 @@ async fn a_900_kib_message_crosses_a_peer_connection_both_ways() {
                 EnvelopeBuilder::gossip(MsgType::Plugin(1002), vec![0xcd; 900 * 1024]).sign(&b.id);
             b.pm.send(&a.node_id(), &back).unwrap();
             eventually(Duration::from_secs(10), "big messages", || {
-                let ga = a
-                    .seen
-                    .lock()
-                    .unwrap()
-                    .messages
-                    .iter()
-                    .any(|(_, e)| *e == back);
-                let gb = b
-                    .seen
-                    .lock()
-                    .unwrap()
-                    .messages
-                    .iter()
-                    .any(|(_, e)| *e == big);
-                ga && gb
+                a.got(&b, &back) && b.got(&a, &big)
             })
             .await;
             shutdown_all(&[&a, &b]).await;

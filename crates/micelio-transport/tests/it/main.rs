@@ -8,3 +8,4 @@ mod conformance;
 mod mesh;
 mod mixed;
 mod support;
+mod timers;

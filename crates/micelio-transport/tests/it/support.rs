@@ -99,6 +99,17 @@ impl TestNode {
     pub(crate) fn node_id(&self) -> NodeId {
         *self.id.node_id()
     }
+
+    /// Whether `env` has arrived from `from`, unchanged.
+    pub(crate) fn got(&self, from: &TestNode, env: &Envelope) -> bool {
+        let from = from.node_id();
+        self.seen
+            .lock()
+            .unwrap()
+            .messages
+            .iter()
+            .any(|(f, e)| *f == from && e == env)
+    }
 }
 
 /// Config listening on loopback with short timers, bootstrapping from `boot`.
@@ -108,17 +119,8 @@ pub(crate) fn cfg(boot: &[&str]) -> TransportConfig {
     c
 }
 
-/// Waits until `cond` holds, polling, for at most `limit`.
-pub(crate) async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Waits until a condition holds, polling on tokio time, bounded.
+pub(crate) use micelio_testkit::wait::eventually;
 
 /// Waits until every node is connected to every other.
 pub(crate) async fn full_mesh(nodes: &[&TestNode], limit: Duration) {
