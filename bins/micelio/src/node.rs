@@ -38,7 +38,7 @@ use micelio_transport::{
     PeerManager, PeerStore as _, SledPeerStore, TaskExit, TcpTransport, TransportConfig,
 };
 use tokio::sync::mpsc;
-use tokio::task::{JoinError, JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -457,7 +457,7 @@ impl Node {
                                 .iter()
                                 .find(|(id, _)| *id == e.id())
                                 .map_or("a component", |(_, name)| *name);
-                            (name, join_error_reason(e))
+                            (name, micelio_transport::task::join_error_reason(e))
                         }
                     };
                     error!(component = name, "component failed: {reason}; stopping the node");
@@ -541,20 +541,6 @@ fn exit_reason(exit: TaskExit) -> String {
         TaskExit::Stopped => "it stopped without being asked to".to_owned(),
         other => other.to_string(),
     }
-}
-
-/// The panic message of a task that panicked, or why it was cancelled.
-fn join_error_reason(e: JoinError) -> String {
-    if !e.is_panic() {
-        return e.to_string();
-    }
-    let panic = e.into_panic();
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string panic".to_owned());
-    format!("panicked: {message}")
 }
 
 /// Runs the node until `shutdown` is cancelled or a component fails, then
