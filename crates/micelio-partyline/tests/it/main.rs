@@ -154,6 +154,17 @@ async fn chat_crosses_the_mesh_once_with_nick_and_node() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn stats_of_a_lone_node_say_the_transport_counters_are_zero() {
+    let mesh = MemoryMesh::new();
+    let a = node(&mesh, 9, "alone").await;
+    let mut op = a.party.join("op").await.unwrap();
+    let text = op.input("/stats").await.text;
+    assert!(text.contains("transport: every counter is 0"), "{text}");
+    drop(op);
+    stop(&[&a]).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn commands_behave() {
     let mesh = MemoryMesh::new();
     let (a, b) = (node(&mesh, 3, "alpha").await, node(&mesh, 4, "beta").await);
