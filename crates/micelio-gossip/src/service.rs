@@ -598,22 +598,26 @@ impl Service {
 mod tests {
     use super::*;
     use micelio_transport::TransportConfig;
-    use micelio_transport::memory::MemoryNetwork;
+    use micelio_transport::memory::{MemoryMesh, MemoryNetwork, MemoryNode};
+
+    /// A lone peer manager on an in-memory network.
+    async fn peers(seed: u8) -> MemoryNode {
+        let mesh = MemoryMesh::new();
+        mesh.spawn_with(MemoryMesh::identity(seed), MemoryMesh::config(seed), None)
+            .await
+            .unwrap()
+    }
 
     async fn gossip() -> (Gossip, PeerManager) {
-        let id = Arc::new(Identity::from_seed([5; 32]));
-        let net = MemoryNetwork::new();
-        let (peers, events) = PeerManager::spawn(
-            id.clone(),
-            Arc::new(net.transport(&id)),
-            TransportConfig::new(None),
-            None,
-        )
-        .await
-        .unwrap();
+        let n = peers(5).await;
         (
-            Gossip::spawn(id, GossipConfig::default(), peers.clone(), events),
-            peers,
+            Gossip::spawn(
+                n.identity,
+                GossipConfig::default(),
+                n.peers.clone(),
+                n.events,
+            ),
+            n.peers,
         )
     }
 
@@ -692,18 +696,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_whose_peer_events_end_has_failed() {
-        let id = Arc::new(Identity::from_seed([6; 32]));
-        let net = MemoryNetwork::new();
-        let (peers, _events) = PeerManager::spawn(
-            id.clone(),
-            Arc::new(net.transport(&id)),
-            TransportConfig::new(None),
-            None,
-        )
-        .await
-        .unwrap();
+        let n = peers(6).await;
         let (tx, events) = mpsc::channel(1);
-        let gossip = Gossip::spawn(id, GossipConfig::default(), peers.clone(), events);
+        let gossip = Gossip::spawn(n.identity, GossipConfig::default(), n.peers.clone(), events);
+        let peers = n.peers;
         drop(tx);
         assert_eq!(
             gossip.closed().await,

@@ -549,22 +549,16 @@ impl From<NickError> for Reply {
 mod tests {
     use super::*;
     use micelio_gossip::GossipConfig;
-    use micelio_identity::Identity;
-    use micelio_transport::TransportConfig;
-    use micelio_transport::memory::MemoryNetwork;
+    use micelio_transport::memory::MemoryMesh;
 
     async fn partyline() -> (Partyline, Gossip, PeerManager) {
-        let id = Arc::new(Identity::from_seed([8; 32]));
-        let net = MemoryNetwork::new();
-        let (peers, events) = PeerManager::spawn(
-            id.clone(),
-            Arc::new(net.transport(&id)),
-            TransportConfig::new(None),
-            None,
-        )
-        .await
-        .unwrap();
-        let gossip = Gossip::spawn(id, GossipConfig::default(), peers.clone(), events);
+        let mesh = MemoryMesh::new();
+        let n = mesh
+            .spawn_with(MemoryMesh::identity(8), MemoryMesh::config(8), None)
+            .await
+            .unwrap();
+        let peers = n.peers;
+        let gossip = Gossip::spawn(n.identity, GossipConfig::default(), peers.clone(), n.events);
         let party = Partyline::spawn(PartylineConfig::new("alpha"), gossip.clone(), peers.clone())
             .await
             .unwrap();
