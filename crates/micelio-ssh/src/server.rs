@@ -457,7 +457,7 @@ impl russh::server::Handler for Conn {
         match self.check_key(user, key.public_key).await {
             Ok(permissions) => {
                 self.shared.counters.logins.fetch_add(1, Ordering::Relaxed);
-                info!(peer = %self.peer, user, pty = permissions.pty, "ssh login");
+                info!(peer = %self.peer, user, pty_allowed = permissions.pty, "ssh login");
                 self.user = Some(user.to_owned());
                 self.permissions = Some(permissions);
                 Ok(Auth::Accept)
