@@ -39,6 +39,9 @@ use crate::task::TaskGroup;
 pub const SLED_CACHE_BYTES: u64 = 4 << 20;
 /// The sled tree holding known peers.
 pub const SLED_PEERS_TREE: &str = "peers";
+/// How long [`SledPeerStore::open`] waits for a database lock still held by
+/// a handle of this process that was just dropped.
+pub const SLED_LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Writes queued for the storage task before further ones are dropped.
 pub const STORE_QUEUE: usize = 1024;
 /// Queued writes taken into one batch (one `spawn_blocking` call).
@@ -205,12 +208,35 @@ impl SledPeerStore {
     ///
     /// # Errors
     /// [`StoreError::Backend`] naming the path if it cannot be opened.
+    ///
+    /// The database's file lock outlives a dropped handle for a moment
+    /// (sled's flusher thread lets go of it on its next wake-up), so a
+    /// store reopened right after it was closed in the same process finds
+    /// it still held: that case is retried for up to
+    /// [`SLED_LOCK_WAIT`] before it is an error.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()
-            .map_err(|e| StoreError::backend(format!("cannot open {}", path.display()), e))?;
+        let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .cache_capacity(SLED_CACHE_BYTES)
+                .open();
+            match opened {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(StoreError::backend(
+                        format!("cannot open {}", path.display()),
+                        e,
+                    ));
+                }
+            }
+        };
         let tree = db.open_tree(SLED_PEERS_TREE).map_err(|e| {
             StoreError::backend(
                 format!("cannot open the peers tree in {}", path.display()),
@@ -528,6 +554,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("peers");
         suite(&|| Box::new(SledPeerStore::open(&path).unwrap()));
+    }
+
+    #[test]
+    fn a_store_reopened_while_its_last_handle_lets_go_waits_for_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers");
+        let first = SledPeerStore::open(&path).unwrap();
+        // The old handle is released a little later, as sled's flusher
+        // thread does after a drop.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(first);
+        });
+        let mut again = SledPeerStore::open(&path).expect("opened once the lock is free");
+        assert!(again.load().unwrap().peers.is_empty());
+        release.join().unwrap();
     }
 
     #[test]
