@@ -208,25 +208,40 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Every Rust source (src, tests, benches, examples) of the workspace
+/// member `p`, with its text.
+fn sources(p: &Package) -> Vec<(PathBuf, String)> {
+    let Some(root) = p.manifest_path.parent() else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    for sub in ["src", "tests", "benches", "examples"] {
+        rust_files(&root.join(sub), &mut files);
+    }
+    files
+        .into_iter()
+        .map(|f| {
+            let text = fs::read_to_string(&f).expect("readable source");
+            (f, text)
+        })
+        .collect()
+}
+
+/// The workspace members of `meta`.
+fn members(meta: &Metadata) -> impl Iterator<Item = &Package> {
+    meta.packages
+        .iter()
+        .filter(|p| meta.workspace_members.contains(&p.id))
+}
+
 #[test]
 fn every_crate_and_module_has_a_doc() {
     let meta = metadata();
     let mut missing = Vec::new();
     let mut checked = 0;
-    for p in &meta.packages {
-        if !meta.workspace_members.contains(&p.id) {
-            continue;
-        }
-        let Some(root) = p.manifest_path.parent() else {
-            continue;
-        };
-        let mut files = Vec::new();
-        for sub in ["src", "tests", "benches", "examples"] {
-            rust_files(&root.join(sub), &mut files);
-        }
-        for f in files {
+    for p in members(&meta) {
+        for (f, text) in sources(p) {
             checked += 1;
-            let text = fs::read_to_string(&f).expect("readable source");
             if !has_module_doc(&text) {
                 missing.push(f.display().to_string());
             }
@@ -267,25 +282,14 @@ fn only_micelio_wire_knows_prost() {
     let meta = metadata();
     let mut found = Vec::new();
     let mut checked = 0;
-    for p in &meta.packages {
-        if !meta.workspace_members.contains(&p.id) || PROST_OWNERS.contains(&p.name.as_str()) {
-            continue;
-        }
+    for p in members(&meta).filter(|p| !PROST_OWNERS.contains(&p.name.as_str())) {
         for d in &p.dependencies {
             if d.name.starts_with("prost") {
                 found.push(format!("{} depends on {}", p.name, d.name));
             }
         }
-        let Some(root) = p.manifest_path.parent() else {
-            continue;
-        };
-        let mut files = Vec::new();
-        for sub in ["src", "tests", "benches", "examples"] {
-            rust_files(&root.join(sub), &mut files);
-        }
-        for f in files {
+        for (f, text) in sources(p) {
             checked += 1;
-            let text = fs::read_to_string(&f).expect("readable source");
             if names_prost(&text) {
                 found.push(format!("{} names prost", f.display()));
             }
