@@ -43,6 +43,46 @@ pub const DEFAULT_PACE_BURST: u32 = 10;
 /// Default bound of the paced origination queue.
 pub const DEFAULT_ORIGIN_QUEUE: usize = 256;
 
+/// Default batching delay of lazy announcements.
+pub const DEFAULT_LAZY_DELAY: Duration = Duration::from_millis(10);
+/// Default wait for an announced message before grafting its announcer.
+pub const DEFAULT_GRAFT_TIMEOUT: Duration = Duration::from_millis(100);
+/// Default wait before grafting the next announcer.
+pub const DEFAULT_GRAFT_RETRY: Duration = Duration::from_millis(50);
+
+/// What a connected peer speaks, from its hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct PeerCaps {
+    /// micelio's core extensions (`micelio/1`): gossip repair is sent to it.
+    pub extensions: bool,
+    /// micelio's broadcast tree (`micelio/tree/1`): it takes lazy
+    /// announcements, grafts and prunes. A peer without it is always pushed
+    /// to eagerly, like the reference relays.
+    pub tree: bool,
+}
+
+impl PeerCaps {
+    /// A reference node: no extension at all.
+    pub const REFERENCE: Self = Self {
+        extensions: false,
+        tree: false,
+    };
+    /// A micelio node of this version: every extension.
+    pub const MICELIO: Self = Self {
+        extensions: true,
+        tree: true,
+    };
+
+    /// What a peer's hello announced.
+    pub fn from_hello(hello: &micelio_transport::hello::PeerHelloInfo) -> Self {
+        Self {
+            extensions: hello.speaks_extensions(),
+            tree: hello.speaks_tree(),
+        }
+    }
+}
+
 /// Configuration of the gossip engine.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -79,6 +119,20 @@ pub struct GossipConfig {
     pub pace_burst: u32,
     /// Paced originations queued (in order) before further ones are refused.
     pub origin_queue: usize,
+    /// Disseminate by epidemic broadcast tree between peers that speak it
+    /// ([`micelio_wire::limits::FEATURE_BROADCAST_TREE_V1`]): eager push
+    /// along a self-repairing spanning tree, lazy announcement of ids to
+    /// the other such peers, graft on a missing id. False: every peer gets
+    /// the reference's rule (push to `fanout` random peers).
+    pub broadcast_tree: bool,
+    /// How long lazy announcements (`TreeIHave`) wait to be batched before
+    /// they are sent.
+    pub lazy_delay: Duration,
+    /// How long a node that heard of a message id waits for the message
+    /// before it grafts the first peer that announced it.
+    pub graft_timeout: Duration,
+    /// How long it then waits before grafting the next announcer.
+    pub graft_retry: Duration,
 }
 
 impl Default for GossipConfig {
@@ -99,6 +153,10 @@ impl Default for GossipConfig {
             pace_per_sec: DEFAULT_PACE_PER_SEC,
             pace_burst: DEFAULT_PACE_BURST,
             origin_queue: DEFAULT_ORIGIN_QUEUE,
+            broadcast_tree: true,
+            lazy_delay: DEFAULT_LAZY_DELAY,
+            graft_timeout: DEFAULT_GRAFT_TIMEOUT,
+            graft_retry: DEFAULT_GRAFT_RETRY,
         }
     }
 }
@@ -244,6 +302,44 @@ pub struct GossipStats {
     pub repairs_served: u64,
     /// Repair messages (types 11, 12) received from peers.
     pub repair_received: u64,
+    /// Tree peers pushed to eagerly now (links of this node's broadcast
+    /// tree).
+    pub tree_eager_peers: u64,
+    /// Tree peers only announced to now (lazy links).
+    pub tree_lazy_peers: u64,
+    /// `TreeIHave` frames sent (one per lazy peer per batch).
+    pub ihave_frames_sent: u64,
+    /// Message ids announced in them.
+    pub ihave_ids_sent: u64,
+    /// Message ids announced to this node.
+    pub ihave_ids_received: u64,
+    /// `TreeGraft` frames sent: an announced message did not arrive in
+    /// time (or a link rejoined the tree).
+    pub grafts_sent: u64,
+    /// `TreeGraft` frames received.
+    pub grafts_received: u64,
+    /// Messages sent back in answer to grafts.
+    pub grafts_served: u64,
+    /// `TreePrune` frames sent (a duplicate arrived over an eager link).
+    pub prunes_sent: u64,
+    /// `TreePrune` frames received.
+    pub prunes_received: u64,
+    /// Broadcast-tree messages (types 13, 14, 15) received.
+    pub tree_received: u64,
+    /// Message ids heard of and not yet received (graft timers running).
+    pub tree_missing: u64,
+    /// Gossip data frames queued to peers (filled by the service).
+    pub data_frames_sent: u64,
+    /// Their bytes, frame headers included (filled by the service).
+    pub data_bytes_sent: u64,
+    /// Control frames queued to peers: repair and broadcast-tree messages
+    /// (filled by the service).
+    pub control_frames_sent: u64,
+    /// Their bytes, frame headers included (filled by the service).
+    pub control_bytes_sent: u64,
+    /// Frames the transport refused because a peer's send queue was full
+    /// (filled by the service).
+    pub send_refused: u64,
 }
 
 /// One subscriber's counters.

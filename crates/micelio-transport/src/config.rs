@@ -33,7 +33,8 @@ pub struct TransportConfig {
     /// Tags sent in the hello.
     pub tags: Vec<String>,
     /// Extensions announced in the hello (`PeerHello.features`); by default
-    /// [`limits::FEATURE_EXTENSIONS_V1`]. An empty list makes this node look
+    /// [`limits::FEATURE_EXTENSIONS_V1`] and
+    /// [`limits::FEATURE_BROADCAST_TREE_V1`]. An empty list makes this node look
     /// like a reference node to its peers (used by tests of mixed meshes).
     pub features: Vec<String>,
     /// Peer cap, inbound and outbound together; counts authenticated peers
@@ -82,7 +83,10 @@ impl Default for TransportConfig {
             advertise_addr: None,
             bootstrap: Vec::new(),
             tags: Vec::new(),
-            features: vec![limits::FEATURE_EXTENSIONS_V1.to_owned()],
+            features: vec![
+                limits::FEATURE_EXTENSIONS_V1.to_owned(),
+                limits::FEATURE_BROADCAST_TREE_V1.to_owned(),
+            ],
             max_peers: limits::DEFAULT_MAX_PEERS,
             max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
             max_pending_per_host: DEFAULT_MAX_PENDING_PER_HOST,

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use micelio_identity::{Identity, NodeId, PublicKey};
-use micelio_wire::limits::{FEATURE_EXTENSIONS_V1, PROTOCOL_VERSION};
+use micelio_wire::limits::{FEATURE_BROADCAST_TREE_V1, FEATURE_EXTENSIONS_V1, PROTOCOL_VERSION};
 use micelio_wire::proto::PeerHello;
 use micelio_wire::{Envelope, EnvelopeBuilder, MsgType, WireMessage as _, frame};
 
@@ -65,6 +65,15 @@ impl PeerHelloInfo {
     #[must_use]
     pub fn speaks_extensions(&self) -> bool {
         self.speaks(FEATURE_EXTENSIONS_V1)
+    }
+
+    /// Whether the peer runs micelio's broadcast tree
+    /// ([`FEATURE_BROADCAST_TREE_V1`]): it takes lazy announcements,
+    /// grafts and prunes. False for reference nodes and for micelio nodes
+    /// that predate the tree.
+    #[must_use]
+    pub fn speaks_tree(&self) -> bool {
+        self.speaks(FEATURE_BROADCAST_TREE_V1)
     }
 }
 

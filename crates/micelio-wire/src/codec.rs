@@ -7,7 +7,8 @@ use prost::Message as _;
 use crate::error::{DecodeError, WireError};
 use crate::proto::{
     ChatMessage, DirectMessage, Envelope, GossipDigest, GossipRequest, PeerExchange, PeerHello,
-    PeerInfo, Presence, StateEntry, StateSyncRequest, StateSyncResponse, StateUpdate,
+    PeerInfo, Presence, StateEntry, StateSyncRequest, StateSyncResponse, StateUpdate, TreeGraft,
+    TreeIHave, TreePrune,
 };
 
 /// A protobuf message of the wire schema.
@@ -81,4 +82,7 @@ wire_message!(
     DirectMessage,
     GossipDigest,
     GossipRequest,
+    TreeIHave,
+    TreeGraft,
+    TreePrune,
 );

@@ -48,6 +48,11 @@ pub const PROTOCOL_VERSION: &str = "0.1.0";
 /// repair (types 11, 12). A peer whose hello lacks it (a reference node) is
 /// sent no point-to-point extension traffic.
 pub const FEATURE_EXTENSIONS_V1: &str = "micelio/1";
+/// The hello feature of micelio's broadcast tree (types 13, 14, 15:
+/// epidemic broadcast trees between micelio nodes, see `docs/protocol.md`).
+/// Gossip goes to a peer that lacks it as the reference relays: eagerly,
+/// never lazily announced, never pruned.
+pub const FEATURE_BROADCAST_TREE_V1: &str = "micelio/tree/1";
 /// Deadline for the whole hello exchange after the Noise handshake.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default dial timeout.

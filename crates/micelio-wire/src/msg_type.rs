@@ -44,7 +44,16 @@ pub enum MsgType {
     GossipDigest,
     /// 12: `GossipRequest`, point to point (micelio extension: gossip repair).
     GossipRequest,
-    /// 13–99: reserved for core extensions.
+    /// 13: `TreeIHave`, point to point (micelio extension: broadcast tree,
+    /// lazy announcement of message ids).
+    TreeIHave,
+    /// 14: `TreeGraft`, point to point (micelio extension: broadcast tree,
+    /// a link joins the tree and missing messages are asked for).
+    TreeGraft,
+    /// 15: `TreePrune`, point to point (micelio extension: broadcast tree,
+    /// a link leaves the tree).
+    TreePrune,
+    /// 16–99: reserved for core extensions.
     CoreExtension(u32),
     /// 1000 and above: plugin messages, gossip.
     Plugin(u32),
@@ -53,9 +62,9 @@ pub enum MsgType {
 }
 
 impl MsgType {
-    /// First unassigned type number of the core-extension range (9–12 are
+    /// First unassigned type number of the core-extension range (9–15 are
     /// micelio's own extensions).
-    pub const CORE_EXTENSION_START: u32 = 13;
+    pub const CORE_EXTENSION_START: u32 = 16;
     /// Last type number of the core-extension range.
     pub const CORE_EXTENSION_END: u32 = 99;
     /// First type number of the plugin range.
@@ -76,6 +85,9 @@ impl MsgType {
             10 => Self::DirectMessage,
             11 => Self::GossipDigest,
             12 => Self::GossipRequest,
+            13 => Self::TreeIHave,
+            14 => Self::TreeGraft,
+            15 => Self::TreePrune,
             Self::CORE_EXTENSION_START..=Self::CORE_EXTENSION_END => Self::CoreExtension(n),
             Self::PLUGIN_START.. => Self::Plugin(n),
             _ => Self::Unassigned(n),
@@ -97,6 +109,9 @@ impl MsgType {
             Self::DirectMessage => 10,
             Self::GossipDigest => 11,
             Self::GossipRequest => 12,
+            Self::TreeIHave => 13,
+            Self::TreeGraft => 14,
+            Self::TreePrune => 15,
             Self::CoreExtension(n) | Self::Plugin(n) | Self::Unassigned(n) => n,
         }
     }
@@ -110,7 +125,10 @@ impl MsgType {
             | Self::StateSyncRequest
             | Self::StateSyncResponse
             | Self::GossipDigest
-            | Self::GossipRequest => Routing::PointToPoint,
+            | Self::GossipRequest
+            | Self::TreeIHave
+            | Self::TreeGraft
+            | Self::TreePrune => Routing::PointToPoint,
             Self::Chat
             | Self::StateUpdate
             | Self::Presence
@@ -136,6 +154,9 @@ impl MsgType {
             Self::DirectMessage => "direct_message",
             Self::GossipDigest => "gossip_digest",
             Self::GossipRequest => "gossip_request",
+            Self::TreeIHave => "tree_ihave",
+            Self::TreeGraft => "tree_graft",
+            Self::TreePrune => "tree_prune",
             Self::CoreExtension(_) => "core_extension",
             Self::Plugin(_) => "plugin",
             Self::Unassigned(_) => "unassigned",
@@ -180,7 +201,10 @@ mod tests {
             (10, Routing::Gossip),
             (11, Routing::PointToPoint),
             (12, Routing::PointToPoint),
-            (13, Routing::Gossip),
+            (13, Routing::PointToPoint),
+            (14, Routing::PointToPoint),
+            (15, Routing::PointToPoint),
+            (16, Routing::Gossip),
             (99, Routing::Gossip),
             (1000, Routing::Gossip),
             (1001, Routing::Gossip),
@@ -192,7 +216,9 @@ mod tests {
         assert_eq!(MsgType::from_u32(10), MsgType::DirectMessage);
         assert_eq!(MsgType::from_u32(11), MsgType::GossipDigest);
         assert_eq!(MsgType::from_u32(12), MsgType::GossipRequest);
-        assert_eq!(MsgType::from_u32(13), MsgType::CoreExtension(13));
+        assert_eq!(MsgType::from_u32(13), MsgType::TreeIHave);
+        assert_eq!(MsgType::from_u32(15), MsgType::TreePrune);
+        assert_eq!(MsgType::from_u32(16), MsgType::CoreExtension(16));
         assert_eq!(MsgType::from_u32(100), MsgType::Unassigned(100));
         assert_eq!(MsgType::from_u32(999), MsgType::Unassigned(999));
         assert_eq!(MsgType::from_u32(0), MsgType::Unassigned(0));

@@ -7,7 +7,7 @@ use crate::error::WireError;
 use crate::msg_type::MsgType;
 use crate::proto::{
     ChatMessage, DirectMessage, Envelope, GossipDigest, GossipRequest, PeerExchange, PeerHello,
-    Presence, StateSyncRequest, StateSyncResponse, StateUpdate,
+    Presence, StateSyncRequest, StateSyncResponse, StateUpdate, TreeGraft, TreeIHave, TreePrune,
 };
 
 /// The payload of an envelope, decoded according to its `msg_type`.
@@ -37,6 +37,12 @@ pub enum Payload {
     GossipDigest(GossipDigest),
     /// Type 12 (extension).
     GossipRequest(GossipRequest),
+    /// Type 13 (extension).
+    TreeIHave(TreeIHave),
+    /// Type 14 (extension).
+    TreeGraft(TreeGraft),
+    /// Type 15 (extension).
+    TreePrune(TreePrune),
     /// Any other type: the raw payload, for a plugin or for relaying.
     Opaque(MsgType, Bytes),
 }
@@ -65,6 +71,9 @@ impl Payload {
             MsgType::DirectMessage => Self::DirectMessage(DirectMessage::decode_wire(bytes)?),
             MsgType::GossipDigest => Self::GossipDigest(GossipDigest::decode_wire(bytes)?),
             MsgType::GossipRequest => Self::GossipRequest(GossipRequest::decode_wire(bytes)?),
+            MsgType::TreeIHave => Self::TreeIHave(TreeIHave::decode_wire(bytes)?),
+            MsgType::TreeGraft => Self::TreeGraft(TreeGraft::decode_wire(bytes)?),
+            MsgType::TreePrune => Self::TreePrune(TreePrune::decode_wire(bytes)?),
             other => Self::Opaque(other, bytes),
         })
     }
@@ -84,6 +93,9 @@ impl Payload {
             Self::DirectMessage(_) => MsgType::DirectMessage,
             Self::GossipDigest(_) => MsgType::GossipDigest,
             Self::GossipRequest(_) => MsgType::GossipRequest,
+            Self::TreeIHave(_) => MsgType::TreeIHave,
+            Self::TreeGraft(_) => MsgType::TreeGraft,
+            Self::TreePrune(_) => MsgType::TreePrune,
             Self::Opaque(t, _) => *t,
         }
     }
@@ -102,6 +114,9 @@ impl Payload {
             Self::DirectMessage(m) => m.encode_bytes(),
             Self::GossipDigest(m) => m.encode_bytes(),
             Self::GossipRequest(m) => m.encode_bytes(),
+            Self::TreeIHave(m) => m.encode_bytes(),
+            Self::TreeGraft(m) => m.encode_bytes(),
+            Self::TreePrune(m) => m.encode_bytes(),
             Self::Opaque(_, b) => b.clone(),
         }
     }

@@ -198,3 +198,26 @@ pub struct GossipRequest {
     #[prost(string, repeated, tag = "1")]
     pub message_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
+/// Broadcast tree, lazy push (type 13, point to point, unsigned: the
+/// connection authenticates it): ids of gossip messages the sender accepted
+/// and did not push over this link. A receiver that lacks one and does not
+/// get it soon grafts the link.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TreeIHave {
+    #[prost(string, repeated, tag = "1")]
+    pub message_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// Broadcast tree, graft (type 14, point to point, unsigned): the link joins
+/// the sender's tree (the receiver pushes to it eagerly from now on) and the
+/// receiver sends back the listed messages it still holds, as ordinary
+/// gossip.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TreeGraft {
+    #[prost(string, repeated, tag = "1")]
+    pub message_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// Broadcast tree, prune (type 15, point to point, unsigned, empty): the
+/// sender received a duplicate over this link; the receiver only announces
+/// to it lazily from now on.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TreePrune {}
