@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use micelio_identity::{Identity, NodeId, PublicKey};
-use micelio_wire::proto::{GossipDigest, GossipRequest};
+use micelio_wire::proto::{GossipDigest, GossipRequest, TreeGraft, TreeIHave};
 use micelio_wire::{Envelope, EnvelopeBuilder, EnvelopeError, MsgType, WireMessage as _};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -28,6 +28,7 @@ use rand::seq::IndexedRandom;
 use crate::parts::{
     DEFAULT_LEARNED_KEYS, DEFAULT_RATE_BUCKETS, KeyRing, RateLimiter, SeenCache, Trust,
 };
+use crate::tree::{Link, MAX_LAZY_BATCH, Tree};
 
 /// Default cap on the seen cache (ids): 5 minutes of 870 accepted messages
 /// per second, far above a chat mesh's traffic, at about 200 bytes each
@@ -198,6 +199,12 @@ pub enum DropReason {
     /// A repair message (types 11, 12) from a peer whose hello did not
     /// announce micelio's extensions: it is never answered.
     NotExtensionPeer,
+    /// A broadcast-tree message (types 13, 14, 15) whose payload does not
+    /// decode.
+    BadTreePayload,
+    /// A broadcast-tree message from a peer whose hello did not announce
+    /// the tree (`micelio/tree/1`): it is never answered.
+    NotTreePeer,
 }
 
 impl DropReason {
@@ -219,6 +226,8 @@ impl DropReason {
             Self::BadRepairPayload => "bad_repair_payload",
             Self::SenderNotPeer => "sender_not_peer",
             Self::NotExtensionPeer => "not_extension_peer",
+            Self::BadTreePayload => "bad_tree_payload",
+            Self::NotTreePeer => "not_tree_peer",
         }
     }
 }
@@ -385,6 +394,19 @@ pub struct Engine {
     /// The connected peers whose hello announced micelio's extensions: the
     /// only ones repair messages are sent to or answered for.
     extension_peers: HashSet<NodeId>,
+    /// The connected peers whose hello announced the broadcast tree: the
+    /// only ones tree messages are sent to or answered for.
+    tree_speakers: HashSet<NodeId>,
+    /// The tree's links (tree speakers, when this node runs the tree).
+    tree: Tree,
+    /// Tree speakers whose duplicate made us prune them, to be told at the
+    /// next [`Engine::tick`].
+    prunes: Vec<NodeId>,
+    /// When the oldest of those was decided.
+    prune_at: Option<Instant>,
+    /// Per extension peer, where its next repair digest starts (`None`:
+    /// the whole repair window, for a peer that just connected).
+    digest_from: HashMap<NodeId, Option<Instant>>,
     handlers: HashSet<MsgType>,
     stats: GossipStats,
     rng: SmallRng,
@@ -393,10 +415,10 @@ pub struct Engine {
 
 /// Most ids in one repair digest or request.
 pub const MAX_REPAIR_IDS: usize = 256;
-/// Most envelopes kept to answer repair requests.
+/// Most envelopes kept to answer repair requests and grafts.
 pub const MAX_RETAINED: usize = 4096;
-/// Most bytes of envelopes kept to answer repair requests (payloads can be
-/// up to 64 KiB each; 4096 of those would be 256 MiB).
+/// Most bytes of envelopes kept to answer repair requests and grafts
+/// (payloads can be up to 64 KiB each; 4096 of those would be 256 MiB).
 pub const MAX_RETAINED_BYTES: usize = 8 << 20;
 
 /// The memory an envelope kept for repair is counted as.
@@ -409,29 +431,49 @@ fn retained_size(env: &Envelope) -> usize {
         + 128
 }
 
-/// Envelopes accepted or originated recently, for gossip repair: at most
-/// [`MAX_RETAINED`] of them and [`MAX_RETAINED_BYTES`], oldest evicted
-/// first, each forgotten after the retention time.
+/// An unsigned point-to-point control envelope (tree messages: the
+/// connection authenticates them, as it does keepalives).
+fn control(msg_type: MsgType, payload: Bytes) -> Envelope {
+    Envelope {
+        msg_type: msg_type.as_u32(),
+        payload,
+        hop_count: 1,
+        ..Envelope::default()
+    }
+}
+
+/// One envelope kept for repair: when it was accepted and from which peer
+/// (`None`: originated here).
+#[derive(Debug)]
+struct Kept {
+    at: Instant,
+    id: String,
+    from: Option<NodeId>,
+}
+
+/// Envelopes accepted or originated recently, for gossip repair and grafts:
+/// at most [`MAX_RETAINED`] of them and [`MAX_RETAINED_BYTES`], oldest
+/// evicted first, each forgotten after the retention time.
 #[derive(Debug, Default)]
 struct Recent {
     map: HashMap<String, Envelope>,
-    order: VecDeque<(Instant, String)>,
+    order: VecDeque<Kept>,
     bytes: usize,
     evicted: u64,
 }
 
 impl Recent {
     fn pop_oldest(&mut self) -> bool {
-        let Some((_, old)) = self.order.pop_front() else {
+        let Some(old) = self.order.pop_front() else {
             return false;
         };
-        if let Some(e) = self.map.remove(&old) {
+        if let Some(e) = self.map.remove(&old.id) {
             self.bytes = self.bytes.saturating_sub(retained_size(&e));
         }
         true
     }
 
-    fn insert(&mut self, now: Instant, env: &Envelope) {
+    fn insert(&mut self, now: Instant, env: &Envelope, from: Option<NodeId>) {
         if self.map.contains_key(&env.message_id) {
             return;
         }
@@ -446,26 +488,32 @@ impl Recent {
         }
         self.bytes += size;
         self.map.insert(env.message_id.clone(), env.clone());
-        self.order.push_back((now, env.message_id.clone()));
+        self.order.push_back(Kept {
+            at: now,
+            id: env.message_id.clone(),
+            from,
+        });
     }
 
     fn expire(&mut self, now: Instant, retention: Duration) {
-        while let Some((t, _)) = self.order.front() {
-            if now.saturating_duration_since(*t) < retention {
+        while let Some(k) = self.order.front() {
+            if now.saturating_duration_since(k.at) < retention {
                 break;
             }
             self.pop_oldest();
         }
     }
 
-    /// The newest ids first seen within `window`, at most `MAX_REPAIR_IDS`.
-    fn since(&self, now: Instant, window: Duration) -> Vec<String> {
+    /// The newest ids kept at or after `from` and before `until`, not
+    /// received from `peer`, at most `MAX_REPAIR_IDS`.
+    fn between(&self, from: Instant, until: Instant, peer: &NodeId) -> Vec<String> {
         self.order
             .iter()
             .rev()
-            .take_while(|(t, _)| now.saturating_duration_since(*t) < window)
+            .take_while(|k| k.at >= from)
+            .filter(|k| k.at < until && k.from.as_ref() != Some(peer))
             .take(MAX_REPAIR_IDS)
-            .map(|(_, id)| id.clone())
+            .map(|k| k.id.clone())
             .collect()
     }
 }
@@ -484,6 +532,11 @@ impl Engine {
             ),
             peers: Vec::new(),
             extension_peers: HashSet::new(),
+            tree_speakers: HashSet::new(),
+            tree: Tree::new(config.lazy_delay, config.graft_timeout, config.graft_retry),
+            prunes: Vec::new(),
+            prune_at: None,
+            digest_from: HashMap::new(),
             handlers: HashSet::new(),
             stats: GossipStats::default(),
             rng: SmallRng::seed_from_u64(seed),
@@ -504,26 +557,55 @@ impl Engine {
         self.handlers.insert(msg_type);
     }
 
-    /// A micelio peer connected, having proved `key` in its hello (direct
-    /// trust) and announced micelio's extensions. As
-    /// [`Engine::peer_up_with`] with `extensions` true.
+    /// A micelio peer of this version connected, having proved `key` in
+    /// its hello (direct trust): as [`Engine::peer_up_caps`] with
+    /// [`PeerCaps::MICELIO`].
     pub fn peer_up(&mut self, id: NodeId, key: PublicKey) {
-        self.peer_up_with(id, key, true);
+        self.peer_up_caps(id, key, PeerCaps::MICELIO);
     }
 
     /// A peer connected, having proved `key` in its hello (direct trust).
-    /// `extensions`: whether its hello announced micelio's extensions
-    /// (`PeerHelloInfo::speaks_extensions`); repair traffic (types 11, 12)
-    /// goes only to peers that did, so reference nodes never pay for it.
+    /// `extensions`: whether its hello announced micelio's core extensions;
+    /// the peer is taken not to run the broadcast tree. As
+    /// [`Engine::peer_up_caps`].
     pub fn peer_up_with(&mut self, id: NodeId, key: PublicKey, extensions: bool) {
+        self.peer_up_caps(
+            id,
+            key,
+            PeerCaps {
+                extensions,
+                tree: false,
+            },
+        );
+    }
+
+    /// A peer connected, having proved `key` in its hello (direct trust),
+    /// and speaking `caps` ([`PeerCaps::from_hello`]). Repair traffic
+    /// (types 11, 12) goes only to peers with `extensions`, tree traffic
+    /// (13, 14, 15) only to peers with `tree`, so reference nodes never pay
+    /// for either; gossip is always pushed to a peer without `tree`.
+    pub fn peer_up_caps(&mut self, id: NodeId, key: PublicKey, caps: PeerCaps) {
         self.keyring.add(id, key, Trust::Direct);
         if !self.peers.contains(&id) {
             self.peers.push(id);
         }
-        if extensions {
+        if caps.extensions {
+            if !self.extension_peers.contains(&id) {
+                self.digest_from.insert(id, None);
+            }
             self.extension_peers.insert(id);
         } else {
             self.extension_peers.remove(&id);
+            self.digest_from.remove(&id);
+        }
+        if caps.tree {
+            self.tree_speakers.insert(id);
+            if self.config.broadcast_tree && !self.tree.has(&id) {
+                self.tree.add_peer(id);
+            }
+        } else {
+            self.tree_speakers.remove(&id);
+            self.tree.remove_peer(&id);
         }
     }
 
@@ -532,6 +614,10 @@ impl Engine {
     pub fn peer_down(&mut self, id: &NodeId) {
         self.peers.retain(|p| p != id);
         self.extension_peers.remove(id);
+        self.tree_speakers.remove(id);
+        self.digest_from.remove(id);
+        self.tree.remove_peer(id);
+        self.prunes.retain(|p| p != id);
         self.keyring.release(id);
     }
 
@@ -551,8 +637,35 @@ impl Engine {
         &self.peers
     }
 
+    /// The tree peers this node pushes to eagerly now (its links of the
+    /// broadcast tree), sorted.
+    pub fn eager_peers(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|p| self.tree.link(p) == Some(Link::Eager))
+            .copied()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The tree peers this node only announces to now, sorted.
+    pub fn lazy_peers(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|p| self.tree.link(p) == Some(Link::Lazy))
+            .copied()
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Originates a message: a new id, the full hop budget, our signature
-    /// and key, marked seen, sent to every connected peer.
+    /// and key, marked seen, pushed to every connected peer but the lazy
+    /// links of the broadcast tree, which are sent its id instead (at the
+    /// next [`Engine::tick`] due).
     pub fn originate(
         &mut self,
         now: Instant,
@@ -563,13 +676,16 @@ impl Engine {
             .hop_count(self.config.max_hops)
             .sign(&self.identity);
         self.seen.insert(&env.message_id, now);
-        self.recent.insert(now, &env);
+        self.recent.insert(now, &env, None);
         self.stats.originated += 1;
         let mut actions = Vec::new();
-        if !self.peers.is_empty() {
-            self.stats.sent_originated += self.peers.len() as u64;
+        let (mut to, full) = self.tree.disseminate(now, &env.message_id, None);
+        to.extend(self.peers.iter().filter(|p| !self.tree.has(p)).copied());
+        self.ihave_actions(full, &mut actions);
+        if !to.is_empty() {
+            self.stats.sent_originated += to.len() as u64;
             actions.push(Action::Send {
-                to: self.peers.clone(),
+                to,
                 envelope: env.clone(),
             });
         }
@@ -587,6 +703,10 @@ impl Engine {
     }
 
     /// Handles an envelope received from connected peer `from`.
+    ///
+    /// A duplicate that came over an eager link of the broadcast tree
+    /// prunes that link: the `TreePrune` leaves at the next
+    /// [`Engine::tick`], which is then due at once.
     ///
     /// # Errors
     /// The [`DropReason`] when the envelope is dropped (and counted).
@@ -611,6 +731,10 @@ impl Engine {
             return Err(self.drop_for(reason));
         }
         if self.seen.contains(&env.message_id, now) {
+            if self.tree.make_lazy(&from) {
+                self.prunes.push(from);
+                self.prune_at.get_or_insert(now);
+            }
             return Err(self.drop_for(DropReason::Duplicate));
         }
         let Ok(sender) = env.sender_id.parse::<NodeId>() else {
@@ -638,8 +762,11 @@ impl Engine {
             return Err(self.drop_for(DropReason::RateLimited));
         }
         self.seen.insert(&env.message_id, now);
+        self.tree.received(&env.message_id);
+        // The first copy keeps the path it came by in the tree.
+        self.tree.make_eager(&from);
 
-        let mut actions = Vec::with_capacity(2);
+        let mut actions = Vec::with_capacity(3);
         let msg_type = env.kind();
         let forward = env.hop_count > 1;
         if self.handlers.contains(&msg_type) {
@@ -657,14 +784,29 @@ impl Engine {
             env.hop_count -= 1;
         }
         // Kept as relayed (hop count already decremented) for repair.
-        self.recent.insert(now, &env);
+        self.recent.insert(now, &env, Some(from));
         if forward {
-            let candidates: Vec<NodeId> =
-                self.peers.iter().copied().filter(|p| *p != from).collect();
-            let to: Vec<NodeId> = candidates
-                .choose_multiple(&mut self.rng, self.config.fanout)
-                .copied()
-                .collect();
+            let mut to = if self.config.broadcast_tree {
+                // Eager tree links, and every peer outside the tree (as the
+                // reference relays to them); ids to the lazy links.
+                let (mut to, full) = self.tree.disseminate(now, &env.message_id, Some(&from));
+                to.extend(
+                    self.peers
+                        .iter()
+                        .filter(|p| **p != from && !self.tree.has(p))
+                        .copied(),
+                );
+                self.ihave_actions(full, &mut actions);
+                to
+            } else {
+                let candidates: Vec<NodeId> =
+                    self.peers.iter().copied().filter(|p| *p != from).collect();
+                candidates
+                    .choose_multiple(&mut self.rng, self.config.fanout)
+                    .copied()
+                    .collect()
+            };
+            to.sort();
             if !to.is_empty() {
                 self.stats.forwarded += to.len() as u64;
                 actions.push(Action::Send { to, envelope: env });
@@ -673,36 +815,184 @@ impl Engine {
         Ok(actions)
     }
 
-    /// Forgets expired seen ids, idle rate buckets and envelopes kept for
-    /// repair.
+    /// `TreeIHave` envelopes for full lazy batches.
+    fn ihave_actions(&mut self, batches: Vec<(NodeId, Vec<String>)>, actions: &mut Vec<Action>) {
+        for (peer, ids) in batches {
+            self.stats.ihave_frames_sent += 1;
+            self.stats.ihave_ids_sent += ids.len() as u64;
+            let payload = TreeIHave { message_ids: ids }.encode_bytes();
+            actions.push(Action::Send {
+                to: vec![peer],
+                envelope: control(MsgType::TreeIHave, payload),
+            });
+        }
+    }
+
+    /// When [`Engine::tick`] is next due, if anything is waiting: lazy
+    /// announcements to batch, graft timers, prunes to tell.
+    pub fn next_tick(&self) -> Option<Instant> {
+        match (self.prune_at, self.tree.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Carries out what the broadcast tree has due at `now`: batched lazy
+    /// announcements (`TreeIHave`), grafts for announced messages that did
+    /// not arrive in time (`TreeGraft`, to the next announcer, whose link
+    /// turns eager), prunes after duplicates (`TreePrune`). Call it when
+    /// [`Engine::next_tick`] says.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.prune_at = None;
+        for peer in std::mem::take(&mut self.prunes) {
+            self.stats.prunes_sent += 1;
+            actions.push(Action::Send {
+                to: vec![peer],
+                envelope: control(MsgType::TreePrune, Bytes::new()),
+            });
+        }
+        let seen = &self.seen;
+        let out = self.tree.tick(now, |id| seen.contains(id, now));
+        self.ihave_actions(out.ihave, &mut actions);
+        for (peer, ids) in out.graft {
+            self.stats.grafts_sent += 1;
+            let payload = TreeGraft { message_ids: ids }.encode_bytes();
+            actions.push(Action::Send {
+                to: vec![peer],
+                envelope: control(MsgType::TreeGraft, payload),
+            });
+        }
+        actions
+    }
+
+    /// Handles a broadcast-tree message (types 13, 14, 15) from connected
+    /// peer `from`: an announcement starts graft timers for the ids not
+    /// seen here; a graft turns the link eager and is answered with the
+    /// envelopes still kept; a prune turns the link lazy.
+    ///
+    /// # Errors
+    /// [`DropReason::NotTreePeer`] when `from` did not announce the tree,
+    /// [`DropReason::BadTreePayload`] for an undecodable payload,
+    /// [`DropReason::NotGossip`] for another type.
+    pub fn handle_tree(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        env: &Envelope,
+    ) -> Result<Vec<Action>, DropReason> {
+        self.stats.tree_received += 1;
+        if !self.tree_speakers.contains(&from) {
+            return Err(self.drop_for(DropReason::NotTreePeer));
+        }
+        let valid = |id: &String| !id.is_empty() && id.len() <= micelio_wire::limits::MAX_ID_LEN;
+        match env.kind() {
+            MsgType::TreeIHave => {
+                let Ok(m) = TreeIHave::decode_wire(env.payload.clone()) else {
+                    return Err(self.drop_for(DropReason::BadTreePayload));
+                };
+                for id in m
+                    .message_ids
+                    .iter()
+                    .take(MAX_LAZY_BATCH)
+                    .filter(|i| valid(i))
+                {
+                    self.stats.ihave_ids_received += 1;
+                    if !self.seen.contains(id, now) {
+                        self.tree.announced(now, from, id);
+                    }
+                }
+                Ok(Vec::new())
+            }
+            MsgType::TreeGraft => {
+                let Ok(m) = TreeGraft::decode_wire(env.payload.clone()) else {
+                    return Err(self.drop_for(DropReason::BadTreePayload));
+                };
+                self.stats.grafts_received += 1;
+                self.tree.make_eager(&from);
+                let actions: Vec<Action> = m
+                    .message_ids
+                    .iter()
+                    .take(MAX_LAZY_BATCH)
+                    .filter_map(|id| self.recent.map.get(id))
+                    .map(|e| Action::Send {
+                        to: vec![from],
+                        envelope: e.clone(),
+                    })
+                    .collect();
+                self.stats.grafts_served += actions.len() as u64;
+                Ok(actions)
+            }
+            MsgType::TreePrune => {
+                self.stats.prunes_received += 1;
+                self.tree.make_lazy(&from);
+                Ok(Vec::new())
+            }
+            _ => Err(self.drop_for(DropReason::NotGossip)),
+        }
+    }
+
+    /// Forgets expired seen ids, idle rate buckets, envelopes kept for
+    /// repair and stale graft timers.
     pub fn expire(&mut self, now: Instant) {
         self.seen.expire(now);
         self.limiter.expire(now);
         self.recent.expire(now, self.config.repair_retention);
+        self.tree.expire(now);
     }
 
-    /// One round of gossip repair: announces the ids of the messages
-    /// received or originated within `repair_window` to every peer that
-    /// speaks micelio's extensions (a `GossipDigest`, type 11, hop count 1).
-    /// Call every `repair_interval`.
+    /// One round of gossip repair, the last safety net behind the tree:
+    /// sends every peer that speaks micelio's extensions a `GossipDigest`
+    /// (type 11, signed, hop count 1) of the ids it may lack, each id once
+    /// per peer: those accepted or originated since its previous digest
+    /// (for a peer that just connected, within `repair_window`), except
+    /// the ones it sent us. Toward a tree peer, ids of the last
+    /// `repair_interval` wait for the next round, so that the tree and its
+    /// lazy path have had their chance. Call every `repair_interval`.
     pub fn repair_tick(&mut self, now: Instant) -> Vec<Action> {
-        let to: Vec<NodeId> = self
+        if self.config.repair_interval.is_zero() {
+            return Vec::new();
+        }
+        let window_start = now
+            .checked_sub(self.config.repair_window)
+            .unwrap_or_else(|| self.recent.order.front().map_or(now, |k| k.at));
+        let tree_cutoff = now
+            .checked_sub(self.config.repair_interval)
+            .unwrap_or(window_start);
+        let mut actions = Vec::new();
+        let peers: Vec<NodeId> = self
             .peers
             .iter()
             .filter(|p| self.extension_peers.contains(p))
             .copied()
             .collect();
-        if self.config.repair_interval.is_zero() || to.is_empty() {
-            return Vec::new();
+        for peer in peers {
+            let treeish = self.config.broadcast_tree && self.tree.has(&peer);
+            let until = if treeish { tree_cutoff } else { now };
+            let from = self
+                .digest_from
+                .get(&peer)
+                .copied()
+                .flatten()
+                .map_or(window_start, |f| f.max(window_start));
+            if until <= from {
+                continue;
+            }
+            self.digest_from.insert(peer, Some(until));
+            let ids = self.recent.between(from, until, &peer);
+            if ids.is_empty() {
+                continue;
+            }
+            let payload = GossipDigest { message_ids: ids }.encode_wire();
+            let envelope =
+                EnvelopeBuilder::new(MsgType::GossipDigest, payload).sign(&self.identity);
+            self.stats.digests_sent += 1;
+            actions.push(Action::Send {
+                to: vec![peer],
+                envelope,
+            });
         }
-        let ids = self.recent.since(now, self.config.repair_window);
-        if ids.is_empty() {
-            return Vec::new();
-        }
-        let payload = GossipDigest { message_ids: ids }.encode_wire();
-        let envelope = EnvelopeBuilder::new(MsgType::GossipDigest, payload).sign(&self.identity);
-        self.stats.digests_sent += to.len() as u64;
-        vec![Action::Send { to, envelope }]
+        actions
     }
 
     /// Handles a repair message from connected peer `from`: a digest is
@@ -786,6 +1076,10 @@ impl Engine {
         s.retained = self.recent.map.len() as u64;
         s.retained_bytes = self.recent.bytes as u64;
         s.retained_evicted = self.recent.evicted;
+        let (eager, lazy) = self.tree.counts();
+        s.tree_eager_peers = eager as u64;
+        s.tree_lazy_peers = lazy as u64;
+        s.tree_missing = self.tree.missing_len() as u64;
         s
     }
 }

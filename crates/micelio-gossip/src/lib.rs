@@ -41,13 +41,16 @@ mod parts;
 mod service;
 #[cfg(feature = "test-utils")]
 pub mod test_utils;
+mod tree;
 
 pub use engine::{
-    Action, DEFAULT_GRAFT_RETRY, DEFAULT_GRAFT_TIMEOUT, DEFAULT_LAZY_DELAY, DEFAULT_ORIGIN_QUEUE, DEFAULT_PACE_BURST, DEFAULT_PACE_PER_SEC, DEFAULT_SEEN_CAP,
-    Delivered, DropReason, Engine, GossipConfig, GossipStats, MAX_REPAIR_IDS, MAX_RETAINED,
-    MAX_RETAINED_BYTES, PeerCaps, SubscriberStats,
+    Action, DEFAULT_GRAFT_RETRY, DEFAULT_GRAFT_TIMEOUT, DEFAULT_LAZY_DELAY, DEFAULT_ORIGIN_QUEUE,
+    DEFAULT_PACE_BURST, DEFAULT_PACE_PER_SEC, DEFAULT_SEEN_CAP, Delivered, DropReason, Engine,
+    GossipConfig, GossipStats, MAX_REPAIR_IDS, MAX_RETAINED, MAX_RETAINED_BYTES, PeerCaps,
+    SubscriberStats,
 };
 pub use parts::{
     DEFAULT_LEARNED_KEYS, DEFAULT_RATE_BUCKETS, KeyRing, RateLimiter, SeenCache, Trust,
 };
 pub use service::{Gossip, GossipError, SHUTDOWN_DRAIN};
+pub use tree::{MAX_ANNOUNCERS, MAX_GRAFT_ATTEMPTS, MAX_LAZY_BATCH, MAX_MISSING, MISSING_TTL};

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info_span, warn};
 
 use crate::engine::{
-    Action, Delivered, DropReason, Engine, GossipConfig, GossipStats, SubscriberStats,
+    Action, Delivered, DropReason, Engine, GossipConfig, GossipStats, PeerCaps, SubscriberStats,
 };
 
 /// Commands queued to the task.
@@ -130,6 +130,7 @@ impl Gossip {
                 pacer,
                 refused: refused.clone(),
                 paced_queued: 0,
+                sent: SentCounters::default(),
             }
             .run(rx, events, paced_rx, cancel.clone())
             .instrument(span),
@@ -342,7 +343,18 @@ struct Subscriber {
     dropped: u64,
 }
 
+/// Frames the service queued to peers, by kind.
+#[derive(Debug, Default)]
+struct SentCounters {
+    data_frames: u64,
+    data_bytes: u64,
+    control_frames: u64,
+    control_bytes: u64,
+    refused: u64,
+}
+
 struct Service {
+    sent: SentCounters,
     engine: Engine,
     peers: PeerManager,
     subscribers: HashMap<MsgType, Vec<Subscriber>>,
@@ -375,6 +387,11 @@ impl Service {
             let ready_at = self.pacer.ready_at(now);
             let ready = self.pacer.tokens >= 1.0;
             self.paced_queued = paced.len() as u64;
+            // The broadcast tree's next batch, graft or prune, if any.
+            let tick_at = self
+                .engine
+                .next_tick()
+                .map(|t| Instant::from_std(t).max(now));
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 next = paced.recv(), if ready => match next {
@@ -398,6 +415,10 @@ impl Service {
                     None => break,
                 },
                 _ = expire.tick() => self.engine.expire(Instant::now().into_std()),
+                _ = tokio::time::sleep_until(tick_at.unwrap_or(now)), if tick_at.is_some() => {
+                    let actions = self.engine.tick(Instant::now().into_std());
+                    self.execute(actions);
+                }
                 _ = repair.tick() => {
                     let actions = self.engine.repair_tick(Instant::now().into_std());
                     self.execute(actions);
@@ -475,6 +496,11 @@ impl Service {
                 let mut stats = self.engine.stats();
                 stats.origin_refused = self.refused.load(Ordering::Relaxed);
                 stats.origin_queued = self.paced_queued;
+                stats.data_frames_sent = self.sent.data_frames;
+                stats.data_bytes_sent = self.sent.data_bytes;
+                stats.control_frames_sent = self.sent.control_frames;
+                stats.control_bytes_sent = self.sent.control_bytes;
+                stats.send_refused = self.sent.refused;
                 let mut subs: Vec<SubscriberStats> = self
                     .subscribers
                     .iter()
@@ -498,10 +524,10 @@ impl Service {
 
     fn event(&mut self, ev: PeerEvent) {
         match ev {
-            PeerEvent::Up(peer) => self.engine.peer_up_with(
+            PeerEvent::Up(peer) => self.engine.peer_up_caps(
                 peer.node_id,
                 peer.public_key,
-                peer.hello.speaks_extensions(),
+                PeerCaps::from_hello(&peer.hello),
             ),
             PeerEvent::Down { node_id, .. } => self.engine.peer_down(&node_id),
             PeerEvent::Message { from, envelope } => self.message(from, envelope),
@@ -529,6 +555,21 @@ impl Service {
                 Ok(actions) => self.execute(actions),
                 Err(reason) => {
                     debug!(peer = %from.short(12), reason = reason.label(), "dropped repair message")
+                }
+            }
+            return;
+        }
+        if matches!(
+            kind,
+            MsgType::TreeIHave | MsgType::TreeGraft | MsgType::TreePrune
+        ) {
+            match self
+                .engine
+                .handle_tree(Instant::now().into_std(), from, &envelope)
+            {
+                Ok(actions) => self.execute(actions),
+                Err(reason) => {
+                    debug!(peer = %from.short(12), reason = reason.label(), "dropped broadcast-tree message")
                 }
             }
             return;
@@ -561,9 +602,25 @@ impl Service {
                 Action::Deliver(d) => self.deliver(d),
                 Action::Send { to, envelope } => match frame::encode_envelope(&envelope) {
                     Ok(frame) => {
+                        let data = envelope.kind().routing() == Routing::Gossip;
+                        let len = frame.len() as u64;
                         for peer in to {
-                            // Never waits: a full queue drops (the transport counts it).
-                            let _ = self.peers.send_frame(&peer, frame.clone());
+                            // Never waits: a full queue drops (the transport
+                            // counts it too).
+                            match self.peers.send_frame(&peer, frame.clone()) {
+                                Ok(()) if data => {
+                                    self.sent.data_frames += 1;
+                                    self.sent.data_bytes += len;
+                                }
+                                Ok(()) => {
+                                    self.sent.control_frames += 1;
+                                    self.sent.control_bytes += len;
+                                }
+                                Err(micelio_transport::SendError::QueueFull) => {
+                                    self.sent.refused += 1;
+                                }
+                                Err(_) => {}
+                            }
                         }
                     }
                     Err(e) => warn!("envelope too large to frame: {e}"),

@@ -6,3 +6,4 @@
 mod engine;
 mod service;
 mod sim;
+mod tree;

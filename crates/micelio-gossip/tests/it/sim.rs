@@ -263,6 +263,8 @@ fn repair_completes_what_random_fanout_missed_in_a_dense_mesh() {
     let n = 12;
     let mut config = GossipConfig::default();
     config.fanout = 1;
+    // The reference's relay rule (random fanout), not the broadcast tree.
+    config.broadcast_tree = false;
     let mut sim = Sim::with_config(n, config);
     sim.apply(&Link(0, 1));
     for a in 1..n {
