@@ -438,6 +438,7 @@ async fn a_reference_like_peer_gets_no_repair_traffic_while_micelio_peers_repair
     }
     let rs = r.gossip.stats().await.unwrap();
     assert_eq!(rs.repair_received, 0, "no type 11/12 frame reached r");
+    assert_eq!(rs.tree_received, 0, "no type 13/14/15 frame reached r");
     // r may still get the repaired line: m2 relays it as ordinary gossip.
     let (s1, s2) = (
         m1.gossip.stats().await.unwrap(),
@@ -449,6 +450,68 @@ async fn a_reference_like_peer_gets_no_repair_traffic_while_micelio_peers_repair
     );
     assert!(s1.repairs_served > 0, "m1 answered m2's request");
     stop(&[&m1, &m2, &r]).await;
+}
+
+/// Sum over `nodes` of a counter.
+async fn total(nodes: &[Node], f: impl Fn(&micelio_gossip::GossipStats) -> u64) -> u64 {
+    let mut t = 0;
+    for n in nodes {
+        t += f(&n.gossip.stats().await.unwrap());
+    }
+    t
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_mesh_of_services_settles_into_a_tree_and_then_each_node_gets_one_copy() {
+    let mesh = MemoryMesh::new();
+    let n = 6u8;
+    let mut nodes = build(
+        &mesh,
+        n,
+        |_| true,
+        (0..n as usize).flat_map(|a| (a + 1..n as usize).map(move |b| (a, b))),
+    )
+    .await;
+    everyone_ready(&nodes).await;
+    // Messages prune the duplicate links away…
+    for k in 0..10 {
+        let from = k % nodes.len();
+        let line = format!("warm {k}");
+        nodes[from].gossip.say("u", &line).await.unwrap();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            if i != from {
+                wait_line(node, &line).await;
+            }
+        }
+        // Let the prunes land.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let eager = total(&nodes, |s| s.tree_eager_peers).await;
+    assert_eq!(
+        eager,
+        2 * (u64::from(n) - 1),
+        "a spanning tree: N - 1 links, two ends each"
+    );
+    assert!(total(&nodes, |s| s.prunes_sent).await > 0);
+    // …after which a message costs one data frame per node.
+    let before = total(&nodes, |s| s.received).await;
+    nodes[3].gossip.say("u", "on the tree").await.unwrap();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if i != 3 {
+            wait_line(node, "on the tree").await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = total(&nodes, |s| s.received).await;
+    assert_eq!(after - before, u64::from(n) - 1, "no duplicate frame");
+    assert!(
+        total(&nodes, |s| s.ihave_ids_sent).await > 0,
+        "lazy links got ids"
+    );
+    assert!(total(&nodes, |s| s.control_bytes_sent).await > 0);
+    assert!(total(&nodes, |s| s.data_bytes_sent).await > 0);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    stop(&refs).await;
 }
 
 #[tokio::test(start_paused = true)]
