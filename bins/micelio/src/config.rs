@@ -481,7 +481,9 @@ fn check_bootstrap(list: Vec<String>) -> Result<Vec<String>, String> {
 /// `[gossip]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct GossipConfig {
-    /// Peers each relayed message is forwarded to.
+    /// How messages spread: the broadcast tree, or random fanout.
+    pub(crate) broadcast: Broadcast,
+    /// Peers each relayed message is forwarded to (`broadcast = "fanout"`).
     pub(crate) fanout: usize,
     /// Hop count of originated messages.
     pub(crate) max_hops: u32,
@@ -517,6 +519,36 @@ pub(crate) struct GossipConfig {
     pub(crate) pace_burst: u32,
     /// Own originations queued, in order, before more are refused.
     pub(crate) origin_queue: usize,
+    /// How long lazy announcements wait to be batched.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) lazy_delay: Duration,
+    /// How long an announced message may take before its announcer is
+    /// grafted.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) graft_timeout: Duration,
+    /// How long before the next announcer is grafted.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) graft_retry: Duration,
+}
+
+/// `gossip.broadcast`: how this node spreads gossip to other micelio nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Broadcast {
+    /// Epidemic broadcast tree (announced as `micelio/tree/1`).
+    Tree,
+    /// The reference's rule: `fanout` random peers.
+    Fanout,
+}
+
+impl Broadcast {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "tree" => Ok(Self::Tree),
+            "fanout" => Ok(Self::Fanout),
+            other => Err(format!("expected \"tree\" or \"fanout\", got {other:?}")),
+        }
+    }
 }
 
 impl Default for GossipConfig {
@@ -524,6 +556,11 @@ impl Default for GossipConfig {
     fn default() -> Self {
         let g = micelio_gossip::GossipConfig::default();
         Self {
+            broadcast: if g.broadcast_tree {
+                Broadcast::Tree
+            } else {
+                Broadcast::Fanout
+            },
             fanout: g.fanout,
             max_hops: g.max_hops,
             seen_ttl: g.seen_ttl,
@@ -538,13 +575,20 @@ impl Default for GossipConfig {
             pace_per_sec: g.pace_per_sec,
             pace_burst: g.pace_burst,
             origin_queue: g.origin_queue,
+            lazy_delay: g.lazy_delay,
+            graft_timeout: g.graft_timeout,
+            graft_retry: g.graft_retry,
         }
     }
 }
 
 impl GossipConfig {
     fn check(s: &mut Section<'_, '_>) -> Option<Self> {
+        let broadcast = s.parsed("broadcast", Broadcast::parse);
         let fanout = s.number("fanout", 1, 100);
+        let lazy_delay = s.duration("lazy_delay");
+        let graft_timeout = s.duration("graft_timeout");
+        let graft_retry = s.duration("graft_retry");
         let max_hops = s.number("max_hops", 1, 255);
         let seen_ttl = s.duration("seen_ttl");
         let seen_cap = s.number("seen_cap", 1_000, 100_000_000);
@@ -579,6 +623,10 @@ impl GossipConfig {
             );
         }
         Some(Self {
+            broadcast: broadcast?,
+            lazy_delay: lazy_delay?,
+            graft_timeout: graft_timeout?,
+            graft_retry: graft_retry?,
             fanout: fanout?,
             max_hops: max_hops?,
             seen_ttl: seen_ttl?,

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::commands::write_stdout;
-use crate::config::Config;
+use crate::config::{Broadcast, Config};
 
 /// micelio's own directory inside the data dir (the reference's files,
 /// `data.db` among them, are left alone).
@@ -80,6 +80,11 @@ fn transport_config(config: &Config) -> TransportConfig {
     t.duplicate_grace = net.duplicate_grace;
     t.exchange_interval = net.exchange_interval;
     t.discovery_interval = net.discovery_interval;
+    if config.gossip.broadcast != Broadcast::Tree {
+        // Peers must not take us for a tree node: we would never graft.
+        t.features
+            .retain(|f| f != micelio_wire::limits::FEATURE_BROADCAST_TREE_V1);
+    }
     t
 }
 
@@ -87,6 +92,10 @@ fn transport_config(config: &Config) -> TransportConfig {
 fn gossip_config(config: &Config) -> GossipConfig {
     let g = &config.gossip;
     let mut c = GossipConfig::default();
+    c.broadcast_tree = g.broadcast == Broadcast::Tree;
+    c.lazy_delay = g.lazy_delay;
+    c.graft_timeout = g.graft_timeout;
+    c.graft_retry = g.graft_retry;
     c.fanout = g.fanout;
     c.max_hops = g.max_hops;
     c.seen_ttl = g.seen_ttl;
@@ -619,6 +628,37 @@ mod tests {
                 SshConfig::DEFAULT_LISTEN,
                 config.node.data_dir.join(AUTHORIZED_KEYS)
             )
+        );
+    }
+
+    #[test]
+    fn the_broadcast_settings_reach_the_engine_and_the_hello() {
+        let mut config = Config::for_tests("/tmp/node");
+        let tree = micelio_wire::limits::FEATURE_BROADCAST_TREE_V1;
+        assert!(transport_config(&config).features.iter().any(|f| f == tree));
+        config.gossip.lazy_delay = Duration::from_millis(3);
+        config.gossip.graft_timeout = Duration::from_millis(300);
+        config.gossip.graft_retry = Duration::from_millis(30);
+        let g = gossip_config(&config);
+        assert!(g.broadcast_tree);
+        assert_eq!(
+            (g.lazy_delay, g.graft_timeout, g.graft_retry),
+            (
+                Duration::from_millis(3),
+                Duration::from_millis(300),
+                Duration::from_millis(30)
+            )
+        );
+        // A fanout node must not look like a tree node to its peers.
+        config.gossip.broadcast = Broadcast::Fanout;
+        assert!(!gossip_config(&config).broadcast_tree);
+        let t = transport_config(&config);
+        assert!(!t.features.iter().any(|f| f == tree));
+        assert!(
+            t.features
+                .iter()
+                .any(|f| f == micelio_wire::limits::FEATURE_EXTENSIONS_V1),
+            "the other extensions stay"
         );
     }
 

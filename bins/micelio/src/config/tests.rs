@@ -403,6 +403,17 @@ fn gossip_ranges() {
     toml("[gossip]\nrate_buckets_cap = 0").fails("gossip.rate_buckets_cap", "between 64");
     toml("[gossip]\norigin_queue = 0").fails("gossip.origin_queue", "between 1");
     toml("[gossip]\npace_per_sec = 0").fails("gossip.pace_per_sec", "between 1");
+    toml("[gossip]\nbroadcast = \"flood\"").fails(
+        "gossip.broadcast",
+        "expected \"tree\" or \"fanout\", got \"flood\"",
+    );
+    toml("[gossip]\ngraft_timeout = \"0s\"").fails("gossip.graft_timeout", "greater than zero");
+    toml("[gossip]\nlazy_delay = 5").fails("gossip.lazy_delay", "with a unit");
+    let g = toml("[gossip]\nbroadcast = \"fanout\"\ngraft_retry = \"20ms\"")
+        .ok()
+        .gossip;
+    assert_eq!(g.broadcast, crate::config::Broadcast::Fanout);
+    assert_eq!(g.graft_retry, Duration::from_millis(20));
 }
 
 #[test]
