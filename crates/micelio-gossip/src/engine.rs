@@ -44,6 +44,17 @@ pub const DEFAULT_PACE_BURST: u32 = 10;
 /// Default bound of the paced origination queue.
 pub const DEFAULT_ORIGIN_QUEUE: usize = 256;
 
+/// Default hop budget of originated messages: 32, where the reference
+/// originates with 10 ([`micelio_wire::limits::DEFAULT_MAX_HOPS`]). Relays
+/// still decrement it and stop at 1 exactly as the reference does, but a
+/// broadcast tree is one spanning tree shared by every originator, so its
+/// paths are longer than the shortest ones random relaying finds: over a
+/// few dozen nodes, two leaves of the tree can already be more than 10 hops
+/// apart. The budget bounds the radius only; what bounds the cost is the
+/// seen cache (every node relays a message at most once) and the
+/// per-sender rate limits.
+pub const DEFAULT_MAX_HOPS: u32 = 32;
+
 /// Default batching delay of lazy announcements.
 pub const DEFAULT_LAZY_DELAY: Duration = Duration::from_millis(10);
 /// Default wait for an announced message before grafting its announcer.
@@ -90,7 +101,7 @@ impl PeerCaps {
 pub struct GossipConfig {
     /// Peers each relayed message is forwarded to.
     pub fanout: usize,
-    /// Hop budget of originated messages.
+    /// Hop budget of originated messages (default [`DEFAULT_MAX_HOPS`]).
     pub max_hops: u32,
     /// How long a message id is remembered.
     pub seen_ttl: Duration,
@@ -141,7 +152,7 @@ impl Default for GossipConfig {
         use micelio_wire::limits;
         Self {
             fanout: limits::DEFAULT_FANOUT,
-            max_hops: limits::DEFAULT_MAX_HOPS,
+            max_hops: DEFAULT_MAX_HOPS,
             seen_ttl: limits::DEFAULT_SEEN_TTL,
             seen_cap: DEFAULT_SEEN_CAP,
             rate_per_sec: limits::DEFAULT_RATE_PER_SEC,
@@ -325,6 +336,9 @@ pub struct GossipStats {
     /// `TreeGraft` frames sent: an announced message did not arrive in
     /// time (or a link rejoined the tree).
     pub grafts_sent: u64,
+    /// Message ids asked for in them: announced messages that did not
+    /// arrive within the graft timeout.
+    pub grafted_ids: u64,
     /// `TreeGraft` frames received.
     pub grafts_received: u64,
     /// Messages sent back in answer to grafts.
@@ -402,6 +416,10 @@ pub struct Engine {
     /// Tree speakers whose duplicate made us prune them, to be told at the
     /// next [`Engine::tick`].
     prunes: Vec<NodeId>,
+    /// Tree speakers this node switched to as its parent for a shorter
+    /// path: told with an empty `TreeGraft` at the next tick, so that they
+    /// push to us whatever they decided meanwhile.
+    adopt: Vec<NodeId>,
     /// When the oldest of those was decided.
     prune_at: Option<Instant>,
     /// Per extension peer, where its next repair digest starts (`None`:
@@ -412,6 +430,10 @@ pub struct Engine {
     rng: SmallRng,
     recent: Recent,
 }
+
+/// How many hops shorter a duplicate's path must be than the accepted
+/// copy's for the tree to switch to it (see [`Engine::handle`]).
+pub const SHORTER_PATH: u32 = 1;
 
 /// Most ids in one repair digest or request.
 pub const MAX_REPAIR_IDS: usize = 256;
@@ -451,12 +473,21 @@ struct Kept {
     from: Option<NodeId>,
 }
 
+/// Where the accepted copy of a kept message came from: the tree parent
+/// for it, and the hop count it arrived with.
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    parent: Option<NodeId>,
+    hops: u32,
+}
+
 /// Envelopes accepted or originated recently, for gossip repair and grafts:
 /// at most [`MAX_RETAINED`] of them and [`MAX_RETAINED_BYTES`], oldest
 /// evicted first, each forgotten after the retention time.
 #[derive(Debug, Default)]
 struct Recent {
     map: HashMap<String, Envelope>,
+    origins: HashMap<String, Origin>,
     order: VecDeque<Kept>,
     bytes: usize,
     evicted: u64,
@@ -470,10 +501,11 @@ impl Recent {
         if let Some(e) = self.map.remove(&old.id) {
             self.bytes = self.bytes.saturating_sub(retained_size(&e));
         }
+        self.origins.remove(&old.id);
         true
     }
 
-    fn insert(&mut self, now: Instant, env: &Envelope, from: Option<NodeId>) {
+    fn insert(&mut self, now: Instant, env: &Envelope, from: Option<NodeId>, hops: u32) {
         if self.map.contains_key(&env.message_id) {
             return;
         }
@@ -488,6 +520,8 @@ impl Recent {
         }
         self.bytes += size;
         self.map.insert(env.message_id.clone(), env.clone());
+        self.origins
+            .insert(env.message_id.clone(), Origin { parent: from, hops });
         self.order.push_back(Kept {
             at: now,
             id: env.message_id.clone(),
@@ -535,6 +569,7 @@ impl Engine {
             tree_speakers: HashSet::new(),
             tree: Tree::new(config.lazy_delay, config.graft_timeout, config.graft_retry),
             prunes: Vec::new(),
+            adopt: Vec::new(),
             prune_at: None,
             digest_from: HashMap::new(),
             handlers: HashSet::new(),
@@ -618,6 +653,7 @@ impl Engine {
         self.digest_from.remove(id);
         self.tree.remove_peer(id);
         self.prunes.retain(|p| p != id);
+        self.adopt.retain(|p| p != id);
         self.keyring.release(id);
     }
 
@@ -676,7 +712,8 @@ impl Engine {
             .hop_count(self.config.max_hops)
             .sign(&self.identity);
         self.seen.insert(&env.message_id, now);
-        self.recent.insert(now, &env, None);
+        self.recent
+            .insert(now, &env, None, env.hop_count.saturating_add(1));
         self.stats.originated += 1;
         let mut actions = Vec::new();
         let (mut to, full) = self.tree.disseminate(now, &env.message_id, None);
@@ -731,10 +768,7 @@ impl Engine {
             return Err(self.drop_for(reason));
         }
         if self.seen.contains(&env.message_id, now) {
-            if self.tree.make_lazy(&from) {
-                self.prunes.push(from);
-                self.prune_at.get_or_insert(now);
-            }
+            self.duplicate_from(now, from, &env);
             return Err(self.drop_for(DropReason::Duplicate));
         }
         let Ok(sender) = env.sender_id.parse::<NodeId>() else {
@@ -784,7 +818,12 @@ impl Engine {
             env.hop_count -= 1;
         }
         // Kept as relayed (hop count already decremented) for repair.
-        self.recent.insert(now, &env, Some(from));
+        let received_hops = if forward {
+            env.hop_count + 1
+        } else {
+            env.hop_count
+        };
+        self.recent.insert(now, &env, Some(from), received_hops);
         if forward {
             let mut to = if self.config.broadcast_tree {
                 // Eager tree links, and every peer outside the tree (as the
@@ -813,6 +852,44 @@ impl Engine {
             }
         }
         Ok(actions)
+    }
+
+    /// A duplicate of an accepted message came from `from`. Over an eager
+    /// tree link it prunes that link, unless it came by a path at least
+    /// [`SHORTER_PATH`] hops shorter than the accepted copy: then the
+    /// accepted copy's parent is pruned instead, and `from` stays eager, so
+    /// that the tree keeps the shortest paths it is shown (and its depth
+    /// within the hop budget).
+    fn duplicate_from(&mut self, now: Instant, from: NodeId, env: &Envelope) {
+        if !self.tree.has(&from) {
+            return;
+        }
+        let origin = self.recent.origins.get(&env.message_id).copied();
+        let mut prune = from;
+        if let Some(o) = origin
+            && let Some(parent) = o.parent
+            && parent != from
+            && env.hop_count >= o.hops.saturating_add(SHORTER_PATH)
+            && self.tree.link(&parent) == Some(Link::Eager)
+        {
+            prune = parent;
+            self.tree.make_eager(&from);
+            if !self.adopt.contains(&from) {
+                self.adopt.push(from);
+                self.prune_at.get_or_insert(now);
+            }
+            self.recent.origins.insert(
+                env.message_id.clone(),
+                Origin {
+                    parent: Some(from),
+                    hops: env.hop_count,
+                },
+            );
+        }
+        if self.tree.make_lazy(&prune) {
+            self.prunes.push(prune);
+            self.prune_at.get_or_insert(now);
+        }
     }
 
     /// `TreeIHave` envelopes for full lazy batches.
@@ -853,10 +930,16 @@ impl Engine {
             });
         }
         let seen = &self.seen;
-        let out = self.tree.tick(now, |id| seen.contains(id, now));
+        let mut out = self.tree.tick(now, |id| seen.contains(id, now));
         self.ihave_actions(out.ihave, &mut actions);
+        for peer in std::mem::take(&mut self.adopt) {
+            if !out.graft.iter().any(|(p, _)| *p == peer) {
+                out.graft.push((peer, Vec::new()));
+            }
+        }
         for (peer, ids) in out.graft {
             self.stats.grafts_sent += 1;
+            self.stats.grafted_ids += ids.len() as u64;
             let payload = TreeGraft { message_ids: ids }.encode_bytes();
             actions.push(Action::Send {
                 to: vec![peer],

@@ -358,3 +358,76 @@ fn repair_traffic_goes_only_to_peers_that_speak_the_extensions() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_duplicate_by_a_shorter_path_moves_the_tree_parent_to_it() {
+    let mut e = receiver(GossipConfig::default());
+    let now = Instant::now();
+    let mut env = chat_from(9);
+    env.hop_count = 5;
+    e.handle(now, peer(2), env.clone()).unwrap();
+    // The same message again from peer 3, two hops closer to its origin.
+    env.hop_count = 7;
+    assert_eq!(e.handle(now, peer(3), env), Err(DropReason::Duplicate));
+    assert_eq!(e.next_tick(), Some(now), "due at once");
+    let actions = e.tick(now);
+    let sent: Vec<(MsgType, Vec<NodeId>)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, envelope } => Some((envelope.kind(), to.clone())),
+            Action::Deliver(_) => None,
+        })
+        .collect();
+    assert!(
+        sent.contains(&(MsgType::TreePrune, vec![peer(2)])),
+        "{sent:?}"
+    );
+    assert!(
+        sent.contains(&(MsgType::TreeGraft, vec![peer(3)])),
+        "{sent:?}"
+    );
+    assert!(e.eager_peers().contains(&peer(3)));
+    assert!(e.lazy_peers().contains(&peer(2)));
+    // A duplicate by a path no shorter prunes its own link.
+    let mut other = chat_from(8);
+    other.hop_count = 5;
+    e.handle(now, peer(3), other.clone()).unwrap();
+    other.hop_count = 5;
+    assert_eq!(e.handle(now, peer(4), other), Err(DropReason::Duplicate));
+    let actions = e.tick(now);
+    assert!(matches!(
+        &actions[..],
+        [Action::Send { to, envelope }] if to == &vec![peer(4)] && envelope.kind() == MsgType::TreePrune
+    ));
+    assert_eq!(e.stats().prunes_sent, 2);
+}
+
+#[test]
+fn tree_messages_from_a_peer_that_did_not_announce_the_tree_are_dropped() {
+    let mut e = Engine::new(id(1), GossipConfig::default(), 7);
+    let p = id(2);
+    e.peer_up_with(*p.node_id(), p.public_key(), true);
+    let graft = Envelope {
+        msg_type: MsgType::TreeGraft.as_u32(),
+        ..Envelope::default()
+    };
+    assert_eq!(
+        e.handle_tree(Instant::now(), peer(2), &graft),
+        Err(DropReason::NotTreePeer)
+    );
+    // From a tree peer, a payload that does not decode has its reason.
+    let q = id(3);
+    e.peer_up(*q.node_id(), q.public_key());
+    let bad = Envelope {
+        msg_type: MsgType::TreeIHave.as_u32(),
+        payload: Bytes::from_static(&[0x08, 0x01]),
+        ..Envelope::default()
+    };
+    assert_eq!(
+        e.handle_tree(Instant::now(), peer(3), &bad),
+        Err(DropReason::BadTreePayload)
+    );
+    let s = e.stats();
+    assert_eq!(s.dropped_for(DropReason::NotTreePeer), 1);
+    assert_eq!(s.dropped_for(DropReason::BadTreePayload), 1);
+}
