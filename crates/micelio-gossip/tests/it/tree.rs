@@ -307,24 +307,25 @@ impl Sim {
             .collect();
         let got = &self.delivered[id];
         let nodes: BTreeSet<usize> = got.keys().copied().collect();
-        if std::env::var("TREE_DEBUG").is_ok() && nodes != want {
-            for m in want.difference(&nodes) {
-                let e = &self.nodes[*m].engine;
-                eprintln!("missed by {m}: {:?}", e.stats());
-                for (a, b) in self.links.keys().filter(|(a, b)| a == m || b == m) {
-                    let o = if a == m { *b } else { *a };
-                    let oid = *self.nodes[o].identity.node_id();
-                    let mid = *self.nodes[*m].identity.node_id();
-                    eprintln!(
-                        "  link {m}-{o}: {m} sees eager={} ; {o} sees eager={} ; {o} got it: {}",
-                        e.eager_peers().contains(&oid),
-                        self.nodes[o].engine.eager_peers().contains(&mid),
-                        got.contains_key(&o) || o == origin
-                    );
-                }
+        let mut detail = String::new();
+        for m in want.difference(&nodes) {
+            let e = &self.nodes[*m].engine;
+            let mid = *self.nodes[*m].identity.node_id();
+            for (a, b) in self.links.keys().filter(|(a, b)| a == m || b == m) {
+                let o = if a == m { *b } else { *a };
+                let oid = *self.nodes[o].identity.node_id();
+                detail += &format!(
+                    "\n  missed by {m}, link to {o}: {m} eager={} {o} eager={} {o} has it={}",
+                    e.eager_peers().contains(&oid),
+                    self.nodes[o].engine.eager_peers().contains(&mid),
+                    got.contains_key(&o) || o == origin
+                );
             }
         }
-        assert_eq!(nodes, want, "message from {origin} reached the wrong nodes");
+        assert_eq!(
+            nodes, want,
+            "message from {origin} reached the wrong nodes{detail}"
+        );
         assert!(got.values().all(|&c| c == 1), "exactly once: {got:?}");
     }
 
