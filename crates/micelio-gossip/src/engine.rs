@@ -158,7 +158,7 @@ impl Default for GossipConfig {
             rate_per_sec: limits::DEFAULT_RATE_PER_SEC,
             rate_burst: limits::DEFAULT_RATE_BURST,
             repair_interval: Duration::from_secs(1),
-            repair_window: Duration::from_secs(5),
+            repair_window: Duration::from_secs(3),
             repair_retention: Duration::from_secs(30),
             learned_keys_cap: DEFAULT_LEARNED_KEYS,
             rate_buckets_cap: DEFAULT_RATE_BUCKETS,
@@ -422,9 +422,6 @@ pub struct Engine {
     adopt: Vec<NodeId>,
     /// When the oldest of those was decided.
     prune_at: Option<Instant>,
-    /// Per extension peer, where its next repair digest starts (`None`:
-    /// the whole repair window, for a peer that just connected).
-    digest_from: HashMap<NodeId, Option<Instant>>,
     handlers: HashSet<MsgType>,
     stats: GossipStats,
     rng: SmallRng,
@@ -571,7 +568,6 @@ impl Engine {
             prunes: Vec::new(),
             adopt: Vec::new(),
             prune_at: None,
-            digest_from: HashMap::new(),
             handlers: HashSet::new(),
             stats: GossipStats::default(),
             rng: SmallRng::seed_from_u64(seed),
@@ -625,13 +621,9 @@ impl Engine {
             self.peers.push(id);
         }
         if caps.extensions {
-            if !self.extension_peers.contains(&id) {
-                self.digest_from.insert(id, None);
-            }
             self.extension_peers.insert(id);
         } else {
             self.extension_peers.remove(&id);
-            self.digest_from.remove(&id);
         }
         if caps.tree {
             self.tree_speakers.insert(id);
@@ -650,7 +642,6 @@ impl Engine {
         self.peers.retain(|p| p != id);
         self.extension_peers.remove(id);
         self.tree_speakers.remove(id);
-        self.digest_from.remove(id);
         self.tree.remove_peer(id);
         self.prunes.retain(|p| p != id);
         self.adopt.retain(|p| p != id);
@@ -1026,22 +1017,21 @@ impl Engine {
 
     /// One round of gossip repair, the last safety net behind the tree:
     /// sends every peer that speaks micelio's extensions a `GossipDigest`
-    /// (type 11, signed, hop count 1) of the ids it may lack, each id once
-    /// per peer: those accepted or originated since its previous digest
-    /// (for a peer that just connected, within `repair_window`), except
-    /// the ones it sent us. Toward a tree peer, ids of the last
-    /// `repair_interval` wait for the next round, so that the tree and its
-    /// lazy path have had their chance. Call every `repair_interval`.
+    /// (type 11, signed, hop count 1) of the ids accepted or originated
+    /// within `repair_window` (at most [`MAX_REPAIR_IDS`], newest first),
+    /// except the ones that peer sent us. Toward a tree peer, ids of the
+    /// last `repair_interval` are left for the next round: the tree and its
+    /// lazy announcements have had their chance by then. Call every
+    /// `repair_interval`; with the defaults (1 s, 3 s) a tree peer is told
+    /// of each id twice, another extension peer three times.
     pub fn repair_tick(&mut self, now: Instant) -> Vec<Action> {
         if self.config.repair_interval.is_zero() {
             return Vec::new();
         }
-        let window_start = now
+        let from = now
             .checked_sub(self.config.repair_window)
             .unwrap_or_else(|| self.recent.order.front().map_or(now, |k| k.at));
-        let tree_cutoff = now
-            .checked_sub(self.config.repair_interval)
-            .unwrap_or(window_start);
+        let tree_until = now.checked_sub(self.config.repair_interval).unwrap_or(from);
         let mut actions = Vec::new();
         let peers: Vec<NodeId> = self
             .peers
@@ -1050,18 +1040,11 @@ impl Engine {
             .copied()
             .collect();
         for peer in peers {
-            let treeish = self.config.broadcast_tree && self.tree.has(&peer);
-            let until = if treeish { tree_cutoff } else { now };
-            let from = self
-                .digest_from
-                .get(&peer)
-                .copied()
-                .flatten()
-                .map_or(window_start, |f| f.max(window_start));
-            if until <= from {
-                continue;
-            }
-            self.digest_from.insert(peer, Some(until));
+            let until = if self.tree.has(&peer) {
+                tree_until
+            } else {
+                now
+            };
             let ids = self.recent.between(from, until, &peer);
             if ids.is_empty() {
                 continue;

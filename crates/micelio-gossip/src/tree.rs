@@ -172,9 +172,11 @@ impl Tree {
     }
 
     /// Splits the tree peers other than `except` into eager (pushed to)
-    /// and queues `id` for announcement to the lazy ones. Returns the
-    /// eager peers, and the lazy peers whose batch is now full (to be
-    /// flushed at once).
+    /// and lazy, and queues `id` for announcement to all of them: to the
+    /// lazy ones instead of the message, to the eager ones as well, so that
+    /// a push that never arrived is grafted after `graft_timeout` rather
+    /// than left to the repair digest. Returns the eager peers, and the
+    /// peers whose batch is now full (to be flushed at once).
     pub(crate) fn disseminate(
         &mut self,
         now: Instant,
@@ -187,17 +189,15 @@ impl Tree {
             if Some(peer) == except {
                 continue;
             }
-            match link {
-                Link::Eager => eager.push(*peer),
-                Link::Lazy => {
-                    let batch = self.pending.entry(*peer).or_default();
-                    batch.push(id.to_owned());
-                    if batch.len() >= MAX_LAZY_BATCH {
-                        full.push((*peer, std::mem::take(batch)));
-                    }
-                    self.pending_since.get_or_insert(now);
-                }
+            if *link == Link::Eager {
+                eager.push(*peer);
             }
+            let batch = self.pending.entry(*peer).or_default();
+            batch.push(id.to_owned());
+            if batch.len() >= MAX_LAZY_BATCH {
+                full.push((*peer, std::mem::take(batch)));
+            }
+            self.pending_since.get_or_insert(now);
         }
         (eager, full)
     }
@@ -367,7 +367,12 @@ mod tests {
         assert_eq!(t.next_due(), Some(now + Duration::from_millis(10)));
         assert_eq!(t.tick(now, |_| false), TickOut::default(), "not yet");
         let out = t.tick(now + Duration::from_millis(10), |_| false);
-        assert_eq!(out.ihave, vec![(id(3), vec!["m1".into(), "m2".into()])]);
+        let ihave: HashMap<NodeId, Vec<String>> = out.ihave.into_iter().collect();
+        let both = vec!["m1".to_owned(), "m2".to_owned()];
+        // Lazy and eager peers alike are told, but not the one m1 came from.
+        assert_eq!(ihave[&id(3)], both);
+        assert_eq!(ihave[&id(2)], both);
+        assert_eq!(ihave[&id(1)], vec!["m2".to_owned()]);
         assert_eq!(t.next_due(), None);
         assert_eq!(t.counts(), (2, 1));
     }
