@@ -4,10 +4,17 @@
 //! exactly once, verified, within a hop budget, with floods contained.
 //!
 //! - [`Engine`]: the sans-IO core (`handle(now, from, envelope) -> actions`,
-//!   `originate(now, type, payload) -> actions`) with the seen cache, the
-//!   [`KeyRing`] and its [`Trust`] levels, signature verification, per-sender
-//!   token buckets, hop handling, random fanout, the handler registry and
-//!   [`GossipStats`];
+//!   `originate(now, type, payload) -> actions`, `tick(now)` when
+//!   [`Engine::next_tick`] says) with the seen cache, the [`KeyRing`] and its
+//!   [`Trust`] levels, signature verification, per-sender token buckets, hop
+//!   handling, the handler registry and [`GossipStats`];
+//! - the broadcast tree inside it: between peers that announced
+//!   `micelio/tree/1` ([`PeerCaps`]), eager push along a self-pruning
+//!   spanning tree, batched `TreeIHave` announcements over the other links,
+//!   `TreeGraft` when an announced message does not arrive within
+//!   [`GossipConfig::graft_timeout`], `TreePrune` on duplicates (Plumtree,
+//!   Leitão et al., SRDS 2007); other peers get every message pushed, and
+//!   gossip repair ([`Engine::repair_tick`]) is the safety net behind it;
 //! - [`Gossip`]: the tokio task that drives an engine over a
 //!   [`micelio_transport::PeerManager`], with one paced, ordered, bounded
 //!   origin queue ([`Gossip::try_originate`]) for everything this node says.
