@@ -385,6 +385,33 @@ async fn stats(c: CommandCall) -> Reply {
                 "origin_refused": g.origin_refused,
                 "subscriber_drops": g.subscriber_drops(),
                 "subscribers": subscribers,
+                "tree": {
+                    "eager_peers": g.tree_eager_peers,
+                    "lazy_peers": g.tree_lazy_peers,
+                    "ihave_frames_sent": g.ihave_frames_sent,
+                    "ihave_ids_sent": g.ihave_ids_sent,
+                    "ihave_ids_received": g.ihave_ids_received,
+                    "grafts_sent": g.grafts_sent,
+                    "grafted_ids": g.grafted_ids,
+                    "grafts_received": g.grafts_received,
+                    "grafts_served": g.grafts_served,
+                    "prunes_sent": g.prunes_sent,
+                    "prunes_received": g.prunes_received,
+                    "missing": g.tree_missing,
+                },
+                "repair": {
+                    "digests_sent": g.digests_sent,
+                    "requested": g.repairs_requested,
+                    "served": g.repairs_served,
+                    "received": g.repair_received,
+                },
+                "frames": {
+                    "data_sent": g.data_frames_sent,
+                    "data_bytes_sent": g.data_bytes_sent,
+                    "control_sent": g.control_frames_sent,
+                    "control_bytes_sent": g.control_bytes_sent,
+                    "refused": g.send_refused,
+                },
             },
             "partyline": p,
             "transport": transport,
@@ -415,6 +442,33 @@ async fn stats(c: CommandCall) -> Reply {
         g.origin_queued,
         g.origin_refused,
         g.subscriber_drops()
+    ));
+    out.push_str(&format!(
+        "\n  tree: eager peers {} lazy peers {}, ids announced {} heard {}, grafts sent {} \
+         (ids {}) received {} (served {}), prunes sent {} received {}, missing {}",
+        g.tree_eager_peers,
+        g.tree_lazy_peers,
+        g.ihave_ids_sent,
+        g.ihave_ids_received,
+        g.grafts_sent,
+        g.grafted_ids,
+        g.grafts_received,
+        g.grafts_served,
+        g.prunes_sent,
+        g.prunes_received,
+        g.tree_missing
+    ));
+    out.push_str(&format!(
+        "\n  repair: digests sent {} ids requested {} served {}; frames sent: data {} ({} bytes) \
+         control {} ({} bytes), refused by full queues {}",
+        g.digests_sent,
+        g.repairs_requested,
+        g.repairs_served,
+        g.data_frames_sent,
+        g.data_bytes_sent,
+        g.control_frames_sent,
+        g.control_bytes_sent,
+        g.send_refused
     ));
     for s in g.subscribers.iter().filter(|s| s.dropped > 0) {
         out.push_str(&format!(

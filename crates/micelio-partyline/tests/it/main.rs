@@ -235,6 +235,16 @@ async fn commands_behave() {
     let stats = alice.input("/stats --json").await;
     let v: serde_json::Value = serde_json::from_str(&stats.text).unwrap();
     assert!(v["gossip"]["originated"].as_u64().unwrap() >= 2);
+    // One micelio peer: a tree link, eager or lazy.
+    let tree = &v["gossip"]["tree"];
+    assert_eq!(
+        tree["eager_peers"].as_u64().unwrap() + tree["lazy_peers"].as_u64().unwrap(),
+        1,
+        "{tree}"
+    );
+    assert!(v["gossip"]["frames"]["data_sent"].as_u64().unwrap() >= 2);
+    let text = alice.input("/stats").await.text;
+    assert!(text.contains("tree: eager peers"), "{text}");
 
     // Unknown commands, // escapes, /quit.
     assert_eq!(alice.input("/nope").await.status, STATUS_UNKNOWN);
