@@ -23,10 +23,21 @@ struct Frame {
     env: Envelope,
 }
 
+/// What a simulated node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// This version: broadcast tree and repair.
+    Micelio,
+    /// A micelio node from before the tree: random fanout and repair.
+    Legacy,
+    /// A reference node: random fanout, no extension at all.
+    Reference,
+}
+
 struct Node {
     engine: Engine,
     identity: Arc<Identity>,
-    reference: bool,
+    kind: Kind,
     alive: bool,
 }
 
@@ -78,17 +89,23 @@ impl Sim {
         self.epoch + self.now
     }
 
-    /// Adds a node; `reference`: it behaves like a reference node (random
-    /// fanout 3, announces no extension).
-    fn add(&mut self, reference: bool) -> usize {
+    /// Adds a node of this version.
+    fn add(&mut self) -> usize {
+        self.add_kind(Kind::Micelio)
+    }
+
+    /// Adds a node of `kind`.
+    fn add_kind(&mut self, kind: Kind) -> usize {
         let i = self.nodes.len();
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
         seed[31] = 0x74;
         let identity = Arc::new(Identity::from_seed(seed));
         let mut config = GossipConfig::default();
-        if reference {
+        if kind != Kind::Micelio {
             config.broadcast_tree = false;
+        }
+        if kind == Kind::Reference {
             config.repair_interval = Duration::ZERO;
         }
         let mut engine = Engine::new(identity.clone(), config, i as u64);
@@ -97,19 +114,24 @@ impl Sim {
         self.nodes.push(Node {
             engine,
             identity,
-            reference,
+            kind,
             alive: true,
         });
         i
     }
 
+    /// What `seen_by` learns of `of` from its hello.
     fn caps(&self, of: usize, seen_by: usize) -> PeerCaps {
-        // A reference node sees nobody's extensions; everyone sees a
-        // reference node as one.
-        if self.nodes[of].reference || self.nodes[seen_by].reference {
-            PeerCaps::REFERENCE
-        } else {
-            PeerCaps::MICELIO
+        match (self.nodes[of].kind, self.nodes[seen_by].kind) {
+            // A reference node reads nobody's features; nobody reads any
+            // in a reference node's hello.
+            (Kind::Reference, _) | (_, Kind::Reference) => PeerCaps::REFERENCE,
+            (Kind::Legacy, _) => {
+                let mut c = PeerCaps::MICELIO;
+                c.tree = false;
+                c
+            }
+            _ => PeerCaps::MICELIO,
         }
     }
 
@@ -350,7 +372,7 @@ impl Sim {
     fn random_mesh(&mut self, n: usize, degree: usize) {
         let first = self.nodes.len();
         for _ in 0..n {
-            self.add(false);
+            self.add();
         }
         for i in 1..n {
             let j = self.rng.random_range(0..i);
@@ -473,7 +495,7 @@ fn killed_and_added_nodes_leave_and_join_the_tree() {
         sim.kill(victim);
     }
     for _ in 0..5 {
-        let fresh = sim.add(false);
+        let fresh = sim.add();
         for _ in 0..3 {
             let to = loop {
                 let c = sim.rng.random_range(0..fresh);
@@ -529,10 +551,10 @@ fn a_mixed_mesh_with_reference_nodes_reaches_everyone_once() {
     sim.random_mesh(n, 4);
     // A few reference-behaving nodes, bridging into the mesh and hanging
     // off it, one of them a cut vertex (node 33 reaches node 34 only).
-    let r1 = sim.add(true);
-    let r2 = sim.add(true);
-    let r3 = sim.add(true);
-    let leaf = sim.add(false);
+    let r1 = sim.add_kind(Kind::Reference);
+    let r2 = sim.add_kind(Kind::Reference);
+    let r3 = sim.add_kind(Kind::Reference);
+    let leaf = sim.add();
     sim.link(r1, 0);
     sim.link(r1, 10);
     sim.link(r2, 5);
@@ -556,11 +578,33 @@ fn a_mixed_mesh_with_reference_nodes_reaches_everyone_once() {
 }
 
 #[test]
+fn micelio_nodes_from_before_the_tree_are_pushed_to_and_repaired() {
+    let mut sim = Sim::new(10);
+    let n = 20;
+    sim.random_mesh(n, 4);
+    let l1 = sim.add_kind(Kind::Legacy);
+    let l2 = sim.add_kind(Kind::Legacy);
+    sim.link(l1, 3);
+    sim.link(l1, 9);
+    sim.link(l2, l1);
+    for origin in [0, l1, l2, 5, 12] {
+        let id = sim.say(origin);
+        sim.settle(3);
+        sim.assert_reached(&id, origin);
+    }
+    for l in [l1, l2] {
+        let s = sim.nodes[l].engine.stats();
+        assert_eq!(s.tree_received, 0, "node {l} got tree traffic");
+        assert!(s.repair_received > 0, "node {l} takes part in repair");
+    }
+}
+
+#[test]
 fn chain_star_bridge_and_full_meshes_deliver_exactly_once() {
     // Chain.
     let mut sim = Sim::new(6);
     for _ in 0..8 {
-        sim.add(false);
+        sim.add();
     }
     for i in 0..7 {
         sim.link(i, i + 1);
@@ -573,7 +617,7 @@ fn chain_star_bridge_and_full_meshes_deliver_exactly_once() {
     // Star.
     let mut sim = Sim::new(7);
     for _ in 0..9 {
-        sim.add(false);
+        sim.add();
     }
     for i in 1..9 {
         sim.link(0, i);
@@ -586,7 +630,7 @@ fn chain_star_bridge_and_full_meshes_deliver_exactly_once() {
     // Two full meshes joined by a bridge node, then the bridge cut.
     let mut sim = Sim::new(8);
     for _ in 0..11 {
-        sim.add(false);
+        sim.add();
     }
     for a in 0..5 {
         for b in a + 1..5 {
@@ -614,7 +658,7 @@ fn chain_star_bridge_and_full_meshes_deliver_exactly_once() {
 fn a_line_said_alone_reaches_peers_that_connect_later() {
     let mut sim = Sim::new(9);
     for _ in 0..4 {
-        sim.add(false);
+        sim.add();
     }
     let id = sim.say(0);
     sim.settle(1);
