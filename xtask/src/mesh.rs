@@ -111,8 +111,11 @@
 //! measurement, so links may still be added while messages fly, and the
 //! harness node takes a peer slot of the processes it is connected to.
 
+mod gossipsub;
 mod memory;
+mod sys;
 mod tcp;
+mod throughput;
 mod topology;
 
 pub(crate) use tcp::{Children, build_binary, node_command};
@@ -140,11 +143,72 @@ pub(crate) const MIN_GAP: Duration = Duration::from_millis(100);
 
 const USAGE: &str = "usage: cargo xtask mesh [--nodes N[,N…]]… [--transport memory|tcp|both]
                         [--messages M] [--max-peers P] [--degree D] [--seed S] [--json-only]
+                        [--mode broadcast|loss|cut|churn|throughput[,…]]
+                        [--broadcast tree|fanout[,…]] [--max-hops H] [--reference PCT]
+                        [--loss PCT] [--cut-links PCT] [--churn-every K]
+                        [--senders K] [--rates R[,R…]] [--step-secs S] [--late-ms L]
+                        [--peer gossipsub] [--gossipsub-manifest PATH]
 
 Measures how fast and how completely gossip messages reach every node of a
 mesh (in process over the memory transport, or real `micelio` processes over
 TCP). Defaults: --nodes 10,50,100 --transport memory --messages 20
 --max-peers 8 --degree 3 --seed 1.";
+
+/// What a configuration measures (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Mode {
+    /// M broadcasts one at a time on a stable mesh.
+    #[default]
+    Broadcast,
+    /// The same with a share of frames lost.
+    Loss,
+    /// The same with a share of the links cut after M/2 messages.
+    Cut,
+    /// The same while nodes leave and join.
+    Churn,
+    /// Many senders at once, rate raised in steps.
+    Throughput,
+}
+
+impl Mode {
+    /// Its name on the command line and in the JSON.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::Broadcast => "broadcast",
+            Mode::Loss => "loss",
+            Mode::Cut => "cut",
+            Mode::Churn => "churn",
+            Mode::Throughput => "throughput",
+        }
+    }
+}
+
+/// How micelio nodes disseminate (`GossipConfig::broadcast_tree`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Variant {
+    /// Epidemic broadcast tree (the default).
+    #[default]
+    Tree,
+    /// The reference's random fanout.
+    Fanout,
+}
+
+impl Variant {
+    /// The `impl` column.
+    pub(crate) fn impl_name(self) -> &'static str {
+        match self {
+            Variant::Tree => "micelio-tree",
+            Variant::Fanout => "micelio-fanout",
+        }
+    }
+}
+
+/// Comparison peers run beside micelio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// libp2p gossipsub (`bench/gossipsub`).
+    Gossipsub,
+}
 
 /// Which transports to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +229,7 @@ impl Kind {
 }
 
 /// The parsed command line of `cargo xtask mesh`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct MeshArgs {
     /// Mesh sizes, in order.
     pub(crate) nodes: Vec<usize>,
@@ -181,7 +245,36 @@ pub(crate) struct MeshArgs {
     pub(crate) seed: u64,
     /// Print only the JSON lines.
     pub(crate) json_only: bool,
+    /// Modes, in order (memory only; tcp runs broadcast).
+    pub(crate) modes: Vec<Mode>,
+    /// Dissemination variants of micelio nodes, in order (memory).
+    pub(crate) variants: Vec<Variant>,
+    /// Hop budget of originated messages (`None`: the default, 10).
+    pub(crate) max_hops: Option<u32>,
+    /// Percent of nodes that behave like reference nodes.
+    pub(crate) reference: f64,
+    /// Percent of frames lost in loss mode.
+    pub(crate) loss: f64,
+    /// Percent of built links cut in cut mode.
+    pub(crate) cut_links: f64,
+    /// Churn mode: one node leaves and one joins every this many messages.
+    pub(crate) churn_every: usize,
+    /// Throughput mode: senders (`None`: every node).
+    pub(crate) senders: Option<usize>,
+    /// Throughput mode: aggregate offered rates, msg/s, in order.
+    pub(crate) rates: Vec<f64>,
+    /// Throughput mode: seconds per step.
+    pub(crate) step_secs: f64,
+    /// Throughput mode: a delivery later than this (ms) fails the step.
+    pub(crate) late_ms: f64,
+    /// Comparison peers.
+    pub(crate) peers: Vec<Peer>,
+    /// The gossipsub project's manifest (relative to the workspace root).
+    pub(crate) gossipsub_manifest: Option<String>,
 }
+
+/// Default throughput steps, aggregate msg/s.
+const DEFAULT_RATES: &[f64] = &[50.0, 100.0, 150.0, 200.0, 270.0, 320.0, 400.0];
 
 impl Default for MeshArgs {
     fn default() -> Self {
@@ -193,6 +286,19 @@ impl Default for MeshArgs {
             degree: 3,
             seed: 1,
             json_only: false,
+            modes: vec![Mode::Broadcast],
+            variants: vec![Variant::Tree],
+            max_hops: None,
+            reference: 0.0,
+            loss: 10.0,
+            cut_links: 5.0,
+            churn_every: 2,
+            senders: None,
+            rates: DEFAULT_RATES.to_vec(),
+            step_secs: 3.0,
+            late_ms: 1000.0,
+            peers: Vec::new(),
+            gossipsub_manifest: None,
         }
     }
 }
@@ -201,6 +307,20 @@ fn number<T: std::str::FromStr>(flag: &str, text: &str) -> anyhow::Result<T> {
     text.trim()
         .parse()
         .map_err(|_| anyhow::anyhow!("{flag}: {text:?} is not a valid number"))
+}
+
+/// The non-empty parts of a comma list.
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|p| !p.is_empty())
+}
+
+/// A percentage, 0 to 100.
+fn percent(flag: &str, text: &str) -> anyhow::Result<f64> {
+    let p: f64 = number(flag, text)?;
+    if !(0.0..=100.0).contains(&p) {
+        bail!("{flag}: {text:?} is not a percentage (0 to 100)");
+    }
+    Ok(p)
 }
 
 /// Splits `--flag=value` into the flag and its inline value; any other
@@ -262,6 +382,64 @@ pub(crate) fn parse_args(args: &[&str]) -> anyhow::Result<Option<MeshArgs>> {
             "--max-peers" => out.max_peers = number(flag, value)?,
             "--degree" => out.degree = number(flag, value)?,
             "--seed" => out.seed = number(flag, value)?,
+            "--mode" => {
+                out.modes.clear();
+                for part in list(value) {
+                    let modes: &[Mode] = match part {
+                        "broadcast" => &[Mode::Broadcast],
+                        "loss" => &[Mode::Loss, Mode::Cut],
+                        "frame-loss" => &[Mode::Loss],
+                        "cut" => &[Mode::Cut],
+                        "churn" => &[Mode::Churn],
+                        "throughput" => &[Mode::Throughput],
+                        other => bail!(
+                            "--mode: {other:?} is not broadcast, loss, frame-loss, cut, churn or throughput"
+                        ),
+                    };
+                    for m in modes {
+                        if !out.modes.contains(m) {
+                            out.modes.push(*m);
+                        }
+                    }
+                }
+            }
+            "--broadcast" => {
+                out.variants.clear();
+                for part in list(value) {
+                    let v = match part {
+                        "tree" => Variant::Tree,
+                        "fanout" => Variant::Fanout,
+                        other => bail!("--broadcast: {other:?} is not tree or fanout"),
+                    };
+                    if !out.variants.contains(&v) {
+                        out.variants.push(v);
+                    }
+                }
+            }
+            "--peer" => {
+                out.peers.clear();
+                for part in list(value) {
+                    match part {
+                        "gossipsub" => out.peers.push(Peer::Gossipsub),
+                        "none" => {}
+                        other => bail!("--peer: {other:?} is not gossipsub"),
+                    }
+                }
+            }
+            "--gossipsub-manifest" => out.gossipsub_manifest = Some(value.to_owned()),
+            "--max-hops" => out.max_hops = Some(number(flag, value)?),
+            "--reference" => out.reference = percent(flag, value)?,
+            "--loss" => out.loss = percent(flag, value)?,
+            "--cut-links" => out.cut_links = percent(flag, value)?,
+            "--churn-every" => out.churn_every = number(flag, value)?,
+            "--senders" => out.senders = Some(number(flag, value)?),
+            "--rates" => {
+                out.rates = list(value)
+                    .map(|p| number::<f64>(flag, p))
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            "--step-secs" => out.step_secs = number(flag, value)?,
+            "--late-ms" => out.late_ms = number(flag, value)?,
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
@@ -276,6 +454,21 @@ pub(crate) fn parse_args(args: &[&str]) -> anyhow::Result<Option<MeshArgs>> {
     }
     if out.max_peers < 2 {
         bail!("--max-peers: at least 2 (a connected mesh needs it)");
+    }
+    if out.modes.is_empty() || out.variants.is_empty() {
+        bail!("--mode and --broadcast: give at least one");
+    }
+    if out.max_hops == Some(0) {
+        bail!("--max-hops: at least 1");
+    }
+    if out.churn_every == 0 || out.senders == Some(0) {
+        bail!("--churn-every and --senders: at least 1");
+    }
+    if out.rates.is_empty() || out.rates.iter().any(|r| !(*r > 0.0 && r.is_finite())) {
+        bail!("--rates: positive rates, at least one");
+    }
+    if !(out.step_secs > 0.0 && out.step_secs.is_finite()) || !(out.late_ms > 0.0) {
+        bail!("--step-secs and --late-ms: positive");
     }
     Ok(Some(out))
 }
@@ -309,6 +502,105 @@ pub(crate) struct Outcome {
     /// Messages dropped during the broadcast phase, by reason (duplicates
     /// excluded), if measurable.
     pub(crate) drops: Option<BTreeMap<String, u64>>,
+}
+
+/// What an in-process configuration measures beyond [`Outcome`] (every
+/// figure is documented in the module documentation, under its JSON key).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Extra {
+    /// The mode.
+    pub(crate) mode: Mode,
+    /// Tree or fanout.
+    pub(crate) variant: Variant,
+    /// Hop budget of the originated messages.
+    pub(crate) max_hops: u32,
+    /// Nodes that behaved like reference nodes.
+    pub(crate) reference_nodes: usize,
+    /// Seconds to spawn the nodes.
+    pub(crate) spawn_s: f64,
+    /// Seconds to dial the links and see them up.
+    pub(crate) link_s: f64,
+    /// Resident memory before the nodes were spawned, MiB.
+    pub(crate) rss_before_mib: Option<f64>,
+    /// Resident memory once the links were up, MiB.
+    pub(crate) rss_after_mib: Option<f64>,
+    /// Their difference, MiB.
+    pub(crate) rss_total_mib: Option<f64>,
+    /// The difference per node, KiB.
+    pub(crate) rss_per_node_kib: Option<f64>,
+    /// Threads of the process.
+    pub(crate) threads: Option<u64>,
+    /// Gossip data bytes sent per node per message.
+    pub(crate) data_bytes_per_node_per_msg: Option<f64>,
+    /// Control bytes sent per node per message.
+    pub(crate) control_bytes_per_node_per_msg: Option<f64>,
+    /// Gossip data frames sent per node per message.
+    pub(crate) data_frames_sent_per_node_per_msg: Option<f64>,
+    /// Control frames sent per node per message.
+    pub(crate) control_frames_per_node_per_msg: Option<f64>,
+    /// Duplicates received per node per message.
+    pub(crate) duplicates_per_node_per_msg: Option<f64>,
+    /// Process CPU per message per node, µs.
+    pub(crate) cpu_us_per_msg_per_node: Option<f64>,
+    /// Mean eager (tree) peers per node at the end.
+    pub(crate) eager_per_node: Option<f64>,
+    /// Broadcast-tree counters of the phase.
+    pub(crate) tree: Option<serde_json::Value>,
+    /// Share of frames lost (loss mode).
+    pub(crate) loss: Option<f64>,
+    /// Frames the network lost during the phase.
+    pub(crate) frames_lost: Option<u64>,
+    /// Links cut (cut mode).
+    pub(crate) cut_links: Option<usize>,
+    /// Nodes that joined and left (churn mode).
+    pub(crate) joins: Option<usize>,
+    /// See above.
+    pub(crate) leaves: Option<usize>,
+    /// Senders (throughput mode).
+    pub(crate) senders: Option<usize>,
+    /// Highest lossless aggregate rate, msg/s (throughput mode).
+    pub(crate) throughput_msg_s: Option<f64>,
+    /// Every step (throughput mode).
+    pub(crate) throughput_steps: Option<serde_json::Value>,
+}
+
+impl Extra {
+    /// Adds these figures to a configuration's JSON object.
+    fn merge_into(&self, v: &mut serde_json::Value) {
+        let r = |x: Option<f64>, p: i32| x.map(|x| round(x, p));
+        let add = serde_json::json!({
+            "impl": self.variant.impl_name(),
+            "mode": self.mode.name(),
+            "max_hops": self.max_hops,
+            "reference_nodes": self.reference_nodes,
+            "spawn_s": round(self.spawn_s, 3),
+            "link_s": round(self.link_s, 3),
+            "rss_before_mib": r(self.rss_before_mib, 1),
+            "rss_after_mib": r(self.rss_after_mib, 1),
+            "rss_total_mib": r(self.rss_total_mib, 1),
+            "rss_per_node_kib": r(self.rss_per_node_kib, 1),
+            "threads": self.threads,
+            "data_bytes_per_node_per_msg": r(self.data_bytes_per_node_per_msg, 1),
+            "control_bytes_per_node_per_msg": r(self.control_bytes_per_node_per_msg, 1),
+            "data_frames_sent_per_node_per_msg": r(self.data_frames_sent_per_node_per_msg, 3),
+            "control_frames_per_node_per_msg": r(self.control_frames_per_node_per_msg, 3),
+            "duplicates_per_node_per_msg": r(self.duplicates_per_node_per_msg, 3),
+            "cpu_us_per_msg_per_node": r(self.cpu_us_per_msg_per_node, 2),
+            "eager_per_node": r(self.eager_per_node, 3),
+            "tree": self.tree,
+            "loss": self.loss,
+            "frames_lost": self.frames_lost,
+            "cut_links": self.cut_links,
+            "joins": self.joins,
+            "leaves": self.leaves,
+            "senders": self.senders,
+            "throughput_msg_s": self.throughput_msg_s,
+            "throughput_steps": self.throughput_steps,
+        });
+        if let (Some(obj), serde_json::Value::Object(add)) = (v.as_object_mut(), add) {
+            obj.extend(add);
+        }
+    }
 }
 
 /// Deliveries seen so far: message id → (node → when it got it).
@@ -487,13 +779,28 @@ fn cell(v: Option<f64>, places: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |x| format!("{x:.places$}"))
 }
 
-/// The readable table of all configurations.
-fn table(summaries: &[Summary]) -> String {
+/// A number of a JSON row, if there.
+fn num(row: &serde_json::Value, key: &str) -> Option<f64> {
+    row.get(key).and_then(serde_json::Value::as_f64)
+}
+
+/// A text of a JSON row, `-` if absent.
+fn text<'a>(row: &'a serde_json::Value, key: &str) -> &'a str {
+    row.get(key)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("-")
+}
+
+/// The readable table of all configurations, from their JSON lines (so
+/// that the comparison peer's rows line up with ours).
+fn table(rows: &[serde_json::Value]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<9} {:>5} {:>5} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>12}",
-        "transport",
+        "{:<14} {:<10} {:<6} {:>5} {:>4} {:>5} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>6} {:>7} {:>8}",
+        "impl",
+        "mode",
+        "transp",
         "nodes",
         "msgs",
         "edges",
@@ -503,25 +810,37 @@ fn table(summaries: &[Summary]) -> String {
         "p90 ms",
         "p99 ms",
         "max ms",
-        "redundancy",
-        "B/node/s"
+        "redund",
+        "ctl B/nm",
+        "cpu µs",
+        "eager",
+        "msg/s",
+        "KiB/node"
     );
-    for s in summaries {
+    for r in rows {
+        let pct =
+            |k: &str| num(r, k).map_or_else(|| "-".to_owned(), |x| format!("{:.1}%", x * 100.0));
         let _ = writeln!(
             out,
-            "{:<9} {:>5} {:>5} {:>6} {:>7.1}% {:>8.1}% {:>9} {:>9} {:>9} {:>9} {:>10} {:>12}",
-            s.kind.name(),
-            s.nodes,
-            s.messages,
-            s.edges,
-            s.reached * 100.0,
-            s.complete * 100.0,
-            cell(s.p50, 2),
-            cell(s.p90, 2),
-            cell(s.p99, 2),
-            cell(s.max, 2),
-            cell(s.redundancy, 2),
-            cell(s.bytes_per_node_per_s, 0),
+            "{:<14} {:<10} {:<6} {:>5} {:>4} {:>5} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>6} {:>7} {:>8}",
+            text(r, "impl"),
+            text(r, "mode"),
+            text(r, "transport"),
+            cell(num(r, "nodes"), 0),
+            cell(num(r, "messages"), 0),
+            cell(num(r, "edges"), 0),
+            pct("reached"),
+            pct("complete"),
+            cell(num(r, "p50_ms"), 2),
+            cell(num(r, "p90_ms"), 2),
+            cell(num(r, "p99_ms"), 2),
+            cell(num(r, "max_ms"), 2),
+            cell(num(r, "redundancy"), 2),
+            cell(num(r, "control_bytes_per_node_per_msg"), 0),
+            cell(num(r, "cpu_us_per_msg_per_node"), 1),
+            cell(num(r, "eager_per_node"), 2),
+            cell(num(r, "throughput_msg_s"), 0),
+            cell(num(r, "rss_per_node_kib"), 0),
         );
     }
     out
@@ -580,43 +899,107 @@ pub(crate) fn run(root: &Path, raw: &[&str]) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let mut summaries = Vec::new();
+    let mut rows: Vec<serde_json::Value> = Vec::new();
     let mut failures = Vec::new();
+    let show = |rows: &mut Vec<serde_json::Value>, new: Vec<serde_json::Value>| {
+        if !args.json_only {
+            let _ = write!(std::io::stderr().lock(), "{}", table(&new));
+        }
+        rows.extend(new);
+    };
     for &kind in &args.transports {
         for &n in &args.nodes {
-            progress(&args, &format!("{} mesh of {n} nodes…", kind.name()));
-            let outcome = match (kind, &binary) {
-                (Kind::Memory, _) => runtime.block_on(memory::run(&args, n)),
-                (Kind::Tcp, Some(bin)) => runtime.block_on(tcp::run(&args, n, bin)),
-                (Kind::Tcp, None) => Err(anyhow::anyhow!("the micelio binary was not built")),
+            let modes: Vec<Mode> = match kind {
+                // The process mesh measures broadcasts only.
+                Kind::Tcp => vec![Mode::Broadcast],
+                Kind::Memory => args.modes.clone(),
             };
-            match outcome {
-                Ok(o) => {
-                    let s = summarise(&o);
-                    if !args.json_only {
-                        let _ = write!(
-                            std::io::stderr().lock(),
-                            "{}",
-                            table(std::slice::from_ref(&s))
-                        );
-                    }
-                    summaries.push(s);
+            for &mode in &modes {
+                if (mode == Mode::Loss && args.loss == 0.0)
+                    || (mode == Mode::Cut && args.cut_links == 0.0)
+                {
+                    continue;
                 }
-                Err(e) => {
-                    let text = format!("{} mesh of {n} nodes failed: {e:#}", kind.name());
-                    progress(&args, &text);
-                    failures.push(text);
+                let variants = match kind {
+                    Kind::Tcp => vec![Variant::Tree],
+                    Kind::Memory => args.variants.clone(),
+                };
+                for &variant in &variants {
+                    let label = format!(
+                        "{} {} {} mesh of {n} nodes",
+                        kind.name(),
+                        mode.name(),
+                        match kind {
+                            Kind::Tcp => "micelio",
+                            Kind::Memory => variant.impl_name(),
+                        }
+                    );
+                    progress(&args, &format!("{label}…"));
+                    let outcome = match (kind, &binary) {
+                        (Kind::Memory, _) => runtime
+                            .block_on(memory::run(&args, n, mode, variant))
+                            .map(|(o, e)| (o, Some(e))),
+                        (Kind::Tcp, Some(bin)) => {
+                            runtime.block_on(tcp::run(&args, n, bin)).map(|o| (o, None))
+                        }
+                        (Kind::Tcp, None) => {
+                            Err(anyhow::anyhow!("the micelio binary was not built"))
+                        }
+                    };
+                    match outcome {
+                        Ok((o, extra)) => {
+                            let mut row = summarise(&o).json(&args);
+                            match extra {
+                                Some(e) => e.merge_into(&mut row),
+                                None => {
+                                    if let Some(obj) = row.as_object_mut() {
+                                        obj.insert("impl".into(), "micelio".into());
+                                        obj.insert("mode".into(), mode.name().into());
+                                    }
+                                }
+                            }
+                            show(&mut rows, vec![row]);
+                        }
+                        Err(e) => {
+                            let text = format!("{label} failed: {e:#}");
+                            progress(&args, &text);
+                            failures.push(text);
+                        }
+                    }
+                }
+                if kind == Kind::Memory {
+                    for &peer in &args.peers {
+                        let Peer::Gossipsub = peer;
+                        if !gossipsub::supports(mode) {
+                            continue;
+                        }
+                        progress(
+                            &args,
+                            &format!("gossipsub {} mesh of {n} nodes…", mode.name()),
+                        );
+                        match gossipsub::run(root, &args, n, mode) {
+                            Ok(new) => show(&mut rows, new),
+                            Err(e) => {
+                                let text = format!(
+                                    "gossipsub {} mesh of {n} nodes failed: {e:#}",
+                                    mode.name()
+                                );
+                                progress(&args, &text);
+                                failures.push(text);
+                            }
+                        }
+                    }
                 }
             }
         }
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
     let mut stdout = std::io::stdout().lock();
-    if !args.json_only && !summaries.is_empty() {
-        let _ = write!(stdout, "\n{}\n", table(&summaries));
+    if !args.json_only && !rows.is_empty() {
+        let _ = write!(stdout, "\n{}\n", table(&rows));
     }
-    for s in &summaries {
-        let _ = writeln!(stdout, "{}", s.json(&args));
+    for r in &rows {
+        let _ = writeln!(stdout, "{r}");
     }
     if !failures.is_empty() {
         bail!("{}", failures.join("\n"));
@@ -730,6 +1113,6 @@ mod tests {
         ] {
             assert!(j.get(key).is_some(), "{key}");
         }
-        assert!(table(&[s]).contains("75.0%"));
+        assert!(table(&[j]).contains("75.0%"));
     }
 }
