@@ -4,60 +4,162 @@
 //! ```text
 //! cargo xtask mesh [--nodes N[,N…]]… [--transport memory|tcp|both]
 //!                  [--messages M] [--max-peers P] [--degree D] [--seed S]
-//!                  [--json-only]
+//!                  [--mode broadcast|loss|frame-loss|cut|churn|throughput[,…]]
+//!                  [--broadcast tree|fanout[,…]] [--max-hops H] [--reference PCT]
+//!                  [--loss PCT] [--cut-links PCT] [--churn-every K]
+//!                  [--senders K] [--rates R[,R…]] [--step-secs S] [--late-ms L]
+//!                  [--peer gossipsub] [--gossipsub-manifest PATH] [--json-only]
 //! ```
 //!
 //! Defaults: `--nodes 10,50,100 --transport memory --messages 20
-//! --max-peers 8 --degree 3 --seed 1`. `--nodes` is repeatable and takes
-//! comma lists. Each (transport, N) pair is one configuration.
+//! --max-peers 8 --degree 3 --seed 1 --mode broadcast --broadcast tree
+//! --reference 0 --loss 10 --cut-links 5 --churn-every 2 --rates
+//! 50,100,150,200,270,320,400 --step-secs 3 --late-ms 2000`, every node a
+//! sender, hop budget the default (10), no comparison peer. `--nodes` is
+//! repeatable; `--nodes`, `--mode`, `--broadcast` and `--rates` take comma
+//! lists. Each (transport, N, mode, broadcast) is one configuration, run in
+//! that nesting order (tcp runs the broadcast mode once per N, with the
+//! binary's defaults).
+//!
+//! # Modes (memory transport)
+//!
+//! - `broadcast`: M messages, one at a time, each from a random node, on
+//!   the stable built mesh.
+//! - `loss` (= `frame-loss` then `cut`): the same with faults.
+//!   `frame-loss` loses `--loss` percent of the frames on every link during
+//!   the measured phase (`MemoryNetwork::set_loss_seeded`, seeded with
+//!   `--seed`; the first frame of each direction of a connection, its hello,
+//!   is never lost, nor anything before the phase). `cut` cuts `--cut-links`
+//!   percent of the built links (at least one) just before message M/2+1;
+//!   cut links stay cut (dials between their ends are refused). A mode
+//!   whose percentage is 0 is skipped.
+//! - `churn`: every `--churn-every` messages, a random node other than the
+//!   origin leaves (shut down) right after the message is originated, and
+//!   once the message is finished a new node joins, linked to `--degree`
+//!   random live nodes under the cap (the harness waits until those links
+//!   are up and its gossip holds their keys). `joins`, `leaves` report them.
+//! - `throughput`: `--senders` random nodes (default every node) originate
+//!   at once through `Gossip::try_originate` (paced by each node's gossip
+//!   at `pace_per_sec`, 8 msg/s, so a node never exceeds the relays'
+//!   per-sender limit). Each step offers an aggregate rate R of `--rates`
+//!   for `--step-secs`, round robin over the senders (R ÷ K msg/s each,
+//!   evenly spaced), then waits until every message reached every other
+//!   node, or no delivery came for 2 s, or 10 s. A step is *lossless* when
+//!   no origination was refused (pace queue full), every message reached
+//!   every other node and no delivery took more than `--late-ms` (latency
+//!   measured from the `try_originate` call, pacing delay included). Steps
+//!   stop at the first step that is not lossless (2.5 s apart, so that the
+//!   rate buckets refill). `throughput_msg_s` is the highest lossless R
+//!   (`null` if none); every other figure of the row is that step's (or,
+//!   if none passed, the failed first step's); `throughput_steps` lists
+//!   every step (`rate`, `offered`, `refused`, `incomplete`, `late`,
+//!   `p50_ms`, `p99_ms`, `cpu_us_per_msg_per_node`, `lossless`).
+//!
+//! Who counts as a receiver (`reached`'s denominator): in `broadcast` and
+//! `frame-loss`, every other node; in `cut` and `churn`, the live nodes
+//! that the remaining built links connect to the origin for the whole
+//! message (a leaving node, and everything only it connected, excluded).
+//!
+//! `--broadcast tree,fanout` runs every configuration once per variant:
+//! `tree` sets `GossipConfig.broadcast_tree = true` (the default), `fanout`
+//! sets it false on every node and leaves `micelio/tree/1` out of the
+//! hello's features, so that the old random-fanout figures are measured
+//! beside the new ones (`impl`: `micelio-tree`, `micelio-fanout`).
+//! `--reference P` makes P percent of the nodes (chosen at random; the same
+//! share of churn's joiners) behave like reference nodes: empty
+//! `TransportConfig.features` and `broadcast_tree = false`; reached must
+//! stay 100 %. `--max-hops H` sets `GossipConfig.max_hops` of every node
+//! (10 hops may not span 10,000 nodes); the row says `max_hops`.
+//!
+//! `--peer gossipsub` runs the comparison peer after micelio's variants of
+//! every broadcast and throughput configuration: `cargo run --release
+//! --manifest-path bench/gossipsub/Cargo.toml -- --nodes N --messages M
+//! --max-peers P --degree D --seed S --mode broadcast|throughput` (a
+//! separate cargo workspace; `--gossipsub-manifest` names another
+//! manifest, relative to the workspace root). Its JSON lines are printed
+//! beside ours, marked `"impl":"gossipsub"`, and shown in the table.
 //!
 //! # What is measured
 //!
-//! For every configuration, M messages are broadcast one at a time; for each
-//! message the harness records when each receiving node got it. Reported:
+//! For every configuration, the harness records when each receiving node
+//! got each message. Reported:
 //!
 //! - `p50_ms`, `p90_ms`, `p99_ms`, `max_ms`: percentiles (nearest rank) over
 //!   the M messages of the *time until every node has it*, i.e. for one
 //!   message the largest latency over the nodes that received it. Use
-//!   `complete` (the share of messages that reached every node) to tell
+//!   `complete` (the share of messages that reached every receiver) to tell
 //!   whether that maximum covers all nodes;
 //! - `delivery_p50_ms`: median latency over all (message, node) deliveries;
 //! - `reached`: deliveries that happened ÷ deliveries expected;
-//! - `redundancy`: gossip frames sent per node per broadcast — over all
-//!   nodes, the increase of the gossip counters `forwarded` (frames sent
-//!   when relaying) plus `sent_originated` (the first sends, one per peer of
-//!   the originator) during the broadcast phase, ÷ N ÷ M. Each node receives
-//!   a message about `redundancy` times; 1 would be a perfect spanning
-//!   tree, flooding gives about the mean degree, fanout f at most f;
-//! - `bytes_per_node_per_s`: bytes sent on the network during the broadcast
-//!   phase ÷ N ÷ its duration (frames with their headers, keepalives and
-//!   peer exchanges included; the memory transport has no Noise overhead).
-//!   The phase includes the 100 ms gaps and the waits for messages that
-//!   miss a node (see below), so it is a load figure for this pacing, not a
-//!   capacity; `bytes_per_node_per_msg` is the same per broadcast instead of
-//!   per second.
+//! - `redundancy` (memory): gossip **data frames received per node per
+//!   message** — over every node that ran during the phase, the increase
+//!   of gossip's `received` counter, ÷ N (all nodes, the originator
+//!   included, so a perfect spanning tree gives (N−1)/N, just under 1) ÷ M.
+//!   Repair and tree control messages are not data frames. Duplicates
+//!   (`dropped[Duplicate]`) alone: `duplicates_per_node_per_msg`.
+//!   Flooding gives about the mean degree, random fanout f at most f;
+//! - `data_bytes_per_node_per_msg`, `data_frames_sent_per_node_per_msg`:
+//!   increases of gossip's `data_bytes_sent` (frame headers included) and
+//!   `data_frames_sent` summed over nodes, ÷ N ÷ M;
+//!   `control_bytes_per_node_per_msg`, `control_frames_per_node_per_msg`:
+//!   the same of `control_bytes_sent`, `control_frames_sent` (repair
+//!   digests and requests, `TreeIHave`, `TreeGraft`, `TreePrune`). Printed
+//!   `null` while the engine leaves these counters at zero;
+//! - `cpu_us_per_msg_per_node`: CPU time of the whole process (every
+//!   thread, user + system, `CLOCK_PROCESS_CPUTIME_ID`) during the measured
+//!   phase ÷ N ÷ M, in µs. It includes everything the nodes do meanwhile
+//!   (keepalives, repair rounds, the 100 ms gaps' timers), the harness's
+//!   own work (its subscribers, bookkeeping, counter reads, churn's node
+//!   starts), and the memory transport's frame copies; it excludes nothing
+//!   (there is one process), so it is an upper bound of the protocol's cost;
+//! - `eager_per_node`: mean `tree_eager_peers` over the live nodes at the
+//!   end (a spanning tree has 2(N−1)/N; 0 for fanout);
+//!   `tree`: the phase's `ihave_ids_sent`, `grafts_sent`, `prunes_sent`,
+//!   `repairs_served`, summed;
+//! - `bytes_per_node_per_s`: bytes sent on the network during the phase
+//!   ÷ N ÷ its duration (frames with their headers, keepalives and peer
+//!   exchanges included, lost frames too; the memory transport has no
+//!   Noise overhead). The phase includes the 100 ms gaps and the waits for
+//!   messages that miss a node, so it is a load figure for this pacing,
+//!   not a capacity; `bytes_per_node_per_msg` is the same per message;
+//! - memory and build: `rss_before_mib` (`VmRSS` before the nodes were
+//!   spawned), `rss_after_mib` (once every link was up), `rss_total_mib`
+//!   (their difference) and `rss_per_node_kib` (difference ÷ N); `spawn_s`
+//!   and `link_s` (seconds to start the nodes, then to dial the links — 32
+//!   dials in flight — and see both ends up); `threads` of the process.
+//!   The allocator reuses memory a previous configuration freed without
+//!   growing `VmRSS`: only the first configuration of a run has an exact
+//!   difference, later ones a lower bound (run one size per invocation to
+//!   measure memory);
+//! - faults: `loss` (share of frames lost, frame-loss), `frames_lost` (by
+//!   the network during the phase), `cut_links` (how many, cut),
+//!   `joins`/`leaves` (churn), `reference_nodes`, `max_hops`.
 //!
 //! Output: a table (to stdout), then one JSON line per configuration with the
-//! keys `bench` (`"mesh"`), `transport`, `nodes`, `messages`, `reached`,
-//! `complete`, `p50_ms`, `p90_ms`, `p99_ms`, `max_ms`, `delivery_p50_ms`,
-//! `redundancy`, `bytes_per_node_per_s`, `bytes_per_node_per_msg`, `edges`,
-//! `drops` (memory: gossip drops other than duplicates and full transport
-//! send queues during the broadcast phase, by reason; tcp: `null`),
-//! `max_peers`, `degree`, `seed`, `duration_s`, `topology`. `--json-only`
-//! prints only the JSON lines; progress goes to stderr otherwise.
+//! keys `bench` (`"mesh"`), `impl`, `mode`, `transport`, `nodes`,
+//! `messages`, `reached`, `complete`, `p50_ms`, `p90_ms`, `p99_ms`,
+//! `max_ms`, `delivery_p50_ms`, `redundancy`, `bytes_per_node_per_s`,
+//! `bytes_per_node_per_msg`, `edges`, `drops` (memory: gossip drops other
+//! than duplicates, full transport send queues (`send_queue_full`) and
+//! gossip's refused sends (`send_refused`) during the phase, by reason;
+//! tcp: `null`), `max_peers`, `degree`, `seed`, `duration_s`, `topology`,
+//! and (memory) the keys above. `--json-only` prints only the JSON lines;
+//! progress goes to stderr otherwise.
 //!
 //! # How
 //!
 //! **memory**: N nodes in this process, each a `PeerManager` over one shared
-//! `MemoryNetwork` (addresses `127.1.x.y:4000`, identities derived from the
-//! seed) and a `Gossip` engine with the default configuration (fanout 3,
-//! 10 hops). The topology is built, not discovered: a random spanning tree
-//! (so the mesh is connected), then random extra links until each node has
-//! `--degree` links where both ends are under `--max-peers`. Every link is
-//! dialled explicitly and the run waits (bounded) until all are up. Peer
-//! exchange and discovery run only once an hour, so the topology measured is
-//! the one built; the actual link count at broadcast time is reported as
-//! `edges`. Each message is originated by a random node, latencies are
+//! `MemoryNetwork` (addresses `127.x.y.z:4000`, identities derived from the
+//! seed) and a `Gossip` engine with the default configuration (but see
+//! `--broadcast`, `--reference`, `--max-hops`). The memory transport runs
+//! the signed hello but no Noise handshake. The topology is built, not
+//! discovered: a random spanning tree (so the mesh is connected), then
+//! random extra links until each node has `--degree` links where both ends
+//! are under `--max-peers`. Every link is dialled explicitly and the run
+//! waits (bounded) until all are up. Peer exchange and discovery run only
+//! once an hour, so the topology measured is the one built; the actual
+//! link count at the start of the phase is reported as `edges`. Each
+//! message is originated by a random node, latencies are
 //! `tokio::time::Instant` differences between the `originate` call and each
 //! other node's subscriber receiving it.
 //!
@@ -76,16 +178,16 @@
 //! originating, so it includes the time to format and write the log line.
 //! `redundancy` and `bytes_per_node_per_s` are not measurable from outside
 //! the processes yet and are printed as `null`; `edges` is the harness's
-//! own peer count.
+//! own peer count. Its rows say `"impl":"micelio"`.
 //!
-//! In both modes one unmeasured warm-up broadcast comes first (in tcp mode it
-//! also waits until the mesh carries a message to every node, up to 30 s),
-//! the messages are sent one at a time — the next one once the previous
-//! reached every node, or reached no new node for 2 s (gossip does not
-//! retransmit, so such a message is finished), or after 10 s at most — and
-//! at least 100 ms apart, so that no sender exceeds the default per-sender
+//! In the one-at-a-time modes one unmeasured warm-up broadcast comes first
+//! (in tcp mode it also waits until the mesh carries a message to every
+//! node, up to 30 s), the messages are sent one at a time — the next one
+//! once the previous reached every receiver, or reached no new receiver
+//! for 2 s (such a message is finished), or after 10 s at most — and at
+//! least 100 ms apart, so that no sender exceeds the default per-sender
 //! rate limit (10 msg/s, burst 20). Messages that miss nodes are listed on
-//! stderr with the nodes they missed.
+//! stderr with (up to 20 of) the nodes they missed.
 //!
 //! `cargo xtask` builds xtask in the dev profile, where signatures are far
 //! slower than in a real node: `mesh` therefore re-runs itself once from a
@@ -101,11 +203,10 @@
 //! Timings of a single run vary; compare figures from the same machine and
 //! run several seeds before drawing conclusions.
 //!
-//! `reached` below 1 with no drops is the nature of push gossip with a
-//! fixed fanout, not a lost frame: a node forwards each message once, to 3
-//! random peers, so a node is missed when none of its peers picks it. The
-//! denser the mesh (compared with the fanout), the likelier: with every
-//! node at 8 links, about 1 % of deliveries miss.
+//! With random fanout, `reached` below 1 with no drops is the nature of
+//! push gossip, not a lost frame: a node forwards each message once, to 3
+//! random peers, so a node is missed when none of its peers picks it, and
+//! waits for the next one-second repair round (the tail of p99).
 //!
 //! In tcp mode discovery keeps running (every second) during the
 //! measurement, so links may still be added while messages fly, and the
@@ -296,7 +397,7 @@ impl Default for MeshArgs {
             senders: None,
             rates: DEFAULT_RATES.to_vec(),
             step_secs: 3.0,
-            late_ms: 1000.0,
+            late_ms: 2000.0,
             peers: Vec::new(),
             gossipsub_manifest: None,
         }
@@ -467,7 +568,8 @@ pub(crate) fn parse_args(args: &[&str]) -> anyhow::Result<Option<MeshArgs>> {
     if out.rates.is_empty() || out.rates.iter().any(|r| !(*r > 0.0 && r.is_finite())) {
         bail!("--rates: positive rates, at least one");
     }
-    if !(out.step_secs > 0.0 && out.step_secs.is_finite()) || !(out.late_ms > 0.0) {
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(out.step_secs) || !positive(out.late_ms) {
         bail!("--step-secs and --late-ms: positive");
     }
     Ok(Some(out))
@@ -1041,6 +1143,41 @@ mod tests {
     }
 
     #[test]
+    fn mode_and_fault_flags_parse() {
+        let a = parse_args(&[
+            "--mode",
+            "loss,throughput,cut",
+            "--broadcast=tree,fanout",
+            "--reference",
+            "20",
+            "--max-hops",
+            "16",
+            "--loss",
+            "2.5",
+            "--cut-links=0",
+            "--rates",
+            "10, 20",
+            "--senders",
+            "5",
+            "--churn-every",
+            "3",
+            "--peer",
+            "gossipsub",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.modes, vec![Mode::Loss, Mode::Cut, Mode::Throughput]);
+        assert_eq!(a.variants, vec![Variant::Tree, Variant::Fanout]);
+        assert_eq!((a.reference, a.loss, a.cut_links), (20.0, 2.5, 0.0));
+        assert_eq!(
+            (a.max_hops, a.senders, a.churn_every),
+            (Some(16), Some(5), 3)
+        );
+        assert_eq!(a.rates, vec![10.0, 20.0]);
+        assert_eq!(a.peers, vec![Peer::Gossipsub]);
+    }
+
+    #[test]
     fn bad_arguments_are_refused() {
         for bad in [
             &["--nodes"][..],
@@ -1051,6 +1188,14 @@ mod tests {
             &["--max-peers", "1"],
             &["--frobnicate"],
             &["--json-only=yes"],
+            &["--mode", "storm"],
+            &["--broadcast", "flood"],
+            &["--loss", "101"],
+            &["--reference", "-1"],
+            &["--rates", "0"],
+            &["--max-hops", "0"],
+            &["--peer", "floodsub"],
+            &["--step-secs", "0"],
         ] {
             assert!(parse_args(bad).is_err(), "{bad:?}");
         }

@@ -96,8 +96,8 @@ pub(crate) async fn run(h: &mut Harness) -> anyhow::Result<(Outcome, Extra)> {
         progress(
             &args,
             &format!(
-                "throughput {rate} msg/s from {k} senders: {} offered, {} refused, {} incomplete, {} late",
-                step.offered, step.refused, step.incomplete, step.late
+                "throughput {rate} msg/s from {k} senders: {} offered, {} refused, {} incomplete, {} late, drops {:?}",
+                step.offered, step.refused, step.incomplete, step.late, step.totals.drops
             ),
         );
         steps.push(step.json(n));
@@ -154,7 +154,7 @@ async fn step(
     // seq → node → when it got it.
     let mut got: HashMap<usize, HashMap<usize, Instant>> = HashMap::with_capacity(count);
     let mut refused = 0;
-    let mut last_news = Instant::now();
+    let mut last_news: Instant;
     let record = |got: &mut HashMap<usize, HashMap<usize, Instant>>, r: Receipt| {
         if let Some(s) = sequence(&r.payload) {
             got.entry(s).or_default().entry(r.node).or_insert(r.at);
@@ -190,6 +190,7 @@ async fn step(
     // delivery came for SETTLE, or MESSAGE_TIMEOUT after the last offer.
     let want = h.slots.len() - 1;
     let deadline = Instant::now() + MESSAGE_TIMEOUT;
+    last_news = Instant::now();
     let done = |got: &HashMap<usize, HashMap<usize, Instant>>| {
         offered.iter().all(|(s, (origin, _))| {
             got.get(s)
