@@ -4,60 +4,162 @@
 //! ```text
 //! cargo xtask mesh [--nodes N[,N…]]… [--transport memory|tcp|both]
 //!                  [--messages M] [--max-peers P] [--degree D] [--seed S]
-//!                  [--json-only]
+//!                  [--mode broadcast|loss|frame-loss|cut|churn|throughput[,…]]
+//!                  [--broadcast tree|fanout[,…]] [--max-hops H] [--reference PCT]
+//!                  [--loss PCT] [--cut-links PCT] [--churn-every K]
+//!                  [--senders K] [--rates R[,R…]] [--step-secs S] [--late-ms L]
+//!                  [--peer gossipsub] [--gossipsub-manifest PATH] [--json-only]
 //! ```
 //!
 //! Defaults: `--nodes 10,50,100 --transport memory --messages 20
-//! --max-peers 8 --degree 3 --seed 1`. `--nodes` is repeatable and takes
-//! comma lists. Each (transport, N) pair is one configuration.
+//! --max-peers 8 --degree 3 --seed 1 --mode broadcast --broadcast tree
+//! --reference 0 --loss 10 --cut-links 5 --churn-every 2 --rates
+//! 50,100,150,200,270,320,400 --step-secs 3 --late-ms 2000`, every node a
+//! sender, hop budget the default (10), no comparison peer. `--nodes` is
+//! repeatable; `--nodes`, `--mode`, `--broadcast` and `--rates` take comma
+//! lists. Each (transport, N, mode, broadcast) is one configuration, run in
+//! that nesting order (tcp runs the broadcast mode once per N, with the
+//! binary's defaults).
+//!
+//! # Modes (memory transport)
+//!
+//! - `broadcast`: M messages, one at a time, each from a random node, on
+//!   the stable built mesh.
+//! - `loss` (= `frame-loss` then `cut`): the same with faults.
+//!   `frame-loss` loses `--loss` percent of the frames on every link during
+//!   the measured phase (`MemoryNetwork::set_loss_seeded`, seeded with
+//!   `--seed`; the first frame of each direction of a connection, its hello,
+//!   is never lost, nor anything before the phase). `cut` cuts `--cut-links`
+//!   percent of the built links (at least one) just before message M/2+1;
+//!   cut links stay cut (dials between their ends are refused). A mode
+//!   whose percentage is 0 is skipped.
+//! - `churn`: every `--churn-every` messages, a random node other than the
+//!   origin leaves (shut down) right after the message is originated, and
+//!   once the message is finished a new node joins, linked to `--degree`
+//!   random live nodes under the cap (the harness waits until those links
+//!   are up and its gossip holds their keys). `joins`, `leaves` report them.
+//! - `throughput`: `--senders` random nodes (default every node) originate
+//!   at once through `Gossip::try_originate` (paced by each node's gossip
+//!   at `pace_per_sec`, 8 msg/s, so a node never exceeds the relays'
+//!   per-sender limit). Each step offers an aggregate rate R of `--rates`
+//!   for `--step-secs`, round robin over the senders (R ÷ K msg/s each,
+//!   evenly spaced), then waits until every message reached every other
+//!   node, or no delivery came for 2 s, or 10 s. A step is *lossless* when
+//!   no origination was refused (pace queue full), every message reached
+//!   every other node and no delivery took more than `--late-ms` (latency
+//!   measured from the `try_originate` call, pacing delay included). Steps
+//!   stop at the first step that is not lossless (2.5 s apart, so that the
+//!   rate buckets refill). `throughput_msg_s` is the highest lossless R
+//!   (`null` if none); every other figure of the row is that step's (or,
+//!   if none passed, the failed first step's); `throughput_steps` lists
+//!   every step (`rate`, `offered`, `refused`, `incomplete`, `late`,
+//!   `p50_ms`, `p99_ms`, `cpu_us_per_msg_per_node`, `lossless`).
+//!
+//! Who counts as a receiver (`reached`'s denominator): in `broadcast` and
+//! `frame-loss`, every other node; in `cut` and `churn`, the live nodes
+//! that the remaining built links connect to the origin for the whole
+//! message (a leaving node, and everything only it connected, excluded).
+//!
+//! `--broadcast tree,fanout` runs every configuration once per variant:
+//! `tree` sets `GossipConfig.broadcast_tree = true` (the default), `fanout`
+//! sets it false on every node and leaves `micelio/tree/1` out of the
+//! hello's features, so that the old random-fanout figures are measured
+//! beside the new ones (`impl`: `micelio-tree`, `micelio-fanout`).
+//! `--reference P` makes P percent of the nodes (chosen at random; the same
+//! share of churn's joiners) behave like reference nodes: empty
+//! `TransportConfig.features` and `broadcast_tree = false`; reached must
+//! stay 100 %. `--max-hops H` sets `GossipConfig.max_hops` of every node
+//! (10 hops may not span 10,000 nodes); the row says `max_hops`.
+//!
+//! `--peer gossipsub` runs the comparison peer after micelio's variants of
+//! every broadcast and throughput configuration: `cargo run --release
+//! --manifest-path bench/gossipsub/Cargo.toml -- --nodes N --messages M
+//! --max-peers P --degree D --seed S --mode broadcast|throughput` (a
+//! separate cargo workspace; `--gossipsub-manifest` names another
+//! manifest, relative to the workspace root). Its JSON lines are printed
+//! beside ours, marked `"impl":"gossipsub"`, and shown in the table.
 //!
 //! # What is measured
 //!
-//! For every configuration, M messages are broadcast one at a time; for each
-//! message the harness records when each receiving node got it. Reported:
+//! For every configuration, the harness records when each receiving node
+//! got each message. Reported:
 //!
 //! - `p50_ms`, `p90_ms`, `p99_ms`, `max_ms`: percentiles (nearest rank) over
 //!   the M messages of the *time until every node has it*, i.e. for one
 //!   message the largest latency over the nodes that received it. Use
-//!   `complete` (the share of messages that reached every node) to tell
+//!   `complete` (the share of messages that reached every receiver) to tell
 //!   whether that maximum covers all nodes;
 //! - `delivery_p50_ms`: median latency over all (message, node) deliveries;
 //! - `reached`: deliveries that happened ÷ deliveries expected;
-//! - `redundancy`: gossip frames sent per node per broadcast — over all
-//!   nodes, the increase of the gossip counters `forwarded` (frames sent
-//!   when relaying) plus `sent_originated` (the first sends, one per peer of
-//!   the originator) during the broadcast phase, ÷ N ÷ M. Each node receives
-//!   a message about `redundancy` times; 1 would be a perfect spanning
-//!   tree, flooding gives about the mean degree, fanout f at most f;
-//! - `bytes_per_node_per_s`: bytes sent on the network during the broadcast
-//!   phase ÷ N ÷ its duration (frames with their headers, keepalives and
-//!   peer exchanges included; the memory transport has no Noise overhead).
-//!   The phase includes the 100 ms gaps and the waits for messages that
-//!   miss a node (see below), so it is a load figure for this pacing, not a
-//!   capacity; `bytes_per_node_per_msg` is the same per broadcast instead of
-//!   per second.
+//! - `redundancy` (memory): gossip **data frames received per node per
+//!   message** — over every node that ran during the phase, the increase
+//!   of gossip's `received` counter, ÷ N (all nodes, the originator
+//!   included, so a perfect spanning tree gives (N−1)/N, just under 1) ÷ M.
+//!   Repair and tree control messages are not data frames. Duplicates
+//!   (`dropped[Duplicate]`) alone: `duplicates_per_node_per_msg`.
+//!   Flooding gives about the mean degree, random fanout f at most f;
+//! - `data_bytes_per_node_per_msg`, `data_frames_sent_per_node_per_msg`:
+//!   increases of gossip's `data_bytes_sent` (frame headers included) and
+//!   `data_frames_sent` summed over nodes, ÷ N ÷ M;
+//!   `control_bytes_per_node_per_msg`, `control_frames_per_node_per_msg`:
+//!   the same of `control_bytes_sent`, `control_frames_sent` (repair
+//!   digests and requests, `TreeIHave`, `TreeGraft`, `TreePrune`). Printed
+//!   `null` while the engine leaves these counters at zero;
+//! - `cpu_us_per_msg_per_node`: CPU time of the whole process (every
+//!   thread, user + system, `CLOCK_PROCESS_CPUTIME_ID`) during the measured
+//!   phase ÷ N ÷ M, in µs. It includes everything the nodes do meanwhile
+//!   (keepalives, repair rounds, the 100 ms gaps' timers), the harness's
+//!   own work (its subscribers, bookkeeping, counter reads, churn's node
+//!   starts), and the memory transport's frame copies; it excludes nothing
+//!   (there is one process), so it is an upper bound of the protocol's cost;
+//! - `eager_per_node`: mean `tree_eager_peers` over the live nodes at the
+//!   end (a spanning tree has 2(N−1)/N; 0 for fanout);
+//!   `tree`: the phase's `ihave_ids_sent`, `grafts_sent`, `prunes_sent`,
+//!   `repairs_served`, summed;
+//! - `bytes_per_node_per_s`: bytes sent on the network during the phase
+//!   ÷ N ÷ its duration (frames with their headers, keepalives and peer
+//!   exchanges included, lost frames too; the memory transport has no
+//!   Noise overhead). The phase includes the 100 ms gaps and the waits for
+//!   messages that miss a node, so it is a load figure for this pacing,
+//!   not a capacity; `bytes_per_node_per_msg` is the same per message;
+//! - memory and build: `rss_before_mib` (`VmRSS` before the nodes were
+//!   spawned), `rss_after_mib` (once every link was up), `rss_total_mib`
+//!   (their difference) and `rss_per_node_kib` (difference ÷ N); `spawn_s`
+//!   and `link_s` (seconds to start the nodes, then to dial the links — 32
+//!   dials in flight — and see both ends up); `threads` of the process.
+//!   The allocator reuses memory a previous configuration freed without
+//!   growing `VmRSS`: only the first configuration of a run has an exact
+//!   difference, later ones a lower bound (run one size per invocation to
+//!   measure memory);
+//! - faults: `loss` (share of frames lost, frame-loss), `frames_lost` (by
+//!   the network during the phase), `cut_links` (how many, cut),
+//!   `joins`/`leaves` (churn), `reference_nodes`, `max_hops`.
 //!
 //! Output: a table (to stdout), then one JSON line per configuration with the
-//! keys `bench` (`"mesh"`), `transport`, `nodes`, `messages`, `reached`,
-//! `complete`, `p50_ms`, `p90_ms`, `p99_ms`, `max_ms`, `delivery_p50_ms`,
-//! `redundancy`, `bytes_per_node_per_s`, `bytes_per_node_per_msg`, `edges`,
-//! `drops` (memory: gossip drops other than duplicates and full transport
-//! send queues during the broadcast phase, by reason; tcp: `null`),
-//! `max_peers`, `degree`, `seed`, `duration_s`, `topology`. `--json-only`
-//! prints only the JSON lines; progress goes to stderr otherwise.
+//! keys `bench` (`"mesh"`), `impl`, `mode`, `transport`, `nodes`,
+//! `messages`, `reached`, `complete`, `p50_ms`, `p90_ms`, `p99_ms`,
+//! `max_ms`, `delivery_p50_ms`, `redundancy`, `bytes_per_node_per_s`,
+//! `bytes_per_node_per_msg`, `edges`, `drops` (memory: gossip drops other
+//! than duplicates, full transport send queues (`send_queue_full`) and
+//! gossip's refused sends (`send_refused`) during the phase, by reason;
+//! tcp: `null`), `max_peers`, `degree`, `seed`, `duration_s`, `topology`,
+//! and (memory) the keys above. `--json-only` prints only the JSON lines;
+//! progress goes to stderr otherwise.
 //!
 //! # How
 //!
 //! **memory**: N nodes in this process, each a `PeerManager` over one shared
-//! `MemoryNetwork` (addresses `127.1.x.y:4000`, identities derived from the
-//! seed) and a `Gossip` engine with the default configuration (fanout 3,
-//! 10 hops). The topology is built, not discovered: a random spanning tree
-//! (so the mesh is connected), then random extra links until each node has
-//! `--degree` links where both ends are under `--max-peers`. Every link is
-//! dialled explicitly and the run waits (bounded) until all are up. Peer
-//! exchange and discovery run only once an hour, so the topology measured is
-//! the one built; the actual link count at broadcast time is reported as
-//! `edges`. Each message is originated by a random node, latencies are
+//! `MemoryNetwork` (addresses `127.x.y.z:4000`, identities derived from the
+//! seed) and a `Gossip` engine with the default configuration (but see
+//! `--broadcast`, `--reference`, `--max-hops`). The memory transport runs
+//! the signed hello but no Noise handshake. The topology is built, not
+//! discovered: a random spanning tree (so the mesh is connected), then
+//! random extra links until each node has `--degree` links where both ends
+//! are under `--max-peers`. Every link is dialled explicitly and the run
+//! waits (bounded) until all are up. Peer exchange and discovery run only
+//! once an hour, so the topology measured is the one built; the actual
+//! link count at the start of the phase is reported as `edges`. Each
+//! message is originated by a random node, latencies are
 //! `tokio::time::Instant` differences between the `originate` call and each
 //! other node's subscriber receiving it.
 //!
@@ -76,16 +178,16 @@
 //! originating, so it includes the time to format and write the log line.
 //! `redundancy` and `bytes_per_node_per_s` are not measurable from outside
 //! the processes yet and are printed as `null`; `edges` is the harness's
-//! own peer count.
+//! own peer count. Its rows say `"impl":"micelio"`.
 //!
-//! In both modes one unmeasured warm-up broadcast comes first (in tcp mode it
-//! also waits until the mesh carries a message to every node, up to 30 s),
-//! the messages are sent one at a time — the next one once the previous
-//! reached every node, or reached no new node for 2 s (gossip does not
-//! retransmit, so such a message is finished), or after 10 s at most — and
-//! at least 100 ms apart, so that no sender exceeds the default per-sender
+//! In the one-at-a-time modes one unmeasured warm-up broadcast comes first
+//! (in tcp mode it also waits until the mesh carries a message to every
+//! node, up to 30 s), the messages are sent one at a time — the next one
+//! once the previous reached every receiver, or reached no new receiver
+//! for 2 s (such a message is finished), or after 10 s at most — and at
+//! least 100 ms apart, so that no sender exceeds the default per-sender
 //! rate limit (10 msg/s, burst 20). Messages that miss nodes are listed on
-//! stderr with the nodes they missed.
+//! stderr with (up to 20 of) the nodes they missed.
 //!
 //! `cargo xtask` builds xtask in the dev profile, where signatures are far
 //! slower than in a real node: `mesh` therefore re-runs itself once from a
@@ -101,18 +203,20 @@
 //! Timings of a single run vary; compare figures from the same machine and
 //! run several seeds before drawing conclusions.
 //!
-//! `reached` below 1 with no drops is the nature of push gossip with a
-//! fixed fanout, not a lost frame: a node forwards each message once, to 3
-//! random peers, so a node is missed when none of its peers picks it. The
-//! denser the mesh (compared with the fanout), the likelier: with every
-//! node at 8 links, about 1 % of deliveries miss.
+//! With random fanout, `reached` below 1 with no drops is the nature of
+//! push gossip, not a lost frame: a node forwards each message once, to 3
+//! random peers, so a node is missed when none of its peers picks it, and
+//! waits for the next one-second repair round (the tail of p99).
 //!
 //! In tcp mode discovery keeps running (every second) during the
 //! measurement, so links may still be added while messages fly, and the
 //! harness node takes a peer slot of the processes it is connected to.
 
+mod gossipsub;
 mod memory;
+mod sys;
 mod tcp;
+mod throughput;
 mod topology;
 
 pub(crate) use tcp::{Children, build_binary, node_command};
@@ -140,11 +244,72 @@ pub(crate) const MIN_GAP: Duration = Duration::from_millis(100);
 
 const USAGE: &str = "usage: cargo xtask mesh [--nodes N[,N…]]… [--transport memory|tcp|both]
                         [--messages M] [--max-peers P] [--degree D] [--seed S] [--json-only]
+                        [--mode broadcast|loss|cut|churn|throughput[,…]]
+                        [--broadcast tree|fanout[,…]] [--max-hops H] [--reference PCT]
+                        [--loss PCT] [--cut-links PCT] [--churn-every K]
+                        [--senders K] [--rates R[,R…]] [--step-secs S] [--late-ms L]
+                        [--peer gossipsub] [--gossipsub-manifest PATH]
 
 Measures how fast and how completely gossip messages reach every node of a
 mesh (in process over the memory transport, or real `micelio` processes over
 TCP). Defaults: --nodes 10,50,100 --transport memory --messages 20
 --max-peers 8 --degree 3 --seed 1.";
+
+/// What a configuration measures (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Mode {
+    /// M broadcasts one at a time on a stable mesh.
+    #[default]
+    Broadcast,
+    /// The same with a share of frames lost.
+    Loss,
+    /// The same with a share of the links cut after M/2 messages.
+    Cut,
+    /// The same while nodes leave and join.
+    Churn,
+    /// Many senders at once, rate raised in steps.
+    Throughput,
+}
+
+impl Mode {
+    /// Its name on the command line and in the JSON.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::Broadcast => "broadcast",
+            Mode::Loss => "loss",
+            Mode::Cut => "cut",
+            Mode::Churn => "churn",
+            Mode::Throughput => "throughput",
+        }
+    }
+}
+
+/// How micelio nodes disseminate (`GossipConfig::broadcast_tree`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Variant {
+    /// Epidemic broadcast tree (the default).
+    #[default]
+    Tree,
+    /// The reference's random fanout.
+    Fanout,
+}
+
+impl Variant {
+    /// The `impl` column.
+    pub(crate) fn impl_name(self) -> &'static str {
+        match self {
+            Variant::Tree => "micelio-tree",
+            Variant::Fanout => "micelio-fanout",
+        }
+    }
+}
+
+/// Comparison peers run beside micelio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// libp2p gossipsub (`bench/gossipsub`).
+    Gossipsub,
+}
 
 /// Which transports to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +330,7 @@ impl Kind {
 }
 
 /// The parsed command line of `cargo xtask mesh`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct MeshArgs {
     /// Mesh sizes, in order.
     pub(crate) nodes: Vec<usize>,
@@ -181,7 +346,36 @@ pub(crate) struct MeshArgs {
     pub(crate) seed: u64,
     /// Print only the JSON lines.
     pub(crate) json_only: bool,
+    /// Modes, in order (memory only; tcp runs broadcast).
+    pub(crate) modes: Vec<Mode>,
+    /// Dissemination variants of micelio nodes, in order (memory).
+    pub(crate) variants: Vec<Variant>,
+    /// Hop budget of originated messages (`None`: the default, 10).
+    pub(crate) max_hops: Option<u32>,
+    /// Percent of nodes that behave like reference nodes.
+    pub(crate) reference: f64,
+    /// Percent of frames lost in loss mode.
+    pub(crate) loss: f64,
+    /// Percent of built links cut in cut mode.
+    pub(crate) cut_links: f64,
+    /// Churn mode: one node leaves and one joins every this many messages.
+    pub(crate) churn_every: usize,
+    /// Throughput mode: senders (`None`: every node).
+    pub(crate) senders: Option<usize>,
+    /// Throughput mode: aggregate offered rates, msg/s, in order.
+    pub(crate) rates: Vec<f64>,
+    /// Throughput mode: seconds per step.
+    pub(crate) step_secs: f64,
+    /// Throughput mode: a delivery later than this (ms) fails the step.
+    pub(crate) late_ms: f64,
+    /// Comparison peers.
+    pub(crate) peers: Vec<Peer>,
+    /// The gossipsub project's manifest (relative to the workspace root).
+    pub(crate) gossipsub_manifest: Option<String>,
 }
+
+/// Default throughput steps, aggregate msg/s.
+const DEFAULT_RATES: &[f64] = &[50.0, 100.0, 150.0, 200.0, 270.0, 320.0, 400.0];
 
 impl Default for MeshArgs {
     fn default() -> Self {
@@ -193,6 +387,19 @@ impl Default for MeshArgs {
             degree: 3,
             seed: 1,
             json_only: false,
+            modes: vec![Mode::Broadcast],
+            variants: vec![Variant::Tree],
+            max_hops: None,
+            reference: 0.0,
+            loss: 10.0,
+            cut_links: 5.0,
+            churn_every: 2,
+            senders: None,
+            rates: DEFAULT_RATES.to_vec(),
+            step_secs: 3.0,
+            late_ms: 2000.0,
+            peers: Vec::new(),
+            gossipsub_manifest: None,
         }
     }
 }
@@ -201,6 +408,20 @@ fn number<T: std::str::FromStr>(flag: &str, text: &str) -> anyhow::Result<T> {
     text.trim()
         .parse()
         .map_err(|_| anyhow::anyhow!("{flag}: {text:?} is not a valid number"))
+}
+
+/// The non-empty parts of a comma list.
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|p| !p.is_empty())
+}
+
+/// A percentage, 0 to 100.
+fn percent(flag: &str, text: &str) -> anyhow::Result<f64> {
+    let p: f64 = number(flag, text)?;
+    if !(0.0..=100.0).contains(&p) {
+        bail!("{flag}: {text:?} is not a percentage (0 to 100)");
+    }
+    Ok(p)
 }
 
 /// Splits `--flag=value` into the flag and its inline value; any other
@@ -262,6 +483,64 @@ pub(crate) fn parse_args(args: &[&str]) -> anyhow::Result<Option<MeshArgs>> {
             "--max-peers" => out.max_peers = number(flag, value)?,
             "--degree" => out.degree = number(flag, value)?,
             "--seed" => out.seed = number(flag, value)?,
+            "--mode" => {
+                out.modes.clear();
+                for part in list(value) {
+                    let modes: &[Mode] = match part {
+                        "broadcast" => &[Mode::Broadcast],
+                        "loss" => &[Mode::Loss, Mode::Cut],
+                        "frame-loss" => &[Mode::Loss],
+                        "cut" => &[Mode::Cut],
+                        "churn" => &[Mode::Churn],
+                        "throughput" => &[Mode::Throughput],
+                        other => bail!(
+                            "--mode: {other:?} is not broadcast, loss, frame-loss, cut, churn or throughput"
+                        ),
+                    };
+                    for m in modes {
+                        if !out.modes.contains(m) {
+                            out.modes.push(*m);
+                        }
+                    }
+                }
+            }
+            "--broadcast" => {
+                out.variants.clear();
+                for part in list(value) {
+                    let v = match part {
+                        "tree" => Variant::Tree,
+                        "fanout" => Variant::Fanout,
+                        other => bail!("--broadcast: {other:?} is not tree or fanout"),
+                    };
+                    if !out.variants.contains(&v) {
+                        out.variants.push(v);
+                    }
+                }
+            }
+            "--peer" => {
+                out.peers.clear();
+                for part in list(value) {
+                    match part {
+                        "gossipsub" => out.peers.push(Peer::Gossipsub),
+                        "none" => {}
+                        other => bail!("--peer: {other:?} is not gossipsub"),
+                    }
+                }
+            }
+            "--gossipsub-manifest" => out.gossipsub_manifest = Some(value.to_owned()),
+            "--max-hops" => out.max_hops = Some(number(flag, value)?),
+            "--reference" => out.reference = percent(flag, value)?,
+            "--loss" => out.loss = percent(flag, value)?,
+            "--cut-links" => out.cut_links = percent(flag, value)?,
+            "--churn-every" => out.churn_every = number(flag, value)?,
+            "--senders" => out.senders = Some(number(flag, value)?),
+            "--rates" => {
+                out.rates = list(value)
+                    .map(|p| number::<f64>(flag, p))
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            "--step-secs" => out.step_secs = number(flag, value)?,
+            "--late-ms" => out.late_ms = number(flag, value)?,
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
@@ -276,6 +555,22 @@ pub(crate) fn parse_args(args: &[&str]) -> anyhow::Result<Option<MeshArgs>> {
     }
     if out.max_peers < 2 {
         bail!("--max-peers: at least 2 (a connected mesh needs it)");
+    }
+    if out.modes.is_empty() || out.variants.is_empty() {
+        bail!("--mode and --broadcast: give at least one");
+    }
+    if out.max_hops == Some(0) {
+        bail!("--max-hops: at least 1");
+    }
+    if out.churn_every == 0 || out.senders == Some(0) {
+        bail!("--churn-every and --senders: at least 1");
+    }
+    if out.rates.is_empty() || out.rates.iter().any(|r| !(*r > 0.0 && r.is_finite())) {
+        bail!("--rates: positive rates, at least one");
+    }
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(out.step_secs) || !positive(out.late_ms) {
+        bail!("--step-secs and --late-ms: positive");
     }
     Ok(Some(out))
 }
@@ -309,6 +604,105 @@ pub(crate) struct Outcome {
     /// Messages dropped during the broadcast phase, by reason (duplicates
     /// excluded), if measurable.
     pub(crate) drops: Option<BTreeMap<String, u64>>,
+}
+
+/// What an in-process configuration measures beyond [`Outcome`] (every
+/// figure is documented in the module documentation, under its JSON key).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Extra {
+    /// The mode.
+    pub(crate) mode: Mode,
+    /// Tree or fanout.
+    pub(crate) variant: Variant,
+    /// Hop budget of the originated messages.
+    pub(crate) max_hops: u32,
+    /// Nodes that behaved like reference nodes.
+    pub(crate) reference_nodes: usize,
+    /// Seconds to spawn the nodes.
+    pub(crate) spawn_s: f64,
+    /// Seconds to dial the links and see them up.
+    pub(crate) link_s: f64,
+    /// Resident memory before the nodes were spawned, MiB.
+    pub(crate) rss_before_mib: Option<f64>,
+    /// Resident memory once the links were up, MiB.
+    pub(crate) rss_after_mib: Option<f64>,
+    /// Their difference, MiB.
+    pub(crate) rss_total_mib: Option<f64>,
+    /// The difference per node, KiB.
+    pub(crate) rss_per_node_kib: Option<f64>,
+    /// Threads of the process.
+    pub(crate) threads: Option<u64>,
+    /// Gossip data bytes sent per node per message.
+    pub(crate) data_bytes_per_node_per_msg: Option<f64>,
+    /// Control bytes sent per node per message.
+    pub(crate) control_bytes_per_node_per_msg: Option<f64>,
+    /// Gossip data frames sent per node per message.
+    pub(crate) data_frames_sent_per_node_per_msg: Option<f64>,
+    /// Control frames sent per node per message.
+    pub(crate) control_frames_per_node_per_msg: Option<f64>,
+    /// Duplicates received per node per message.
+    pub(crate) duplicates_per_node_per_msg: Option<f64>,
+    /// Process CPU per message per node, µs.
+    pub(crate) cpu_us_per_msg_per_node: Option<f64>,
+    /// Mean eager (tree) peers per node at the end.
+    pub(crate) eager_per_node: Option<f64>,
+    /// Broadcast-tree counters of the phase.
+    pub(crate) tree: Option<serde_json::Value>,
+    /// Share of frames lost (loss mode).
+    pub(crate) loss: Option<f64>,
+    /// Frames the network lost during the phase.
+    pub(crate) frames_lost: Option<u64>,
+    /// Links cut (cut mode).
+    pub(crate) cut_links: Option<usize>,
+    /// Nodes that joined and left (churn mode).
+    pub(crate) joins: Option<usize>,
+    /// See above.
+    pub(crate) leaves: Option<usize>,
+    /// Senders (throughput mode).
+    pub(crate) senders: Option<usize>,
+    /// Highest lossless aggregate rate, msg/s (throughput mode).
+    pub(crate) throughput_msg_s: Option<f64>,
+    /// Every step (throughput mode).
+    pub(crate) throughput_steps: Option<serde_json::Value>,
+}
+
+impl Extra {
+    /// Adds these figures to a configuration's JSON object.
+    fn merge_into(&self, v: &mut serde_json::Value) {
+        let r = |x: Option<f64>, p: i32| x.map(|x| round(x, p));
+        let add = serde_json::json!({
+            "impl": self.variant.impl_name(),
+            "mode": self.mode.name(),
+            "max_hops": self.max_hops,
+            "reference_nodes": self.reference_nodes,
+            "spawn_s": round(self.spawn_s, 3),
+            "link_s": round(self.link_s, 3),
+            "rss_before_mib": r(self.rss_before_mib, 1),
+            "rss_after_mib": r(self.rss_after_mib, 1),
+            "rss_total_mib": r(self.rss_total_mib, 1),
+            "rss_per_node_kib": r(self.rss_per_node_kib, 1),
+            "threads": self.threads,
+            "data_bytes_per_node_per_msg": r(self.data_bytes_per_node_per_msg, 1),
+            "control_bytes_per_node_per_msg": r(self.control_bytes_per_node_per_msg, 1),
+            "data_frames_sent_per_node_per_msg": r(self.data_frames_sent_per_node_per_msg, 3),
+            "control_frames_per_node_per_msg": r(self.control_frames_per_node_per_msg, 3),
+            "duplicates_per_node_per_msg": r(self.duplicates_per_node_per_msg, 3),
+            "cpu_us_per_msg_per_node": r(self.cpu_us_per_msg_per_node, 2),
+            "eager_per_node": r(self.eager_per_node, 3),
+            "tree": self.tree,
+            "loss": self.loss,
+            "frames_lost": self.frames_lost,
+            "cut_links": self.cut_links,
+            "joins": self.joins,
+            "leaves": self.leaves,
+            "senders": self.senders,
+            "throughput_msg_s": self.throughput_msg_s,
+            "throughput_steps": self.throughput_steps,
+        });
+        if let (Some(obj), serde_json::Value::Object(add)) = (v.as_object_mut(), add) {
+            obj.extend(add);
+        }
+    }
 }
 
 /// Deliveries seen so far: message id → (node → when it got it).
@@ -487,13 +881,28 @@ fn cell(v: Option<f64>, places: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |x| format!("{x:.places$}"))
 }
 
-/// The readable table of all configurations.
-fn table(summaries: &[Summary]) -> String {
+/// A number of a JSON row, if there.
+fn num(row: &serde_json::Value, key: &str) -> Option<f64> {
+    row.get(key).and_then(serde_json::Value::as_f64)
+}
+
+/// A text of a JSON row, `-` if absent.
+fn text<'a>(row: &'a serde_json::Value, key: &str) -> &'a str {
+    row.get(key)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("-")
+}
+
+/// The readable table of all configurations, from their JSON lines (so
+/// that the comparison peer's rows line up with ours).
+fn table(rows: &[serde_json::Value]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<9} {:>5} {:>5} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>12}",
-        "transport",
+        "{:<14} {:<10} {:<6} {:>5} {:>4} {:>5} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>6} {:>7} {:>8}",
+        "impl",
+        "mode",
+        "transp",
         "nodes",
         "msgs",
         "edges",
@@ -503,25 +912,37 @@ fn table(summaries: &[Summary]) -> String {
         "p90 ms",
         "p99 ms",
         "max ms",
-        "redundancy",
-        "B/node/s"
+        "redund",
+        "ctl B/nm",
+        "cpu µs",
+        "eager",
+        "msg/s",
+        "KiB/node"
     );
-    for s in summaries {
+    for r in rows {
+        let pct =
+            |k: &str| num(r, k).map_or_else(|| "-".to_owned(), |x| format!("{:.1}%", x * 100.0));
         let _ = writeln!(
             out,
-            "{:<9} {:>5} {:>5} {:>6} {:>7.1}% {:>8.1}% {:>9} {:>9} {:>9} {:>9} {:>10} {:>12}",
-            s.kind.name(),
-            s.nodes,
-            s.messages,
-            s.edges,
-            s.reached * 100.0,
-            s.complete * 100.0,
-            cell(s.p50, 2),
-            cell(s.p90, 2),
-            cell(s.p99, 2),
-            cell(s.max, 2),
-            cell(s.redundancy, 2),
-            cell(s.bytes_per_node_per_s, 0),
+            "{:<14} {:<10} {:<6} {:>5} {:>4} {:>5} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>6} {:>7} {:>8}",
+            text(r, "impl"),
+            text(r, "mode"),
+            text(r, "transport"),
+            cell(num(r, "nodes"), 0),
+            cell(num(r, "messages"), 0),
+            cell(num(r, "edges"), 0),
+            pct("reached"),
+            pct("complete"),
+            cell(num(r, "p50_ms"), 2),
+            cell(num(r, "p90_ms"), 2),
+            cell(num(r, "p99_ms"), 2),
+            cell(num(r, "max_ms"), 2),
+            cell(num(r, "redundancy"), 2),
+            cell(num(r, "control_bytes_per_node_per_msg"), 0),
+            cell(num(r, "cpu_us_per_msg_per_node"), 1),
+            cell(num(r, "eager_per_node"), 2),
+            cell(num(r, "throughput_msg_s"), 0),
+            cell(num(r, "rss_per_node_kib"), 0),
         );
     }
     out
@@ -580,43 +1001,107 @@ pub(crate) fn run(root: &Path, raw: &[&str]) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let mut summaries = Vec::new();
+    let mut rows: Vec<serde_json::Value> = Vec::new();
     let mut failures = Vec::new();
+    let show = |rows: &mut Vec<serde_json::Value>, new: Vec<serde_json::Value>| {
+        if !args.json_only {
+            let _ = write!(std::io::stderr().lock(), "{}", table(&new));
+        }
+        rows.extend(new);
+    };
     for &kind in &args.transports {
         for &n in &args.nodes {
-            progress(&args, &format!("{} mesh of {n} nodes…", kind.name()));
-            let outcome = match (kind, &binary) {
-                (Kind::Memory, _) => runtime.block_on(memory::run(&args, n)),
-                (Kind::Tcp, Some(bin)) => runtime.block_on(tcp::run(&args, n, bin)),
-                (Kind::Tcp, None) => Err(anyhow::anyhow!("the micelio binary was not built")),
+            let modes: Vec<Mode> = match kind {
+                // The process mesh measures broadcasts only.
+                Kind::Tcp => vec![Mode::Broadcast],
+                Kind::Memory => args.modes.clone(),
             };
-            match outcome {
-                Ok(o) => {
-                    let s = summarise(&o);
-                    if !args.json_only {
-                        let _ = write!(
-                            std::io::stderr().lock(),
-                            "{}",
-                            table(std::slice::from_ref(&s))
-                        );
-                    }
-                    summaries.push(s);
+            for &mode in &modes {
+                if (mode == Mode::Loss && args.loss == 0.0)
+                    || (mode == Mode::Cut && args.cut_links == 0.0)
+                {
+                    continue;
                 }
-                Err(e) => {
-                    let text = format!("{} mesh of {n} nodes failed: {e:#}", kind.name());
-                    progress(&args, &text);
-                    failures.push(text);
+                let variants = match kind {
+                    Kind::Tcp => vec![Variant::Tree],
+                    Kind::Memory => args.variants.clone(),
+                };
+                for &variant in &variants {
+                    let label = format!(
+                        "{} {} {} mesh of {n} nodes",
+                        kind.name(),
+                        mode.name(),
+                        match kind {
+                            Kind::Tcp => "micelio",
+                            Kind::Memory => variant.impl_name(),
+                        }
+                    );
+                    progress(&args, &format!("{label}…"));
+                    let outcome = match (kind, &binary) {
+                        (Kind::Memory, _) => runtime
+                            .block_on(memory::run(&args, n, mode, variant))
+                            .map(|(o, e)| (o, Some(e))),
+                        (Kind::Tcp, Some(bin)) => {
+                            runtime.block_on(tcp::run(&args, n, bin)).map(|o| (o, None))
+                        }
+                        (Kind::Tcp, None) => {
+                            Err(anyhow::anyhow!("the micelio binary was not built"))
+                        }
+                    };
+                    match outcome {
+                        Ok((o, extra)) => {
+                            let mut row = summarise(&o).json(&args);
+                            match extra {
+                                Some(e) => e.merge_into(&mut row),
+                                None => {
+                                    if let Some(obj) = row.as_object_mut() {
+                                        obj.insert("impl".into(), "micelio".into());
+                                        obj.insert("mode".into(), mode.name().into());
+                                    }
+                                }
+                            }
+                            show(&mut rows, vec![row]);
+                        }
+                        Err(e) => {
+                            let text = format!("{label} failed: {e:#}");
+                            progress(&args, &text);
+                            failures.push(text);
+                        }
+                    }
+                }
+                if kind == Kind::Memory {
+                    for &peer in &args.peers {
+                        let Peer::Gossipsub = peer;
+                        if !gossipsub::supports(mode) {
+                            continue;
+                        }
+                        progress(
+                            &args,
+                            &format!("gossipsub {} mesh of {n} nodes…", mode.name()),
+                        );
+                        match gossipsub::run(root, &args, n, mode) {
+                            Ok(new) => show(&mut rows, new),
+                            Err(e) => {
+                                let text = format!(
+                                    "gossipsub {} mesh of {n} nodes failed: {e:#}",
+                                    mode.name()
+                                );
+                                progress(&args, &text);
+                                failures.push(text);
+                            }
+                        }
+                    }
                 }
             }
         }
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
     let mut stdout = std::io::stdout().lock();
-    if !args.json_only && !summaries.is_empty() {
-        let _ = write!(stdout, "\n{}\n", table(&summaries));
+    if !args.json_only && !rows.is_empty() {
+        let _ = write!(stdout, "\n{}\n", table(&rows));
     }
-    for s in &summaries {
-        let _ = writeln!(stdout, "{}", s.json(&args));
+    for r in &rows {
+        let _ = writeln!(stdout, "{r}");
     }
     if !failures.is_empty() {
         bail!("{}", failures.join("\n"));
@@ -658,6 +1143,41 @@ mod tests {
     }
 
     #[test]
+    fn mode_and_fault_flags_parse() {
+        let a = parse_args(&[
+            "--mode",
+            "loss,throughput,cut",
+            "--broadcast=tree,fanout",
+            "--reference",
+            "20",
+            "--max-hops",
+            "16",
+            "--loss",
+            "2.5",
+            "--cut-links=0",
+            "--rates",
+            "10, 20",
+            "--senders",
+            "5",
+            "--churn-every",
+            "3",
+            "--peer",
+            "gossipsub",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.modes, vec![Mode::Loss, Mode::Cut, Mode::Throughput]);
+        assert_eq!(a.variants, vec![Variant::Tree, Variant::Fanout]);
+        assert_eq!((a.reference, a.loss, a.cut_links), (20.0, 2.5, 0.0));
+        assert_eq!(
+            (a.max_hops, a.senders, a.churn_every),
+            (Some(16), Some(5), 3)
+        );
+        assert_eq!(a.rates, vec![10.0, 20.0]);
+        assert_eq!(a.peers, vec![Peer::Gossipsub]);
+    }
+
+    #[test]
     fn bad_arguments_are_refused() {
         for bad in [
             &["--nodes"][..],
@@ -668,6 +1188,14 @@ mod tests {
             &["--max-peers", "1"],
             &["--frobnicate"],
             &["--json-only=yes"],
+            &["--mode", "storm"],
+            &["--broadcast", "flood"],
+            &["--loss", "101"],
+            &["--reference", "-1"],
+            &["--rates", "0"],
+            &["--max-hops", "0"],
+            &["--peer", "floodsub"],
+            &["--step-secs", "0"],
         ] {
             assert!(parse_args(bad).is_err(), "{bad:?}");
         }
@@ -730,6 +1258,6 @@ mod tests {
         ] {
             assert!(j.get(key).is_some(), "{key}");
         }
-        assert!(table(&[s]).contains("75.0%"));
+        assert!(table(&[j]).contains("75.0%"));
     }
 }

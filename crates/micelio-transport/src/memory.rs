@@ -4,7 +4,8 @@
 //! sockets. Every frame is still encoded and decoded with the real frame
 //! codec (so the frame limit holds), bytes and frames are counted, and links
 //! between two nodes can be cut (live connections close, new dials are
-//! refused) and restored. Use it for simulations and for tests that need
+//! refused) and restored. A share of frames can be lost on every link
+//! ([`MemoryNetwork::set_loss`]), to test how a protocol copes with loss. Use it for simulations and for tests that need
 //! hundreds of nodes; [`MemoryMesh`] spawns whole test nodes on it and
 //! [`link`] connects two and waits until both see it.
 //!
@@ -30,7 +31,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::{Bytes, BytesMut};
@@ -87,6 +88,34 @@ struct ListenerEntry {
 struct NetCounters {
     frames: AtomicU64,
     bytes: AtomicU64,
+    /// Frames lost on purpose (see [`MemoryNetwork::set_loss`]).
+    lost: AtomicU64,
+    /// Share of frames lost, in parts per million.
+    loss_ppm: AtomicU32,
+    /// Seed of the loss decisions.
+    loss_seed: AtomicU64,
+}
+
+/// One million: the denominator of [`NetCounters::loss_ppm`].
+const PPM: u32 = 1_000_000;
+
+/// SplitMix64's finaliser: a well-mixed 64-bit hash of `x`.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A number for the direction `from` → `to` of a link, the same for every
+/// connection between the two.
+fn direction_key(from: &NodeId, to: &NodeId) -> u64 {
+    let word = |id: &NodeId| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&id.as_bytes()[..8]);
+        u64::from_le_bytes(w)
+    };
+    mix(word(from)) ^ word(to).rotate_left(17)
 }
 
 /// Shared by the four halves of one simulated connection; cancelling it
@@ -161,6 +190,47 @@ impl MemoryNetwork {
         self.stats.bytes.load(Ordering::Relaxed)
     }
 
+    /// Loses a share `fraction` (0.0 to 1.0, clamped; 0.1 is 10 %) of the
+    /// frames sent on every link from now on, live connections included,
+    /// with the loss seed left as it is (0 unless
+    /// [`MemoryNetwork::set_loss_seeded`] set another). A lost frame
+    /// vanishes silently: its send succeeds, it is counted in
+    /// [`MemoryNetwork::frames_sent`], [`MemoryNetwork::bytes_sent`] and
+    /// [`MemoryNetwork::frames_lost`], and the receiver never sees it.
+    ///
+    /// The first frame of each direction of a connection (the hello, or
+    /// its ack) is never lost, so connections still form; everything after
+    /// it may be, keepalives and peer exchanges included. Whether a frame
+    /// is lost is a hash of the seed, the direction (the two node ids) and
+    /// the frame's position on that connection: with the same seed the
+    /// same frames of the same conversation are lost, whatever the thread
+    /// timing between links.
+    pub fn set_loss(&self, fraction: f64) {
+        let fraction = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
+        let ppm = (fraction * f64::from(PPM)).round() as u32;
+        self.stats.loss_ppm.store(ppm.min(PPM), Ordering::Relaxed);
+    }
+
+    /// [`MemoryNetwork::set_loss`] with the seed of the loss decisions.
+    pub fn set_loss_seeded(&self, fraction: f64, seed: u64) {
+        self.stats.loss_seed.store(seed, Ordering::Relaxed);
+        self.set_loss(fraction);
+    }
+
+    /// The share of frames lost now (0.0 to 1.0, to a millionth).
+    pub fn loss(&self) -> f64 {
+        f64::from(self.stats.loss_ppm.load(Ordering::Relaxed)) / f64::from(PPM)
+    }
+
+    /// Frames lost on purpose so far (see [`MemoryNetwork::set_loss`]).
+    pub fn frames_lost(&self) -> u64 {
+        self.stats.lost.load(Ordering::Relaxed)
+    }
+
     /// Live simulated connections.
     pub fn connection_count(&self) -> usize {
         let mut net = self.lock();
@@ -192,12 +262,14 @@ fn make_pair(
 ) -> ((MemSink, MemSource), (MemSink, MemSource)) {
     let (tx_ab, rx_ab) = mpsc::channel(LINK_BUFFER);
     let (tx_ba, rx_ba) = mpsc::channel(LINK_BUFFER);
-    let end = |tx, rx| {
+    let end = |tx, rx, key| {
         (
             MemSink {
                 tx: Some(tx),
                 guard: guard.clone(),
                 stats: net.stats.clone(),
+                key,
+                sent: 0,
             },
             MemSource {
                 rx,
@@ -207,7 +279,10 @@ fn make_pair(
             },
         )
     };
-    (end(tx_ab, rx_ba), end(tx_ba, rx_ab))
+    (
+        end(tx_ab, rx_ba, direction_key(&guard.a, &guard.b)),
+        end(tx_ba, rx_ab, direction_key(&guard.b, &guard.a)),
+    )
 }
 
 impl Transport for MemoryTransport {
@@ -336,12 +411,42 @@ struct MemSink {
     tx: Option<mpsc::Sender<Bytes>>,
     guard: Arc<ConnGuard>,
     stats: Arc<NetCounters>,
+    /// This direction's [`direction_key`].
+    key: u64,
+    /// Frames this sink sent (or lost) so far.
+    sent: u64,
+}
+
+impl MemSink {
+    /// Whether the frame about to be sent is lost (never the first).
+    fn loses_next(&self) -> bool {
+        let ppm = self.stats.loss_ppm.load(Ordering::Relaxed);
+        if ppm == 0 || self.sent == 0 {
+            return false;
+        }
+        let seed = self.stats.loss_seed.load(Ordering::Relaxed);
+        let roll = mix(mix(seed ^ self.key) ^ self.sent) % u64::from(PPM);
+        roll < u64::from(ppm)
+    }
 }
 
 impl FrameSink for MemSink {
     fn send<'a>(&'a mut self, frame: &'a [u8]) -> BoxFuture<'a, Result<(), LinkError>> {
         Box::pin(async move {
             let tx = self.tx.as_ref().ok_or(LinkError::Closed)?;
+            if self.guard.token.is_cancelled() {
+                return Err(LinkError::Closed);
+            }
+            let lose = self.loses_next();
+            self.sent += 1;
+            if lose {
+                self.stats.lost.fetch_add(1, Ordering::Relaxed);
+                self.stats.frames.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .bytes
+                    .fetch_add(frame.len() as u64, Ordering::Relaxed);
+                return Ok(());
+            }
             let bytes = Bytes::copy_from_slice(frame);
             tokio::select! {
                 _ = self.guard.token.cancelled() => Err(LinkError::Closed),
@@ -385,5 +490,86 @@ impl FrameSource for MemSource {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use micelio_wire::{EnvelopeBuilder, MsgType, frame};
+
+    use super::*;
+
+    /// Sends `count` frames (after a first one) from a dialled link to the
+    /// accepted end and returns how many of them arrived.
+    async fn delivered(net: &MemoryNetwork, count: usize) -> usize {
+        let a = Identity::from_seed([1; 32]);
+        let b = Identity::from_seed([2; 32]);
+        let mut listener = net.transport(&b).listen("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr();
+        let mut dialled = net.transport(&a).dial(&addr).await.unwrap();
+        let mut accepted = listener.accept().await.unwrap().upgrade().await.unwrap();
+        let env = EnvelopeBuilder::new(MsgType::Chat, Bytes::from_static(b"x")).sign(&a);
+        let bytes = frame::encode_envelope(&env).unwrap();
+        // Receive while sending: the link buffers only LINK_BUFFER frames.
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            while let Ok(Some(_)) = accepted.source.recv().await {
+                got += 1;
+            }
+            got
+        });
+        for _ in 0..=count {
+            dialled.sink.send(&bytes).await.unwrap();
+        }
+        dialled.sink.close().await;
+        drop(dialled);
+        let got = reader.await.unwrap();
+        // The first frame is never lost.
+        assert!(got >= 1);
+        got - 1
+    }
+
+    #[tokio::test]
+    async fn no_loss_loses_nothing() {
+        let net = MemoryNetwork::new();
+        assert_eq!(net.loss(), 0.0);
+        assert_eq!(delivered(&net, 2_000).await, 2_000);
+        assert_eq!(net.frames_lost(), 0);
+        assert_eq!(net.frames_sent(), 2_001);
+    }
+
+    #[tokio::test]
+    async fn loss_is_applied_at_about_its_rate_and_repeatably() {
+        let net = MemoryNetwork::new();
+        net.set_loss_seeded(0.1, 7);
+        assert_eq!(net.loss(), 0.1);
+        let got = delivered(&net, 10_000).await;
+        let lost = 10_000 - got;
+        assert_eq!(net.frames_lost(), lost as u64);
+        // 10 % of 10,000, binomial: σ = 30; allow well over 5σ.
+        assert!((800..=1_200).contains(&lost), "lost {lost}");
+        // Counted as sent, all of them.
+        assert_eq!(net.frames_sent(), 10_001);
+        // The same seed loses the same frames of the same conversation.
+        let again = MemoryNetwork::new();
+        again.set_loss_seeded(0.1, 7);
+        assert_eq!(delivered(&again, 10_000).await, got);
+        // Another seed, other frames (almost surely another count).
+        let other = MemoryNetwork::new();
+        other.set_loss_seeded(0.1, 8);
+        assert_ne!(delivered(&other, 10_000).await, got);
+    }
+
+    #[tokio::test]
+    async fn the_first_frame_survives_total_loss_and_clamping_holds() {
+        let net = MemoryNetwork::new();
+        net.set_loss(5.0);
+        assert_eq!(net.loss(), 1.0);
+        assert_eq!(delivered(&net, 100).await, 0);
+        assert_eq!(net.frames_lost(), 100);
+        net.set_loss(f64::NAN);
+        assert_eq!(net.loss(), 0.0);
+        net.set_loss(-1.0);
+        assert_eq!(net.loss(), 0.0);
     }
 }

@@ -1,8 +1,13 @@
 //! Random connected topologies that respect a peer cap.
 
+use std::collections::HashSet;
+
 use anyhow::bail;
 use rand::Rng;
 use rand::seq::{IndexedRandom as _, SliceRandom as _};
+
+/// Random candidates tried for an extra link before all nodes are scanned.
+const RANDOM_DRAWS: usize = 32;
 
 /// Undirected links `(a, b)` with `a < b` between `n` nodes: a random
 /// spanning tree (so the mesh is connected), then random extra links until
@@ -24,44 +29,66 @@ pub(crate) fn random_topology(
     if n > 2 && max_peers < 2 || n == 2 && max_peers < 1 {
         bail!("{n} nodes cannot be connected with max_peers {max_peers}");
     }
-    let mut adj = vec![vec![false; n]; n];
+    // Memory and time linear in the links, not quadratic in the nodes, so
+    // that 10,000-node meshes are built in well under a second.
+    let mut adj: HashSet<(usize, usize)> = HashSet::new();
     let mut deg = vec![0usize; n];
     let mut edges = Vec::new();
-    let mut link = |a: usize, b: usize, adj: &mut Vec<Vec<bool>>, deg: &mut Vec<usize>| {
-        adj[a][b] = true;
-        adj[b][a] = true;
+    let key = |a: usize, b: usize| (a.min(b), a.max(b));
+    let mut link = |a: usize, b: usize, adj: &mut HashSet<(usize, usize)>, deg: &mut Vec<usize>| {
+        adj.insert(key(a, b));
         deg[a] += 1;
         deg[b] += 1;
-        edges.push((a.min(b), a.max(b)));
+        edges.push(key(a, b));
     };
     // Spanning tree: each node, in random order, links to a random earlier
     // node under the cap. One always exists: k tree nodes have 2(k-1)
     // link ends, fewer than 2k, so some node has fewer than 2 ≤ max_peers.
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(rng);
+    // Tree nodes under the cap.
+    let mut open: Vec<usize> = Vec::with_capacity(n);
+    if let Some(&first) = order.first() {
+        open.push(first);
+    }
     for i in 1..n {
-        let open: Vec<usize> = order[..i]
-            .iter()
-            .copied()
-            .filter(|&v| deg[v] < max_peers)
-            .collect();
-        let Some(&parent) = open.choose(rng) else {
+        if open.is_empty() {
             bail!(
                 "no node under max_peers {max_peers} to attach node {}",
                 order[i]
             );
-        };
+        }
+        let k = rng.random_range(0..open.len());
+        let parent = open[k];
         link(order[i], parent, &mut adj, &mut deg);
+        if deg[parent] >= max_peers {
+            open.swap_remove(k);
+        }
+        if deg[order[i]] < max_peers {
+            open.push(order[i]);
+        }
     }
-    // Extra links up to `degree`, both ends under the cap.
+    // Extra links up to `degree`, both ends under the cap: a few random
+    // draws first, then (when they all miss) a draw among every node
+    // that fits, so that a node ends below `degree` only when none does.
     let want = degree.min(max_peers);
+    let fits = |u: usize, v: usize, adj: &HashSet<(usize, usize)>, deg: &[usize]| {
+        v != u && deg[v] < max_peers && !adj.contains(&key(u, v))
+    };
     order.shuffle(rng);
     for &u in &order {
         while deg[u] < want {
-            let open: Vec<usize> = (0..n)
-                .filter(|&v| v != u && !adj[u][v] && deg[v] < max_peers)
-                .collect();
-            let Some(&v) = open.choose(rng) else { break };
+            let drawn = (0..RANDOM_DRAWS)
+                .map(|_| rng.random_range(0..n))
+                .find(|&v| fits(u, v, &adj, &deg));
+            let v = match drawn {
+                Some(v) => v,
+                None => {
+                    let open: Vec<usize> = (0..n).filter(|&v| fits(u, v, &adj, &deg)).collect();
+                    let Some(&v) = open.choose(rng) else { break };
+                    v
+                }
+            };
             link(u, v, &mut adj, &mut deg);
         }
     }
@@ -71,8 +98,6 @@ pub(crate) fn random_topology(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use rand::SeedableRng as _;
     use rand::rngs::SmallRng;
 
@@ -135,6 +160,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn ten_thousand_nodes_are_quick() {
+        let t = std::time::Instant::now();
+        let edges = random_topology(10_000, 8, 3, &mut SmallRng::seed_from_u64(3)).unwrap();
+        assert!(connected(10_000, &edges));
+        assert!(edges.len() >= 10_000 * 3 / 2);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
