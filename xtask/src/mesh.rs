@@ -68,8 +68,11 @@
 //! `--reference P` makes P percent of the nodes (chosen at random; the same
 //! share of churn's joiners) behave like reference nodes: empty
 //! `TransportConfig.features` and `broadcast_tree = false`; reached must
-//! stay 100 %. `--max-hops H` sets `GossipConfig.max_hops` of every node
-//! (10 hops may not span 10,000 nodes); the row says `max_hops`.
+//! stay 100 %. `--max-hops H` sets `GossipConfig.max_hops` of every node;
+//! the row says `max_hops`. `--eager-announce on|off` sets
+//! `GossipConfig.eager_announce` (default on: ids also go to the tree's
+//! eager links, so that a lost push is grafted rather than repaired); the
+//! row says `eager_announce`.
 //!
 //! `--peer gossipsub` runs the comparison peer after micelio's variants of
 //! every broadcast and throughput configuration: `cargo run --release
@@ -350,8 +353,10 @@ pub(crate) struct MeshArgs {
     pub(crate) modes: Vec<Mode>,
     /// Dissemination variants of micelio nodes, in order (memory).
     pub(crate) variants: Vec<Variant>,
-    /// Hop budget of originated messages (`None`: the default, 10).
+    /// Hop budget of originated messages (`None`: the engine's default).
     pub(crate) max_hops: Option<u32>,
+    /// `GossipConfig::eager_announce` of every node (memory).
+    pub(crate) eager_announce: bool,
     /// Percent of nodes that behave like reference nodes.
     pub(crate) reference: f64,
     /// Percent of frames lost in loss mode.
@@ -390,6 +395,7 @@ impl Default for MeshArgs {
             modes: vec![Mode::Broadcast],
             variants: vec![Variant::Tree],
             max_hops: None,
+            eager_announce: true,
             reference: 0.0,
             loss: 10.0,
             cut_links: 5.0,
@@ -529,6 +535,13 @@ pub(crate) fn parse_args(args: &[&str]) -> anyhow::Result<Option<MeshArgs>> {
             }
             "--gossipsub-manifest" => out.gossipsub_manifest = Some(value.to_owned()),
             "--max-hops" => out.max_hops = Some(number(flag, value)?),
+            "--eager-announce" => {
+                out.eager_announce = match value {
+                    "on" => true,
+                    "off" => false,
+                    other => bail!("--eager-announce takes on or off, got {other:?}"),
+                }
+            }
             "--reference" => out.reference = percent(flag, value)?,
             "--loss" => out.loss = percent(flag, value)?,
             "--cut-links" => out.cut_links = percent(flag, value)?,
@@ -616,6 +629,8 @@ pub(crate) struct Extra {
     pub(crate) variant: Variant,
     /// Hop budget of the originated messages.
     pub(crate) max_hops: u32,
+    /// Whether ids were announced to eager links too.
+    pub(crate) eager_announce: bool,
     /// Nodes that behaved like reference nodes.
     pub(crate) reference_nodes: usize,
     /// Seconds to spawn the nodes.
@@ -674,6 +689,7 @@ impl Extra {
             "impl": self.variant.impl_name(),
             "mode": self.mode.name(),
             "max_hops": self.max_hops,
+            "eager_announce": self.eager_announce,
             "reference_nodes": self.reference_nodes,
             "spawn_s": round(self.spawn_s, 3),
             "link_s": round(self.link_s, 3),

@@ -90,6 +90,8 @@ pub(crate) struct Tree {
     lazy_delay: Duration,
     graft_timeout: Duration,
     graft_retry: Duration,
+    /// Announce to eager links too.
+    eager_announce: bool,
     /// Missing ids forgotten to stay under [`MAX_MISSING`].
     pub(crate) missing_evicted: u64,
 }
@@ -99,6 +101,7 @@ impl Tree {
         lazy_delay: Duration,
         graft_timeout: Duration,
         graft_retry: Duration,
+        eager_announce: bool,
     ) -> Self {
         Self {
             links: HashMap::new(),
@@ -110,6 +113,7 @@ impl Tree {
             lazy_delay,
             graft_timeout,
             graft_retry,
+            eager_announce,
             missing_evicted: 0,
         }
     }
@@ -172,11 +176,10 @@ impl Tree {
     }
 
     /// Splits the tree peers other than `except` into eager (pushed to)
-    /// and lazy, and queues `id` for announcement to all of them: to the
-    /// lazy ones instead of the message, to the eager ones as well, so that
-    /// a push that never arrived is grafted after `graft_timeout` rather
-    /// than left to the repair digest. Returns the eager peers, and the
-    /// peers whose batch is now full (to be flushed at once).
+    /// and lazy, and queues `id` for announcement to the lazy ones (and to
+    /// the eager ones as well with `eager_announce`). Returns the eager
+    /// peers, and the peers whose batch is now full (to be flushed at
+    /// once).
     pub(crate) fn disseminate(
         &mut self,
         now: Instant,
@@ -191,6 +194,9 @@ impl Tree {
             }
             if *link == Link::Eager {
                 eager.push(*peer);
+                if !self.eager_announce {
+                    continue;
+                }
             }
             let batch = self.pending.entry(*peer).or_default();
             batch.push(id.to_owned());
@@ -346,6 +352,7 @@ mod tests {
             Duration::from_millis(10),
             Duration::from_millis(100),
             Duration::from_millis(50),
+            false,
         )
     }
 
@@ -367,12 +374,17 @@ mod tests {
         assert_eq!(t.next_due(), Some(now + Duration::from_millis(10)));
         assert_eq!(t.tick(now, |_| false), TickOut::default(), "not yet");
         let out = t.tick(now + Duration::from_millis(10), |_| false);
-        let ihave: HashMap<NodeId, Vec<String>> = out.ihave.into_iter().collect();
-        let both = vec!["m1".to_owned(), "m2".to_owned()];
-        // Lazy and eager peers alike are told, but not the one m1 came from.
-        assert_eq!(ihave[&id(3)], both);
-        assert_eq!(ihave[&id(2)], both);
-        assert_eq!(ihave[&id(1)], vec!["m2".to_owned()]);
+        // Only the lazy peer is told; the eager ones got the messages.
+        assert_eq!(out.ihave, vec![(id(3), vec!["m1".into(), "m2".into()])]);
+        // With eager announcements, everyone but the source is told.
+        let mut all = Tree::new(Duration::ZERO, Duration::ZERO, Duration::ZERO, true);
+        all.add_peer(id(1));
+        all.add_peer(id(2));
+        all.disseminate(now, "m", Some(&id(1)));
+        assert_eq!(
+            all.tick(now, |_| false).ihave,
+            vec![(id(2), vec!["m".into()])]
+        );
         assert_eq!(t.next_due(), None);
         assert_eq!(t.counts(), (2, 1));
     }

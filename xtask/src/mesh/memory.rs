@@ -280,6 +280,7 @@ impl Harness {
         if let Some(h) = self.args.max_hops {
             c.max_hops = h;
         }
+        c.eager_announce = self.args.eager_announce;
         c
     }
 
@@ -690,6 +691,7 @@ pub(crate) fn base_extra(h: &Harness, mode: Mode) -> Extra {
         mode,
         variant: h.variant,
         max_hops: h.gossip_config(0).max_hops,
+        eager_announce: h.gossip_config(0).eager_announce,
         reference_nodes: h.reference.iter().filter(|r| **r).count(),
         spawn_s: h.spawn_time.as_secs_f64(),
         link_s: h.link_time.as_secs_f64(),
