@@ -8,18 +8,19 @@
 //!                  [--broadcast tree|fanout[,…]] [--max-hops H] [--reference PCT]
 //!                  [--loss PCT] [--cut-links PCT] [--churn-every K]
 //!                  [--senders K] [--rates R[,R…]] [--step-secs S] [--late-ms L]
-//!                  [--peer gossipsub] [--gossipsub-manifest PATH] [--json-only]
+//!                  [--peer gossipsub] [--gossipsub-manifest PATH] [--threads T]
+//!                  [--json-only]
 //! ```
 //!
 //! Defaults: `--nodes 10,50,100 --transport memory --messages 20
 //! --max-peers 8 --degree 3 --seed 1 --mode broadcast --broadcast tree
 //! --reference 0 --loss 10 --cut-links 5 --churn-every 2 --rates
 //! 50,100,150,200,270,320,400 --step-secs 3 --late-ms 2000`, every node a
-//! sender, hop budget the default (10), no comparison peer. `--nodes` is
+//! sender, hop budget the default (32), no comparison peer. `--nodes` is
 //! repeatable; `--nodes`, `--mode`, `--broadcast` and `--rates` take comma
 //! lists. Each (transport, N, mode, broadcast) is one configuration, run in
-//! that nesting order (tcp runs the broadcast mode once per N, with the
-//! binary's defaults).
+//! that nesting order (tcp runs the broadcast mode only, once per N and
+//! broadcast variant).
 //!
 //! # Modes (memory transport)
 //!
@@ -179,9 +180,27 @@
 //! `timestamp`) that the harness reads from its stderr. Latency is that log
 //! timestamp minus the harness's wall clock (`SystemTime`) just before
 //! originating, so it includes the time to format and write the log line.
-//! `redundancy` and `bytes_per_node_per_s` are not measurable from outside
-//! the processes yet and are printed as `null`; `edges` is the harness's
-//! own peer count. Its rows say `"impl":"micelio"`.
+//! Each process runs with `gossip.broadcast` of the variant
+//! (`--broadcast`, `MICELIO_GOSSIP__BROADCAST`) and, with `--threads T`,
+//! `node.worker_threads = T` (1: a single-threaded runtime).
+//!
+//! After the warm-up the harness waits until discovery stopped adding
+//! links (the processes' summed peer counts equal in two samples 2 s
+//! apart, at most 30 s), sends one more unmeasured message so that the tree
+//! settles on the final links, then reads every process's counters: it
+//! sends SIGUSR1 and reads the `gossip stats` line each process logs (see
+//! `docs/operations.md`), before and after the measured messages.
+//! `redundancy`, `*_per_node_per_msg`, `duplicates_per_node_per_msg`,
+//! `eager_per_node` and `tree` (with `grafted_ids`) come from the
+//! differences of those counters over the N processes, ÷ N ÷ M, like the
+//! memory figures; `drops` has `non_duplicate` (every other drop) and
+//! `send_refused`. `cpu_us_per_msg_per_node` is the processes' CPU
+//! (`utime + stime` of `/proc/<pid>/stat`, clock ticks, so ±10 ms per
+//! process) over the phase ÷ N ÷ M; it includes each process's logging of
+//! every chat line (a JSON line on stderr), keepalives and discovery, not
+//! the harness's own work. `rss_per_node_kib` is the mean `VmRSS` of a
+//! process at the end, `rss_max_kib` the largest, `threads_per_process`
+//! their mean thread count; `edges` is the harness's own peer count.
 //!
 //! In the one-at-a-time modes one unmeasured warm-up broadcast comes first
 //! (in tcp mode it also waits until the mesh carries a message to every
@@ -251,7 +270,7 @@ const USAGE: &str = "usage: cargo xtask mesh [--nodes N[,N…]]… [--transport 
                         [--broadcast tree|fanout[,…]] [--max-hops H] [--reference PCT]
                         [--loss PCT] [--cut-links PCT] [--churn-every K]
                         [--senders K] [--rates R[,R…]] [--step-secs S] [--late-ms L]
-                        [--peer gossipsub] [--gossipsub-manifest PATH]
+                        [--peer gossipsub] [--gossipsub-manifest PATH] [--threads T]
 
 Measures how fast and how completely gossip messages reach every node of a
 mesh (in process over the memory transport, or real `micelio` processes over
@@ -377,6 +396,9 @@ pub(crate) struct MeshArgs {
     pub(crate) peers: Vec<Peer>,
     /// The gossipsub project's manifest (relative to the workspace root).
     pub(crate) gossipsub_manifest: Option<String>,
+    /// `node.worker_threads` of every process (tcp; `None`: the binary's
+    /// default, one per core).
+    pub(crate) threads: Option<usize>,
 }
 
 /// Default throughput steps, aggregate msg/s.
@@ -406,6 +428,7 @@ impl Default for MeshArgs {
             late_ms: 2000.0,
             peers: Vec::new(),
             gossipsub_manifest: None,
+            threads: None,
         }
     }
 }
@@ -554,6 +577,7 @@ pub(crate) fn parse_args(args: &[&str]) -> anyhow::Result<Option<MeshArgs>> {
             }
             "--step-secs" => out.step_secs = number(flag, value)?,
             "--late-ms" => out.late_ms = number(flag, value)?,
+            "--threads" => out.threads = Some(number(flag, value)?),
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
@@ -647,6 +671,10 @@ pub(crate) struct Extra {
     pub(crate) rss_per_node_kib: Option<f64>,
     /// Threads of the process.
     pub(crate) threads: Option<u64>,
+    /// Mean threads of a node process (tcp).
+    pub(crate) threads_per_process: Option<f64>,
+    /// Largest resident memory of a node process at the end, KiB (tcp).
+    pub(crate) rss_max_kib: Option<u64>,
     /// Gossip data bytes sent per node per message.
     pub(crate) data_bytes_per_node_per_msg: Option<f64>,
     /// Control bytes sent per node per message.
@@ -698,6 +726,8 @@ impl Extra {
             "rss_total_mib": r(self.rss_total_mib, 1),
             "rss_per_node_kib": r(self.rss_per_node_kib, 1),
             "threads": self.threads,
+            "threads_per_process": r(self.threads_per_process, 1),
+            "rss_max_kib": self.rss_max_kib,
             "data_bytes_per_node_per_msg": r(self.data_bytes_per_node_per_msg, 1),
             "control_bytes_per_node_per_msg": r(self.control_bytes_per_node_per_msg, 1),
             "data_frames_sent_per_node_per_msg": r(self.data_frames_sent_per_node_per_msg, 3),
@@ -1038,28 +1068,22 @@ pub(crate) fn run(root: &Path, raw: &[&str]) -> anyhow::Result<()> {
                 {
                     continue;
                 }
-                let variants = match kind {
-                    Kind::Tcp => vec![Variant::Tree],
-                    Kind::Memory => args.variants.clone(),
-                };
+                let variants = args.variants.clone();
                 for &variant in &variants {
                     let label = format!(
                         "{} {} {} mesh of {n} nodes",
                         kind.name(),
                         mode.name(),
-                        match kind {
-                            Kind::Tcp => "micelio",
-                            Kind::Memory => variant.impl_name(),
-                        }
+                        variant.impl_name()
                     );
                     progress(&args, &format!("{label}…"));
                     let outcome = match (kind, &binary) {
                         (Kind::Memory, _) => runtime
                             .block_on(memory::run(&args, n, mode, variant))
                             .map(|(o, e)| (o, Some(e))),
-                        (Kind::Tcp, Some(bin)) => {
-                            runtime.block_on(tcp::run(&args, n, bin)).map(|o| (o, None))
-                        }
+                        (Kind::Tcp, Some(bin)) => runtime
+                            .block_on(tcp::run(&args, n, bin, variant))
+                            .map(|(o, e)| (o, Some(e))),
                         (Kind::Tcp, None) => {
                             Err(anyhow::anyhow!("the micelio binary was not built"))
                         }

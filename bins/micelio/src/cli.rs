@@ -76,6 +76,10 @@ pub(crate) struct GlobalArgs {
     /// Log format: text or json [logging.format].
     #[arg(long, global = true, value_name = "FORMAT")]
     pub(crate) log_format: Option<String>,
+    /// Runtime threads: 0 = one per CPU core, 1 = single-threaded
+    /// [node.worker_threads].
+    #[arg(long, global = true, value_name = "N")]
+    pub(crate) worker_threads: Option<String>,
 }
 
 impl GlobalArgs {
@@ -89,6 +93,7 @@ impl GlobalArgs {
             bootstrap: self.bootstrap.clone(),
             log_level: self.log_level.clone(),
             log_format: self.log_format.clone(),
+            worker_threads: self.worker_threads.clone(),
         }
     }
 }

@@ -109,6 +109,8 @@ impl Config {
 
 /// The longest node name, in bytes.
 pub(crate) const MAX_NAME_LEN: usize = 255;
+/// The most runtime worker threads `node.worker_threads` accepts.
+pub(crate) const MAX_WORKER_THREADS: u64 = 1024;
 /// The most tags a node may carry.
 pub(crate) const MAX_TAGS: usize = 64;
 /// The longest tag, in bytes.
@@ -131,6 +133,11 @@ pub(crate) struct NodeConfig {
     /// Where the identity, `authorized_keys` and the database live; a
     /// leading `~` is expanded, relative paths are made absolute.
     pub(crate) data_dir: PathBuf,
+    /// Threads of the tokio runtime that runs the node: 0 means one per
+    /// CPU core, 1 a single-threaded (current-thread) runtime, which
+    /// suits small nodes and many nodes per machine. Blocking work (disk)
+    /// runs on tokio's separate blocking pool either way.
+    pub(crate) worker_threads: usize,
 }
 
 impl NodeConfig {
@@ -140,6 +147,7 @@ impl NodeConfig {
             tags: Vec::new(),
             data_dir: expand_home(Path::new("~/.micelio"), host.home.as_deref())
                 .unwrap_or_else(|_| PathBuf::from("~/.micelio")),
+            worker_threads: 0,
         }
     }
 
@@ -160,10 +168,12 @@ impl NodeConfig {
             let dir = expand_home(Path::new(dir), host.home.as_deref())?;
             std::path::absolute(&dir).map_err(|e| format!("cannot resolve {}: {e}", dir.display()))
         });
+        let worker_threads = s.number("worker_threads", 0, MAX_WORKER_THREADS);
         Some(Self {
             name: name?,
             tags: tags?,
             data_dir: data_dir?,
+            worker_threads: worker_threads?,
         })
     }
 }

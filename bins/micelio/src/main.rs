@@ -2,7 +2,8 @@
 //!
 //! `main` stays thin: parse the command line, load and validate the
 //! configuration, initialise logging, open the data dir and the identity,
-//! then run the node on a multi-thread tokio runtime until SIGINT or
+//! then run the node on a tokio runtime (one worker per core, or the
+//! number `node.worker_threads` asks for; 1 is single-threaded) until SIGINT or
 //! SIGTERM, or until one of its components fails. The node itself is
 //! composed and supervised in [`node::run`].
 //!
@@ -49,11 +50,7 @@ fn run(args: &GlobalArgs) -> Result<(), Failure> {
     commands::open_data_dir(&config.node.data_dir)?;
     let identity = commands::open_identity(&config.node.data_dir)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("micelio")
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let runtime = build_runtime(config.node.worker_threads)?;
     let result = runtime.block_on(async {
         // Signals are handled from here on, so once the banner is out a
         // supervisor (or a test) may send SIGTERM.
@@ -71,6 +68,26 @@ fn run(args: &GlobalArgs) -> Result<(), Failure> {
     Ok(result?)
 }
 
+/// The runtime the node runs on: `worker_threads` 1 is a current-thread
+/// runtime (the node's tasks share the main thread), 0 a multi-thread
+/// runtime with one worker per core, any other number that many workers.
+fn build_runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if worker_threads > 1 {
+            builder.worker_threads(worker_threads);
+        }
+        builder
+    };
+    builder
+        .enable_all()
+        .thread_name("micelio")
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
 #[allow(clippy::print_stderr, reason = "reporting the failure is the purpose")]
 fn report(failure: &Failure) -> ExitCode {
     match failure {
@@ -82,5 +99,29 @@ fn report(failure: &Failure) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    use super::*;
+
+    #[test]
+    fn worker_threads_picks_the_runtime() {
+        let single = build_runtime(1).unwrap();
+        assert_eq!(
+            single.handle().runtime_flavor(),
+            RuntimeFlavor::CurrentThread
+        );
+        let three = build_runtime(3).unwrap();
+        assert_eq!(three.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(three.metrics().num_workers(), 3);
+        let per_core = build_runtime(0).unwrap();
+        assert_eq!(
+            per_core.metrics().num_workers(),
+            std::thread::available_parallelism().map_or(1, usize::from)
+        );
     }
 }

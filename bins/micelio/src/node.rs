@@ -21,7 +21,8 @@
 //! task, `PeerManager::closed` for the accept loop, bootstrap dialers,
 //! maintenance loop and storage task) resolves when its tasks end, with the
 //! panic message or the reason; the node's own chat-log task is watched by
-//! its join handle. A component that ends or panics is logged with its
+//! its join handle. SIGUSR1 logs the gossip counters in one line
+//! (`gossip stats`), as does the ordered stop. A component that ends or panics is logged with its
 //! name and reason and the node stops, in order, with an error (exit
 //! status 1): it never lingers half-alive.
 
@@ -446,9 +447,20 @@ impl Node {
         };
         tokio::pin!(stop_ssh);
         let mut injected = false;
+        let mut usr1 =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+                Ok(usr1) => Some(usr1),
+                Err(e) => {
+                    warn!("cannot listen for SIGUSR1, no stats on demand: {e}");
+                    None
+                }
+            };
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
+                Some(()) = async { usr1.as_mut()?.recv().await }, if usr1.is_some() => {
+                    self.log_stats("SIGUSR1").await;
+                }
                 () = &mut stop_ssh, if !injected => {
                     injected = true;
                     warn!("debug fault injection: stopping the SSH server behind the node's back");
@@ -483,6 +495,7 @@ impl Node {
     /// If storage cannot be flushed.
     async fn stop(&mut self) -> anyhow::Result<()> {
         info!("stopping");
+        self.log_stats("shutdown").await;
         self.watches.abort_all();
         if let Some(ssh) = &self.ssh {
             ssh.shutdown().await;
@@ -511,6 +524,40 @@ impl Node {
         };
         while self.watches.join_next().await.is_some() {}
         flushed
+    }
+}
+
+impl Node {
+    /// Logs the gossip counters in one line (message `gossip stats`), for
+    /// operators and benchmarks without an SSH session: on SIGUSR1 and
+    /// when the node stops. `why` says which.
+    async fn log_stats(&self, why: &str) {
+        let Some(gossip) = &self.gossip else { return };
+        let Ok(s) = gossip.stats().await else { return };
+        let (eager, lazy) = (s.tree_eager_peers, s.tree_lazy_peers);
+        info!(
+            why = %why,
+            peers = self.peers.as_ref().map_or(0, PeerManager::peer_count),
+            received = s.received,
+            delivered = s.delivered,
+            originated = s.originated,
+            duplicates = s.dropped_for(micelio_gossip::DropReason::Duplicate),
+            dropped = s.dropped_total(),
+            data_frames_sent = s.data_frames_sent,
+            data_bytes_sent = s.data_bytes_sent,
+            control_frames_sent = s.control_frames_sent,
+            control_bytes_sent = s.control_bytes_sent,
+            tree_eager_peers = eager,
+            tree_lazy_peers = lazy,
+            ihave_ids_sent = s.ihave_ids_sent,
+            grafts_sent = s.grafts_sent,
+            grafted_ids = s.grafted_ids,
+            prunes_sent = s.prunes_sent,
+            repairs_requested = s.repairs_requested,
+            repairs_served = s.repairs_served,
+            send_refused = s.send_refused,
+            "gossip stats"
+        );
     }
 }
 

@@ -112,6 +112,9 @@ fn id_refuses_a_key_readable_by_others() {
 }
 
 const BAD_CONFIG: &str = r#"
+[node]
+worker_threads = 5000
+
 [network]
 listen = "nope"
 max_peers = -3
@@ -141,6 +144,7 @@ fn every_bad_field_is_reported_by_config_check_and_run() {
             "network.max_peers: must be between 1 and 1000, got -3",
             "network.max_peer: unknown key",
             "logging.format:",
+            "node.worker_threads: must be between 0 and 1024, got 5000",
         ] {
             assert!(
                 out.stderr.contains(field),
@@ -192,6 +196,7 @@ fn precedence_is_defaults_then_file_then_env_then_flags() {
     let defaults = effective(env.micelio(&[]));
     assert_ne!(get(&defaults, "node.name").as_str(), Some("from-file"));
     assert_eq!(get(&defaults, "network.max_peers").as_integer(), Some(15));
+    assert_eq!(get(&defaults, "node.worker_threads").as_integer(), Some(0));
     assert_eq!(get(&defaults, "network.listen").as_str(), Some(""));
     let home_data = env.path(".micelio");
     assert_eq!(get(&defaults, "node.data_dir").as_str(), home_data.to_str());
@@ -204,12 +209,14 @@ fn precedence_is_defaults_then_file_then_env_then_flags() {
         let mut cmd = env.micelio(args);
         cmd.env("MICELIO_CONFIG", file)
             .env("MICELIO_NODE__NAME", "from-env")
-            .env("MICELIO_NETWORK__MAX_PEERS", "30");
+            .env("MICELIO_NETWORK__MAX_PEERS", "30")
+            .env("MICELIO_NODE__WORKER_THREADS", "2");
         cmd
     };
     let from_env = effective(with_env(&[]));
     assert_eq!(get(&from_env, "node.name").as_str(), Some("from-env"));
     assert_eq!(get(&from_env, "network.max_peers").as_integer(), Some(30));
+    assert_eq!(get(&from_env, "node.worker_threads").as_integer(), Some(2));
     assert_eq!(
         get(&from_env, "network.listen").as_str(),
         Some("127.0.0.1:4001")
@@ -220,7 +227,13 @@ fn precedence_is_defaults_then_file_then_env_then_flags() {
         "from-flag",
         "--listen",
         "127.0.0.1:4002",
+        "--worker-threads",
+        "1",
     ]));
+    assert_eq!(
+        get(&from_flags, "node.worker_threads").as_integer(),
+        Some(1)
+    );
     assert_eq!(get(&from_flags, "node.name").as_str(), Some("from-flag"));
     assert_eq!(
         get(&from_flags, "network.listen").as_str(),

@@ -153,6 +153,62 @@ fn a_chat_line_reaches_every_process_exactly_once() {
     }
 }
 
+/// Threads of process `pid`, from `/proc/<pid>/status`.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_single_threaded_node_meshes_and_logs_its_stats_on_sigusr1() {
+    let home = Home::new();
+    let listen = ["--listen", "127.0.0.1:0"];
+    let wide = home.start("wide", &[&listen[..], &["--worker-threads", "4"]].concat());
+    let boot = wide.addr.clone();
+    let mut small = home.start(
+        "small",
+        &[
+            &listen[..],
+            &["--worker-threads", "1", "--bootstrap", &boot],
+        ]
+        .concat(),
+    );
+    let wide_id = wide.node_id.clone();
+    small.connected_to(&wide_id);
+    let mut wide = wide;
+    let small_id = small.node_id.clone();
+    wide.connected_to(&small_id);
+
+    // Four workers besides the main thread; the small node runs its tasks
+    // on the main thread (blocking-pool threads come and go on both).
+    let (t_wide, t_small) = (threads(wide.pid()), threads(small.pid()));
+    assert!(t_wide >= 5, "{t_wide} threads with --worker-threads 4");
+    assert!(
+        t_small < t_wide,
+        "{t_small} threads with 1, {t_wide} with 4"
+    );
+
+    small.process.signal("USR1");
+    let line = small.wait_for(|l| l.contains("gossip stats") && l.contains("why=SIGUSR1"));
+    assert!(line.contains("peers=1"), "{line}");
+    assert!(line.contains("data_frames_sent="), "{line}");
+    assert!(line.contains("grafted_ids="), "{line}");
+
+    let lines = small.terminate();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("gossip stats") && l.contains("why=shutdown")),
+        "stats at shutdown:\n{}",
+        lines.join("\n")
+    );
+    wide.terminate();
+}
+
 /// The lines of the ordered stop, in the order they must appear.
 const STOP_STEPS: [&str; 5] = [
     "stopped the SSH server and its sessions",

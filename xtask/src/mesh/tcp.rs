@@ -21,8 +21,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::memory::{chat_payload, identity_seed};
+use super::sys::{self, ProcSample};
 use super::{
-    Kind, MESSAGE_TIMEOUT, MIN_GAP, MeshArgs, MessageResult, Outcome, await_receipts, progress,
+    Extra, Kind, MESSAGE_TIMEOUT, MIN_GAP, MeshArgs, MessageResult, Mode, Outcome, Variant,
+    await_receipts, progress,
 };
 
 /// Longest wait for one process to print its listen address.
@@ -37,6 +39,12 @@ const HARNESS_BOOTSTRAP: usize = 3;
 const TAIL: usize = 20;
 /// The log message of a received chat.
 const CHAT_RECEIVED: &str = "chat received";
+/// The log message of the counters a node logs on SIGUSR1.
+const GOSSIP_STATS: &str = "gossip stats";
+/// Longest wait for every process to answer SIGUSR1 with its counters.
+const STATS_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for discovery to stop adding links before measuring.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds the release `micelio` binary with the cargo that runs xtask and
 /// returns its path (`$CARGO_TARGET_DIR/release/micelio`, default
@@ -151,6 +159,27 @@ pub(crate) fn parse_chat_line(line: &str) -> Option<(String, SystemTime)> {
     Some((id, at))
 }
 
+/// The numeric fields of a `gossip stats` JSON log line.
+pub(crate) fn parse_stats_line(line: &str) -> Option<Counters> {
+    if !line.contains(GOSSIP_STATS) {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = v.get("fields")?.as_object()?;
+    if fields.get("message")?.as_str()? != GOSSIP_STATS {
+        return None;
+    }
+    Some(
+        fields
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+            .collect(),
+    )
+}
+
+/// One `gossip stats` line: counter name → value.
+pub(crate) type Counters = std::collections::BTreeMap<String, u64>;
+
 /// The listen address in a `peers       127.0.0.1:PORT` stdout line.
 pub(crate) fn parse_peers_line(line: &str) -> Option<String> {
     let rest = line.strip_prefix("peers")?;
@@ -222,17 +251,22 @@ impl Drop for Children {
 /// One process as the harness sees it.
 struct Proc {
     addr: String,
+    pid: u32,
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// Every `gossip stats` line it logged, in order.
+    stats: Arc<Mutex<Vec<Counters>>>,
 }
 
 type Receipt = (usize, String, SystemTime);
 
 /// Starts process `i`; returns once it printed its listen address.
+#[allow(clippy::too_many_arguments, reason = "one call site")]
 fn start(
     bin: &Path,
     dir: &Path,
     i: usize,
     args: &MeshArgs,
+    variant: Variant,
     bootstrap: &[String],
     children: &mut Children,
     receipts: &mpsc::UnboundedSender<Receipt>,
@@ -244,9 +278,21 @@ fn start(
     }
     cmd.env("MICELIO_NETWORK__EXCHANGE_INTERVAL", "1s")
         .env("MICELIO_NETWORK__DISCOVERY_INTERVAL", "1s")
-        .env("MICELIO_NETWORK__MAX_PEERS", args.max_peers.to_string());
+        .env("MICELIO_NETWORK__MAX_PEERS", args.max_peers.to_string())
+        .env(
+            "MICELIO_GOSSIP__BROADCAST",
+            match variant {
+                Variant::Tree => "tree",
+                Variant::Fanout => "fanout",
+            },
+        );
+    if let Some(t) = args.threads {
+        cmd.env("MICELIO_NODE__WORKER_THREADS", t.to_string());
+    }
     let (stdout, stderr) = children.spawn_piped(cmd, &format!("process {i}"))?;
+    let pid = children.0.last().map_or(0, Child::id);
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL)));
+    let stats = Arc::new(Mutex::new(Vec::new()));
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
         let mut addr_tx = Some(addr_tx);
@@ -260,11 +306,19 @@ fn start(
     });
     {
         let tail = tail.clone();
+        let stats = stats.clone();
         let receipts = receipts.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some((id, at)) = parse_chat_line(&line) {
                     let _ = receipts.send((i, id, at));
+                    continue;
+                }
+                if let Some(counters) = parse_stats_line(&line) {
+                    stats
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(counters);
                     continue;
                 }
                 let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
@@ -276,7 +330,12 @@ fn start(
         });
     }
     match addr_rx.recv_timeout(START_TIMEOUT) {
-        Ok(addr) => Ok(Proc { addr, tail }),
+        Ok(addr) => Ok(Proc {
+            addr,
+            pid,
+            tail,
+            stats,
+        }),
         Err(_) => {
             // Give the stderr reader a moment to collect the last words.
             thread::sleep(Duration::from_millis(200));
@@ -293,8 +352,65 @@ fn start(
 /// Receipts: message id → (process → log timestamp).
 type Seen = super::Receipts<SystemTime>;
 
+/// Asks every process for its counters (SIGUSR1) and waits, bounded by
+/// [`STATS_TIMEOUT`], until each has logged a new `gossip stats` line;
+/// returns the new lines, in process order.
+async fn request_stats(procs: &[Proc]) -> anyhow::Result<Vec<Counters>> {
+    let before: Vec<usize> = procs
+        .iter()
+        .map(|p| p.stats.lock().unwrap_or_else(|e| e.into_inner()).len())
+        .collect();
+    for (i, p) in procs.iter().enumerate() {
+        sys::signal_usr1(p.pid).with_context(|| format!("SIGUSR1 to process {i}"))?;
+    }
+    let deadline = Instant::now() + STATS_TIMEOUT;
+    loop {
+        let latest: Vec<Option<Counters>> = procs
+            .iter()
+            .zip(&before)
+            .map(|(p, &b)| {
+                let s = p.stats.lock().unwrap_or_else(|e| e.into_inner());
+                (s.len() > b).then(|| s.last().cloned()).flatten()
+            })
+            .collect();
+        if latest.iter().all(Option::is_some) {
+            return Ok(latest.into_iter().flatten().collect());
+        }
+        if Instant::now() >= deadline {
+            let silent: Vec<String> = latest
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_none())
+                .map(|(i, _)| i.to_string())
+                .collect();
+            bail!(
+                "process {} logged no {GOSSIP_STATS:?} line within {STATS_TIMEOUT:?} of SIGUSR1",
+                silent.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Σ over processes of `after[key] − before[key]`.
+fn delta(before: &[Counters], after: &[Counters], key: &str) -> u64 {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            let get = |c: &Counters| c.get(key).copied().unwrap_or(0);
+            get(a).saturating_sub(get(b))
+        })
+        .sum()
+}
+
 /// Runs one configuration of `n` processes.
-pub(crate) async fn run(args: &MeshArgs, n: usize, bin: &Path) -> anyhow::Result<Outcome> {
+pub(crate) async fn run(
+    args: &MeshArgs,
+    n: usize,
+    bin: &Path,
+    variant: Variant,
+) -> anyhow::Result<(Outcome, Extra)> {
     let mut rng = SmallRng::seed_from_u64(args.seed ^ (n as u64).rotate_left(40));
     // Dropped last: the children go first (declared after).
     let dir = tempfile::Builder::new()
@@ -309,7 +425,16 @@ pub(crate) async fn run(args: &MeshArgs, n: usize, bin: &Path) -> anyhow::Result
         let count = rng.random_range(1..=2usize).min(earlier.len());
         let bootstrap: Vec<String> = earlier.choose_multiple(&mut rng, count).cloned().collect();
         let p = tokio::task::block_in_place(|| {
-            start(bin, dir.path(), i, args, &bootstrap, &mut children, &tx)
+            start(
+                bin,
+                dir.path(),
+                i,
+                args,
+                variant,
+                &bootstrap,
+                &mut children,
+                &tx,
+            )
         })?;
         procs.push(p);
     }
@@ -330,8 +455,13 @@ pub(crate) async fn run(args: &MeshArgs, n: usize, bin: &Path) -> anyhow::Result
     let (peers, events) = PeerManager::spawn(identity.clone(), Arc::new(transport), config, None)
         .await
         .context("starting the harness node")?;
-    let gossip = Gossip::spawn(identity, GossipConfig::default(), peers.clone(), events);
-    let result = measure(args, n, &peers, &gossip, &mut rx, want_peers, &procs).await;
+    let mut gconfig = GossipConfig::default();
+    gconfig.broadcast_tree = variant == Variant::Tree;
+    let gossip = Gossip::spawn(identity, gconfig, peers.clone(), events);
+    let result = measure(
+        args, n, variant, &peers, &gossip, &mut rx, want_peers, &procs,
+    )
+    .await;
     gossip.shutdown().await;
     peers.shutdown().await;
     drop(children);
@@ -339,15 +469,17 @@ pub(crate) async fn run(args: &MeshArgs, n: usize, bin: &Path) -> anyhow::Result
     result
 }
 
+#[allow(clippy::too_many_arguments, reason = "one call site")]
 async fn measure(
     args: &MeshArgs,
     n: usize,
+    variant: Variant,
     peers: &PeerManager,
     gossip: &Gossip,
     rx: &mut mpsc::UnboundedReceiver<Receipt>,
     want_peers: usize,
     procs: &[Proc],
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<(Outcome, Extra)> {
     let joined = Instant::now() + JOIN_TIMEOUT;
     while peers.peer_count() < want_peers {
         if Instant::now() >= joined {
@@ -401,7 +533,42 @@ async fn measure(
         }
         tokio::time::sleep(MIN_GAP * 3).await;
     }
+    // Discovery adds links until every node has max_peers or knows no one
+    // new: measure the mesh once its link count stopped changing.
+    let settle_deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut links = None;
+    let mut before = loop {
+        let sample = request_stats(procs).await?;
+        let now: u64 = sample
+            .iter()
+            .map(|c| c.get("peers").copied().unwrap_or(0))
+            .sum();
+        if links == Some(now) || Instant::now() >= settle_deadline {
+            break sample;
+        }
+        links = Some(now);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    // Let the tree settle on the final links (one more warm-up message).
+    let id = gossip
+        .originate(MsgType::Chat, chat_payload(k))
+        .await
+        .context("originating a warm-up message")?;
+    await_receipts(
+        rx,
+        &mut seen,
+        &id,
+        None,
+        n,
+        Instant::now() + MESSAGE_TIMEOUT,
+    )
+    .await;
     tokio::time::sleep(MIN_GAP).await;
+    before = match request_stats(procs).await {
+        Ok(b) => b,
+        Err(_) => before,
+    };
+    let cpu_before: Vec<Option<ProcSample>> = procs.iter().map(|p| sys::sample(p.pid)).collect();
     let edges = peers.peer_count();
     let started = Instant::now();
     let mut results = Vec::with_capacity(args.messages);
@@ -443,16 +610,73 @@ async fn measure(
         });
         tokio::time::sleep_until(t0 + MIN_GAP).await;
     }
-    Ok(Outcome {
+    let duration = started.elapsed();
+    let cpu_after: Vec<Option<ProcSample>> = procs.iter().map(|p| sys::sample(p.pid)).collect();
+    let after = request_stats(procs).await?;
+
+    let nm = (n * args.messages).max(1) as f64;
+    let per_msg = |key: &str| delta(&before, &after, key) as f64 / nm;
+    let samples: Vec<ProcSample> = cpu_after.iter().flatten().copied().collect();
+    let cpu: Option<Duration> = cpu_before
+        .iter()
+        .zip(&cpu_after)
+        .map(|(b, a)| Some(a.as_ref()?.cpu.saturating_sub(b.as_ref()?.cpu)))
+        .sum();
+    let mean = |f: fn(&ProcSample) -> u64| {
+        (!samples.is_empty())
+            .then(|| samples.iter().map(f).sum::<u64>() as f64 / samples.len() as f64)
+    };
+    let eager: u64 = after
+        .iter()
+        .map(|c| c.get("tree_eager_peers").copied().unwrap_or(0))
+        .sum();
+    let mut drops = std::collections::BTreeMap::new();
+    drops.insert(
+        "non_duplicate".to_owned(),
+        delta(&before, &after, "dropped").saturating_sub(delta(&before, &after, "duplicates")),
+    );
+    drops.insert(
+        "send_refused".to_owned(),
+        delta(&before, &after, "send_refused"),
+    );
+    let extra = Extra {
+        mode: Mode::Broadcast,
+        variant,
+        max_hops: GossipConfig::default().max_hops,
+        eager_announce: GossipConfig::default().eager_announce,
+        rss_per_node_kib: mean(|s| s.rss_kib),
+        rss_max_kib: samples.iter().map(|s| s.rss_kib).max(),
+        threads_per_process: mean(|s| s.threads),
+        data_bytes_per_node_per_msg: Some(per_msg("data_bytes_sent")),
+        control_bytes_per_node_per_msg: Some(per_msg("control_bytes_sent")),
+        data_frames_sent_per_node_per_msg: Some(per_msg("data_frames_sent")),
+        control_frames_per_node_per_msg: Some(per_msg("control_frames_sent")),
+        duplicates_per_node_per_msg: Some(per_msg("duplicates")),
+        cpu_us_per_msg_per_node: cpu.map(|c| c.as_secs_f64() * 1e6 / nm),
+        eager_per_node: Some(eager as f64 / n.max(1) as f64),
+        tree: Some(serde_json::json!({
+            "ihave_ids_sent": delta(&before, &after, "ihave_ids_sent"),
+            "grafts_sent": delta(&before, &after, "grafts_sent"),
+            "grafted_ids": delta(&before, &after, "grafted_ids"),
+            "prunes_sent": delta(&before, &after, "prunes_sent"),
+            "repairs_served": delta(&before, &after, "repairs_served"),
+        })),
+        ..Extra::default()
+    };
+    let outcome = Outcome {
         kind: Kind::Tcp,
         nodes: n,
         messages: results,
-        redundancy: None,
-        bytes_sent: None,
-        duration: started.elapsed(),
+        redundancy: Some(per_msg("received")),
+        bytes_sent: Some(
+            delta(&before, &after, "data_bytes_sent")
+                + delta(&before, &after, "control_bytes_sent"),
+        ),
+        duration,
         edges,
-        drops: None,
-    })
+        drops: Some(drops),
+    };
+    Ok((outcome, extra))
 }
 
 #[cfg(test)]
@@ -502,5 +726,21 @@ mod tests {
         );
         assert_eq!(parse_peers_line("peers       none (outbound only)"), None);
         assert_eq!(parse_peers_line("node id     abc"), None);
+    }
+
+    #[test]
+    fn stats_lines_parse_and_deltas_sum() {
+        let line = r#"{"timestamp":"2000-03-01T00:00:00Z","level":"INFO","fields":{"message":"gossip stats","why":"SIGUSR1","peers":3,"received":40,"grafted_ids":2},"target":"micelio::node"}"#;
+        let c = parse_stats_line(line).unwrap();
+        assert_eq!(c.get("peers"), Some(&3));
+        assert_eq!(c.get("received"), Some(&40));
+        assert_eq!(c.get("why"), None, "only numbers");
+        assert_eq!(
+            parse_stats_line(&line.replace("gossip stats", "node started")),
+            None
+        );
+        let mut later = c.clone();
+        later.insert("received".to_owned(), 55);
+        assert_eq!(delta(&[c.clone(), c.clone()], &[later, c], "received"), 15);
     }
 }

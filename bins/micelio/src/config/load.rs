@@ -50,6 +50,8 @@ pub(crate) struct Overrides {
     pub(crate) log_level: Option<String>,
     /// `--log-format` → `logging.format`.
     pub(crate) log_format: Option<String>,
+    /// `--worker-threads` → `node.worker_threads`.
+    pub(crate) worker_threads: Option<String>,
 }
 
 /// Which flag sets which key, for error messages.
@@ -61,6 +63,7 @@ const FLAG_KEYS: &[(&str, &str)] = &[
     ("network.bootstrap", "--bootstrap"),
     ("logging.level", "--log-level"),
     ("logging.format", "--log-format"),
+    ("node.worker_threads", "--worker-threads"),
 ];
 
 impl Overrides {
@@ -73,6 +76,7 @@ impl Overrides {
             ("network.listen", &self.listen),
             ("logging.level", &self.log_level),
             ("logging.format", &self.log_format),
+            ("node.worker_threads", &self.worker_threads),
         ];
         for (path, value) in scalars {
             if let Some(value) = value {

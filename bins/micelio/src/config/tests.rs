@@ -645,12 +645,14 @@ fn every_flag_sets_its_key() {
         bootstrap: vec!["a.example:1".to_owned(), "b.example:2".to_owned()],
         log_level: Some("debug".to_owned()),
         log_format: Some("json".to_owned()),
+        worker_threads: Some("1".to_owned()),
     };
     let config = toml("[network]\nbootstrap = [\"c.example:3\"]")
         .flags(flags)
         .ok();
     assert_eq!(config.node.name, "n");
     assert_eq!(config.node.data_dir, Path::new("/srv/m"));
+    assert_eq!(config.node.worker_threads, 1);
     assert_eq!(config.ssh.listen.port(), 22);
     assert_eq!(config.network.listen.map(|a| a.port()), Some(4000));
     assert_eq!(config.network.bootstrap, ["a.example:1", "b.example:2"]);
