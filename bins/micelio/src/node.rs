@@ -534,7 +534,6 @@ impl Node {
     async fn log_stats(&self, why: &str) {
         let Some(gossip) = &self.gossip else { return };
         let Ok(s) = gossip.stats().await else { return };
-        let (eager, lazy) = (s.tree_eager_peers, s.tree_lazy_peers);
         info!(
             why = %why,
             peers = self.peers.as_ref().map_or(0, PeerManager::peer_count),
@@ -547,8 +546,8 @@ impl Node {
             data_bytes_sent = s.data_bytes_sent,
             control_frames_sent = s.control_frames_sent,
             control_bytes_sent = s.control_bytes_sent,
-            tree_eager_peers = eager,
-            tree_lazy_peers = lazy,
+            tree_eager_peers = s.tree_eager_peers,
+            tree_lazy_peers = s.tree_lazy_peers,
             ihave_ids_sent = s.ihave_ids_sent,
             grafts_sent = s.grafts_sent,
             grafted_ids = s.grafted_ids,

@@ -537,18 +537,18 @@ async fn measure(
     // new: measure the mesh once its link count stopped changing.
     let settle_deadline = Instant::now() + SETTLE_TIMEOUT;
     let mut links = None;
-    let mut before = loop {
+    loop {
         let sample = request_stats(procs).await?;
         let now: u64 = sample
             .iter()
             .map(|c| c.get("peers").copied().unwrap_or(0))
             .sum();
         if links == Some(now) || Instant::now() >= settle_deadline {
-            break sample;
+            break;
         }
         links = Some(now);
         tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    }
     // Let the tree settle on the final links (one more warm-up message).
     let id = gossip
         .originate(MsgType::Chat, chat_payload(k))
@@ -564,10 +564,7 @@ async fn measure(
     )
     .await;
     tokio::time::sleep(MIN_GAP).await;
-    before = match request_stats(procs).await {
-        Ok(b) => b,
-        Err(_) => before,
-    };
+    let before = request_stats(procs).await?;
     let cpu_before: Vec<Option<ProcSample>> = procs.iter().map(|p| sys::sample(p.pid)).collect();
     let edges = peers.peer_count();
     let started = Instant::now();
