@@ -45,8 +45,11 @@ counters! {
     preauth_evicted,
     /// Inbound connections not authenticated within `preauth_timeout`.
     preauth_timeouts,
-    /// Connections closed after the hello because `max_peers` was reached.
+    /// Connections closed after the hello because `max_peers` was reached
+    /// (or because the peer was closed to make room a moment ago).
     closed_max_peers,
+    /// Links closed by a full node to make room for nodes it refused.
+    room_made,
     /// Dials that failed (refused, timed out, handshake failed).
     dial_failures,
     /// Noise handshakes that failed or timed out (inbound and outbound).

@@ -392,6 +392,24 @@ async fn request_stats(procs: &[Proc]) -> anyhow::Result<Vec<Counters>> {
     }
 }
 
+/// One line on the mesh's shape from each process' counters: the spread of
+/// peers per process (min, median, max, how many have none) and the total
+/// of eager and lazy tree links.
+fn shape(stats: &[Counters]) -> String {
+    let get = |c: &Counters, k: &str| c.get(k).copied().unwrap_or(0);
+    let mut peers: Vec<u64> = stats.iter().map(|c| get(c, "peers")).collect();
+    peers.sort_unstable();
+    let eager: u64 = stats.iter().map(|c| get(c, "tree_eager_peers")).sum();
+    let lazy: u64 = stats.iter().map(|c| get(c, "tree_lazy_peers")).sum();
+    format!(
+        "mesh: peers per process min {} median {} max {}, {} with none; tree links {eager} eager, {lazy} lazy",
+        peers.first().copied().unwrap_or(0),
+        peers.get(peers.len() / 2).copied().unwrap_or(0),
+        peers.last().copied().unwrap_or(0),
+        peers.iter().filter(|&&p| p == 0).count(),
+    )
+}
+
 /// Σ over processes of `after[key] − before[key]`.
 fn delta(before: &[Counters], after: &[Counters], key: &str) -> u64 {
     before
@@ -543,6 +561,7 @@ async fn measure(
             .iter()
             .map(|c| c.get("peers").copied().unwrap_or(0))
             .sum();
+        progress(args, &shape(&sample));
         if links == Some(now) || Instant::now() >= settle_deadline {
             break;
         }
@@ -565,6 +584,7 @@ async fn measure(
     .await;
     tokio::time::sleep(MIN_GAP).await;
     let before = request_stats(procs).await?;
+    progress(args, &shape(&before));
     let cpu_before: Vec<Option<ProcSample>> = procs.iter().map(|p| sys::sample(p.pid)).collect();
     let edges = peers.peer_count();
     let started = Instant::now();

@@ -51,6 +51,7 @@ pub(super) fn admit(shared: &Arc<Shared>, incoming: Box<dyn Incoming>) {
     let decision = {
         let mut reg = lock(&shared.registry);
         if reg.peers.len() >= shared.config.max_peers {
+            reg.room.refused = true;
             Err(None)
         } else {
             let host = host_of(&remote);

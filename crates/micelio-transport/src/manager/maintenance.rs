@@ -3,6 +3,7 @@
 //! `discovery_interval` (jittered dials of known, unconnected peers).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use micelio_identity::NodeId;
@@ -102,6 +103,39 @@ pub(super) async fn maintenance_loop(shared: Arc<Shared>) {
     }
 }
 
+/// While full, closes the longest-lived link if someone was refused for
+/// `max_peers` since room was last made (see [`super::Room`]).
+fn make_room(shared: &Shared, reg: &mut super::Registry) {
+    let now = Instant::now();
+    let round = shared.config.discovery_interval;
+    if !reg.room.refused
+        || reg
+            .room
+            .last
+            .is_some_and(|t| now < t + round * super::ROOM_EVERY_ROUNDS)
+    {
+        return;
+    }
+    let min_age = round * super::ROOM_MIN_AGE_ROUNDS;
+    let Some((id, slot)) = reg
+        .peers
+        .iter()
+        .filter(|(_, s)| now.saturating_duration_since(s.since) >= min_age)
+        .min_by_key(|(_, s)| s.since)
+    else {
+        return;
+    };
+    let id = *id;
+    slot.close_all();
+    reg.room = super::Room {
+        refused: false,
+        last: Some(now),
+        barred: Some((id, now + round * super::ROOM_BAR_ROUNDS)),
+    };
+    shared.counters.room_made.fetch_add(1, Ordering::Relaxed);
+    info!(peer = %id.short(12), "closed the longest-lived link to make room for a node refused at max_peers");
+}
+
 pub(super) fn discovery_round(shared: &Arc<Shared>) {
     let candidates = {
         let mut reg = lock(&shared.registry);
@@ -110,10 +144,18 @@ pub(super) fn discovery_round(shared: &Arc<Shared>) {
             .max_peers
             .saturating_sub(reg.peers.len() + reg.dialing.len());
         if room == 0 {
+            if reg.peers.len() >= shared.config.max_peers {
+                make_room(shared, &mut reg);
+            }
             return;
         }
         let mut skip: HashSet<NodeId> = reg.peers.keys().copied().collect();
         skip.extend(reg.dialing.iter().copied());
+        if let Some((barred, until)) = reg.room.barred
+            && Instant::now() < until
+        {
+            skip.insert(barred);
+        }
         skip.insert(*shared.identity.node_id());
         let mut rng = lock(&shared.rng);
         let c = lock(&shared.known).candidates(
