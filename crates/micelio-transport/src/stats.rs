@@ -46,10 +46,12 @@ counters! {
     /// Inbound connections not authenticated within `preauth_timeout`.
     preauth_timeouts,
     /// Connections closed after the hello because `max_peers` was reached
-    /// (or because the peer was closed to make room a moment ago).
+    /// (visitors among them).
     closed_max_peers,
-    /// Links closed by a full node to make room for nodes it refused.
-    room_made,
+    /// Inbound connections admitted to the handshake while full, at most one
+    /// per second, to be given a peer exchange and closed after the hello, so
+    /// that a newcomer whose bootstrap peers are full learns where to go.
+    visitors,
     /// Dials that failed (refused, timed out, handshake failed).
     dial_failures,
     /// Noise handshakes that failed or timed out (inbound and outbound).

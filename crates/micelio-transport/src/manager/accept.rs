@@ -10,7 +10,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, warn};
 
-use super::{Shared, authenticate, lock, register};
+use super::{Shared, VISITOR_EVERY, authenticate, lock, register};
 use crate::admission::{Budget, host_of};
 use crate::link::{Incoming, Listener};
 
@@ -50,10 +50,18 @@ pub(super) fn admit(shared: &Arc<Shared>, incoming: Box<dyn Incoming>) {
     let now = Instant::now();
     let decision = {
         let mut reg = lock(&shared.registry);
-        if reg.peers.len() >= shared.config.max_peers {
-            reg.room.refused = true;
+        let full = reg.peers.len() >= shared.config.max_peers;
+        let visitor = full
+            && reg
+                .last_visitor
+                .is_none_or(|t| now.saturating_duration_since(t) >= VISITOR_EVERY);
+        if full && !visitor {
             Err(None)
         } else {
+            if visitor {
+                reg.last_visitor = Some(now);
+                shared.counters.visitors.fetch_add(1, Ordering::Relaxed);
+            }
             let host = host_of(&remote);
             reg.admission
                 .admit(conn_id, host, now, evict.clone())

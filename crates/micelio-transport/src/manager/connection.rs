@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span};
 
 use super::{
-    Claim, Conn, PeerEvent, PeerSummary, Shared, claim, lock, now_unix, release_conn,
-    send_exchange, settle_duplicate,
+    Claim, Conn, PeerEvent, PeerSummary, Shared, claim, exchange_frame, lock, now_unix,
+    release_conn, send_exchange, settle_duplicate,
 };
 use crate::error::{DialError, LinkError, TransportError};
 use crate::hello::{self, PeerHelloInfo};
@@ -103,7 +103,7 @@ pub(super) async fn register(
     let Link {
         remote_addr,
         direction,
-        sink,
+        mut sink,
         source,
         ..
     } = link;
@@ -123,6 +123,16 @@ pub(super) async fn register(
         cancel: cancel.clone(),
     };
     let claimed = claim(shared, conn, &summary);
+    if let Err(DialError::TooManyPeers) = claimed
+        && direction == Direction::Inbound
+    {
+        // A visitor (or a race with another newcomer): tell it where else
+        // to go before closing, bounded by the write timeout.
+        if let Some(f) = exchange_frame(shared, &node_id) {
+            let _ = timeout(shared.config.write_timeout, sink.send(&f)).await;
+        }
+        let _ = timeout(shared.config.write_timeout, sink.close()).await;
+    }
     announce(shared, claimed, &summary, conn_id).await?;
     remember(shared, &info);
 

@@ -3,7 +3,6 @@
 //! `discovery_interval` (jittered dials of known, unconnected peers).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use micelio_identity::NodeId;
@@ -19,6 +18,14 @@ use crate::discovery::jitter;
 use crate::error::DialError;
 
 pub(super) fn send_exchange(shared: &Shared, to: &NodeId) {
+    if let Some(f) = exchange_frame(shared, to) {
+        let _ = send_frame(shared, to, f);
+    }
+}
+
+/// The peer-exchange frame for `to`: ourselves (if we advertise an address)
+/// and the known peers; `None` when there is nothing to say.
+pub(super) fn exchange_frame(shared: &Shared, to: &NodeId) -> Option<bytes::Bytes> {
     let me = shared
         .local_hello
         .advertise_addr
@@ -32,16 +39,13 @@ pub(super) fn send_exchange(shared: &Shared, to: &NodeId) {
         });
     let peers = lock(&shared.known).exchange_list(to, me);
     if peers.is_empty() {
-        return;
+        return None;
     }
     let env = EnvelopeBuilder::new(MsgType::PeerExchange, PeerExchange { peers }.encode_wire())
         .sign(&shared.identity);
-    match frame::encode_envelope(&env) {
-        Ok(f) => {
-            let _ = send_frame(shared, to, f);
-        }
-        Err(e) => warn!("peer exchange too large to send: {e}"),
-    }
+    frame::encode_envelope(&env)
+        .inspect_err(|e| warn!("peer exchange too large to send: {e}"))
+        .ok()
 }
 
 pub(super) async fn bootstrap_loop(shared: Arc<Shared>, addr: String) {
@@ -103,39 +107,6 @@ pub(super) async fn maintenance_loop(shared: Arc<Shared>) {
     }
 }
 
-/// While full, closes the longest-lived link if someone was refused for
-/// `max_peers` since room was last made (see [`super::Room`]).
-fn make_room(shared: &Shared, reg: &mut super::Registry) {
-    let now = Instant::now();
-    let round = shared.config.discovery_interval;
-    if !reg.room.refused
-        || reg
-            .room
-            .last
-            .is_some_and(|t| now < t + round * super::ROOM_EVERY_ROUNDS)
-    {
-        return;
-    }
-    let min_age = round * super::ROOM_MIN_AGE_ROUNDS;
-    let Some((id, slot)) = reg
-        .peers
-        .iter()
-        .filter(|(_, s)| now.saturating_duration_since(s.since) >= min_age)
-        .min_by_key(|(_, s)| s.since)
-    else {
-        return;
-    };
-    let id = *id;
-    slot.close_all();
-    reg.room = super::Room {
-        refused: false,
-        last: Some(now),
-        barred: Some((id, now + round * super::ROOM_BAR_ROUNDS)),
-    };
-    shared.counters.room_made.fetch_add(1, Ordering::Relaxed);
-    info!(peer = %id.short(12), "closed the longest-lived link to make room for a node refused at max_peers");
-}
-
 pub(super) fn discovery_round(shared: &Arc<Shared>) {
     let candidates = {
         let mut reg = lock(&shared.registry);
@@ -144,18 +115,10 @@ pub(super) fn discovery_round(shared: &Arc<Shared>) {
             .max_peers
             .saturating_sub(reg.peers.len() + reg.dialing.len());
         if room == 0 {
-            if reg.peers.len() >= shared.config.max_peers {
-                make_room(shared, &mut reg);
-            }
             return;
         }
         let mut skip: HashSet<NodeId> = reg.peers.keys().copied().collect();
         skip.extend(reg.dialing.iter().copied());
-        if let Some((barred, until)) = reg.room.barred
-            && Instant::now() < until
-        {
-            skip.insert(barred);
-        }
         skip.insert(*shared.identity.node_id());
         let mut rng = lock(&shared.rng);
         let c = lock(&shared.known).candidates(

@@ -54,7 +54,7 @@ mod table;
 
 use accept::accept_loop;
 use connection::{authenticate, dial, register};
-use maintenance::{bootstrap_loop, maintenance_loop, send_exchange};
+use maintenance::{bootstrap_loop, exchange_frame, maintenance_loop, send_exchange};
 use table::{Claim, claim, release_conn, settle_duplicate};
 
 /// Capacity of the event stream handed to the consumer.
@@ -130,8 +130,6 @@ struct Slot {
     /// replaced or promoted).
     gone: CancellationToken,
     drop_logged: bool,
-    /// When the peer entered the table (a replaced connection keeps it).
-    since: Instant,
 }
 
 impl Slot {
@@ -149,46 +147,19 @@ struct Registry {
     dialing: HashSet<NodeId>,
     /// Inbound connections not authenticated yet.
     admission: Admission,
-    /// Making room for newcomers while full.
-    room: Room,
+    /// When a visitor was last admitted while full.
+    last_visitor: Option<Instant>,
 }
 
-/// How a full node makes room for nodes it refused.
+/// Least time between two visitors: inbound connections admitted to the
+/// handshake while the node is full, only to be given a peer exchange and
+/// closed after the hello.
 ///
-/// Inbound connections over `max_peers` are closed before the handshake, so
-/// a newcomer whose bootstrap peers are all full would never join: it learns
-/// no address from them. A node that refused someone for `max_peers` since
-/// its last discovery round therefore closes its longest-lived link (one at
-/// least [`ROOM_MIN_AGE_ROUNDS`] rounds old, whose other end has had time to
-/// find other peers), at most once per [`ROOM_EVERY_ROUNDS`] rounds, and
-/// does not take that peer back for [`ROOM_BAR_ROUNDS`] rounds, so the slot
-/// goes to someone else: the newcomer's next bootstrap dial or another
-/// node's discovery dial. Links rotate slowly while someone knocks, and not
-/// at all otherwise.
-#[derive(Debug, Default)]
-struct Room {
-    /// An inbound connection was refused for `max_peers` since the last
-    /// room made.
-    refused: bool,
-    /// When room was last made.
-    last: Option<Instant>,
-    /// The peer evicted last, refused until the instant.
-    barred: Option<(NodeId, Instant)>,
-}
-
-impl Room {
-    /// Whether `id` was evicted to make room and may not come back yet.
-    fn bars(&self, id: &NodeId, now: Instant) -> bool {
-        self.barred.is_some_and(|(b, until)| b == *id && now < until)
-    }
-}
-
-/// Discovery rounds between two links closed to make room.
-const ROOM_EVERY_ROUNDS: u32 = 5;
-/// Discovery rounds a link must have lasted to be closed to make room.
-const ROOM_MIN_AGE_ROUNDS: u32 = 3;
-/// Discovery rounds a peer closed to make room is not taken back.
-const ROOM_BAR_ROUNDS: u32 = 10;
+/// Without them a newcomer whose bootstrap peers are all full would learn no
+/// address and never join (connections over `max_peers` are otherwise closed
+/// before the handshake). One per second bounds what a full node spends on
+/// handshakes it will not keep.
+pub(crate) const VISITOR_EVERY: Duration = Duration::from_secs(1);
 
 struct Shared {
     identity: Arc<Identity>,
@@ -302,7 +273,7 @@ impl PeerManager {
                     config.max_pending_per_host,
                     config.max_pending_handshakes,
                 ),
-                room: Room::default(),
+                last_visitor: None,
             }),
             admission_log: Mutex::new(LogGate::new(ADMISSION_LOG_EVERY)),
             exchange_log: Mutex::new(LogGate::new(ADMISSION_LOG_EVERY)),

@@ -7,7 +7,6 @@
 use std::sync::atomic::Ordering;
 
 use micelio_identity::NodeId;
-use tokio::time::Instant;
 use tracing::info;
 
 use super::{Conn, PeerSummary, Shared, Slot, Standby, lock};
@@ -66,9 +65,8 @@ pub(super) fn claim(
             .any(|f| f == micelio_wire::limits::FEATURE_EXTENSIONS_V1);
     let mut reg = lock(&shared.registry);
     let full = reg.peers.len() >= shared.config.max_peers;
-    let now = Instant::now();
     let Some(old) = reg.peers.get_mut(&node_id) else {
-        if full || reg.room.bars(&node_id, now) {
+        if full {
             return Err(DialError::TooManyPeers);
         }
         reg.peers.insert(
@@ -79,7 +77,6 @@ pub(super) fn claim(
                 summary: summary.clone(),
                 gone: shared.cancel.child_token(),
                 drop_logged: false,
-                since: now,
             },
         );
         return Ok(Claim::New);

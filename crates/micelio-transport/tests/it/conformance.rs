@@ -183,7 +183,7 @@ async fn keepalives_hold_an_idle_connection_open() {
 }
 
 #[tokio::test]
-async fn max_peers_refuses_inbound_before_the_handshake() {
+async fn max_peers_admits_one_visitor_a_second_and_refuses_the_rest_before_the_handshake() {
     for net in Net::both() {
         bounded(T, async {
             let mut c = cfg(&[]);
@@ -191,16 +191,31 @@ async fn max_peers_refuses_inbound_before_the_handshake() {
             let a = TestNode::start(&net, 1, c).await;
             let b = TestNode::start(&net, 2, cfg(&[])).await;
             let d = TestNode::start(&net, 3, cfg(&[])).await;
+            let e = TestNode::start(&net, 4, cfg(&[])).await;
             b.pm.dial(&a.addr()).await.unwrap();
             full_mesh(&[&a, &b], Duration::from_secs(5)).await;
-            assert!(d.pm.dial(&a.addr()).await.is_err());
+            // The first one over max_peers is a visitor: hello, a peer
+            // exchange naming b, closed.
+            let _ = d.pm.dial(&a.addr()).await;
+            eventually(Duration::from_secs(5), "visitor told of b", || {
+                d.pm.known_peers().iter().any(|p| p.node_id == b.node_id())
+            })
+            .await;
+            eventually(Duration::from_secs(5), "visitor closed", || {
+                !a.pm.is_connected(&d.node_id()) && a.pm.stats().closed_max_peers >= 1
+            })
+            .await;
+            // The next one within the second is refused before the handshake.
+            assert!(e.pm.dial(&a.addr()).await.is_err());
             eventually(Duration::from_secs(5), "refusal counted", || {
                 a.pm.stats().refused_max_peers >= 1
             })
             .await;
+            let s = a.pm.stats();
+            assert!(s.visitors >= 1, "{}", net.name());
             assert_eq!(a.pm.peer_count(), 1);
-            assert_eq!(a.pm.stats().hello_failures, 0, "refused before any hello");
-            shutdown_all(&[&a, &b, &d]).await;
+            assert_eq!(s.hello_failures, 0, "refused before any hello");
+            shutdown_all(&[&a, &b, &d, &e]).await;
         })
         .await;
     }
