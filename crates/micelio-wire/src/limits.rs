@@ -85,15 +85,23 @@ pub const BOOTSTRAP_BACKOFF: [Duration; 6] = [
 /// Cap of the per-peer discovery backoff.
 pub const MAX_DISCOVERY_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Largest state key, in bytes (default).
+/// Largest state key, in bytes, namespace prefix included (the reference's
+/// limit).
 pub const MAX_STATE_KEY: usize = 256;
-/// Largest state value, in bytes (default), so that a type-6 message fits
-/// [`MAX_GOSSIP_PAYLOAD`].
+/// Default largest state value, in bytes: the reference's limit, so that
+/// every write reaches reference nodes too (tombstones count their value).
+pub const DEFAULT_STATE_VALUE: usize = 4096;
+/// Ceiling of the configurable value limit, for meshes without reference
+/// nodes, so that a type-6 message still fits [`MAX_GOSSIP_PAYLOAD`].
 pub const MAX_STATE_VALUE: usize = 60 * 1024;
-/// Lamport timestamps above this are rejected.
+/// Lamport timestamps above this are rejected (this one is accepted).
 pub const MAX_LAMPORT_TS: u64 = 1 << 62;
 /// Default age after which a tombstone is removed.
 pub const DEFAULT_TOMBSTONE_GC_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+/// Most entries a reference node puts in its one sync response.
+pub const REFERENCE_SYNC_MAX_ENTRIES: usize = 1000;
+/// A reference node answers one sync request (type 7) per peer per this.
+pub const REFERENCE_SYNC_COOLDOWN: Duration = Duration::from_secs(30);
 /// Chat lines a joining session is shown.
 pub const CHAT_HISTORY_LINES: usize = 20;
 

@@ -25,6 +25,10 @@ use crate::error::{DialError, LinkError, TransportError};
 use crate::hello::{self, PeerHelloInfo};
 use crate::link::{Direction, FrameSink, FrameSource, Link};
 
+/// A link the peer closes sooner than this after the hello counts as a
+/// failed dial for discovery's backoff (a full peer closes its visitors).
+const SHORT_LINK: Duration = Duration::from_secs(2);
+
 pub(super) async fn dial(shared: &Arc<Shared>, addr: &str) -> Result<NodeId, DialError> {
     if shared.cancel.is_cancelled() {
         return Err(DialError::ShuttingDown);
@@ -355,6 +359,8 @@ pub(super) async fn reader_task(
             }
         })
     };
+    let started = Instant::now();
+    let mut remote_end = false;
     let reason = loop {
         let read = tokio::select! {
             _ = cancel.cancelled() => break local_reason(),
@@ -363,7 +369,10 @@ pub(super) async fn reader_task(
         let env = match read {
             Read::Envelope(env) => env,
             Read::Skipped => continue,
-            Read::End(reason) => break reason,
+            Read::End(reason) => {
+                remote_end = true;
+                break reason;
+            }
         };
         let Some(event) = dispatch(&shared, &node_id, &key, env) else {
             continue;
@@ -378,6 +387,11 @@ pub(super) async fn reader_task(
         }
     };
     cancel.cancel();
+    if remote_end && started.elapsed() < SHORT_LINK {
+        // Closed by the peer right after the hello: most likely it was full
+        // and we were its visitor. Back off before dialling it again.
+        let _ = lock(&shared.known).record_failure(&node_id, Instant::now());
+    }
     if release_conn(&shared, &node_id, conn_id) {
         info!(peer = %node_id, "peer disconnected: {reason}");
         let down = PeerEvent::Down { node_id, reason };

@@ -1,0 +1,26 @@
+//! Replicated last-writer-wins key/value state for micelio.
+//!
+//! [`StateMap`] is the sans-IO core: it checks entries ([`verify_entry`],
+//! [`Limits`]), merges them by the LWW rule ([`Version`]), keeps the Lamport
+//! clock ([`LamportClock`]), tracks tombstones for collection, and maintains
+//! the version vector and the range fingerprints that reconciliation
+//! compares. It holds metadata only ([`Meta`]); values belong to storage.
+//! It does no I/O and reads no clock: time comes in as arguments.
+//!
+//! Invariants:
+//! - an entry is in the map only after the four authorship checks, the size
+//!   limits and the timestamp bound passed;
+//! - for any set of entries, every delivery order yields the same map;
+//! - the clock never goes backwards and never passes
+//!   [`micelio_wire::limits::MAX_LAMPORT_TS`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod clock;
+mod error;
+mod map;
+mod version;
+
+pub use clock::LamportClock;
+pub use error::{Reject, WriteError};
+pub use map::{Merge, Meta, StateMap, Stats};
+pub use version::{Limits, Version, key_position, verify_entry};
