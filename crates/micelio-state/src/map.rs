@@ -16,11 +16,11 @@ pub(crate) const LEAF_BITS: u32 = 12;
 pub(crate) const LEAVES: usize = 1 << LEAF_BITS;
 /// Most collected tombstones remembered (their versions), so that a copy
 /// arriving late does not bring them back; the oldest is forgotten first.
-pub const MAX_COLLECTED: usize = 100_000;
+pub(crate) const MAX_COLLECTED: usize = 100_000;
 /// Largest forward jump of the clock that an entry of another author may
 /// cause. An entry further ahead is accepted but not witnessed, so that one
 /// valid author writing near 2^62 cannot exhaust everyone's clock.
-pub const MAX_WITNESS_JUMP: u64 = 1 << 32;
+pub(crate) const MAX_WITNESS_JUMP: u64 = 1 << 32;
 
 /// What the map keeps of an entry: its version and sizes. The value itself
 /// belongs to storage.
@@ -62,7 +62,8 @@ pub struct Stats {
     pub stale: u64,
     /// Tombstones collected since start.
     pub collected: u64,
-    /// Entries accepted without moving the clock ([`MAX_WITNESS_JUMP`]).
+    /// Entries of other authors accepted without moving the clock: more
+    /// than 2^32 ahead of it.
     pub unwitnessed: u64,
 }
 
@@ -162,7 +163,13 @@ impl StateMap {
     /// Why it was refused.
     pub fn receive(&mut self, entry: &StateEntry, now_unix: u64) -> Result<Merge, Reject> {
         let version = verify_entry(entry, &self.limits)?;
-        self.merge(&entry.key, version, entry.deleted, entry.value.len(), now_unix)
+        self.merge(
+            &entry.key,
+            version,
+            entry.deleted,
+            entry.value.len(),
+            now_unix,
+        )
     }
 
     /// Merges an entry whose checks passed: witnesses its timestamp, then
@@ -179,7 +186,8 @@ impl StateMap {
         value_len: usize,
         now_unix: u64,
     ) -> Result<Merge, Reject> {
-        if version.node == self.me || version.ts <= self.clock.now().saturating_add(MAX_WITNESS_JUMP)
+        if version.node == self.me
+            || version.ts <= self.clock.now().saturating_add(MAX_WITNESS_JUMP)
         {
             self.clock.witness(version.ts);
         } else {
@@ -359,9 +367,12 @@ impl StateMap {
     ) -> impl Iterator<Item = &'a str> + 'a {
         let mut cache: HashMap<NodeId, u64> = HashMap::new();
         self.items.iter().filter_map(move |((_, key), meta)| {
-            let floor = *cache
-                .entry(meta.version.node)
-                .or_insert_with(|| known.get(&meta.version.node.to_string()).copied().unwrap_or(0));
+            let floor = *cache.entry(meta.version.node).or_insert_with(|| {
+                known
+                    .get(&meta.version.node.to_string())
+                    .copied()
+                    .unwrap_or(0)
+            });
             (meta.version.ts > floor).then_some(&**key)
         })
     }

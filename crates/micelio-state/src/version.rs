@@ -172,7 +172,10 @@ mod tests {
         let big = signed(&id, "k", &[7; 4097], 3);
         assert_eq!(
             verify_entry(&big, &limits),
-            Err(Reject::ValueTooLong { len: 4097, max: 4096 })
+            Err(Reject::ValueTooLong {
+                len: 4097,
+                max: 4096
+            })
         );
         assert!(verify_entry(&big, &Limits::new(60 * 1024, 10)).is_ok());
         let edge = signed(&id, "k", b"v", MAX_LAMPORT_TS);
@@ -188,7 +191,11 @@ mod tests {
     fn the_order_is_ts_then_author_then_tie() {
         let a = NodeId::from_public_key_bytes(b"a");
         let b = NodeId::from_public_key_bytes(b"b");
-        let (lo, hi) = if a.to_string() < b.to_string() { (a, b) } else { (b, a) };
+        let (lo, hi) = if a.to_string() < b.to_string() {
+            (a, b)
+        } else {
+            (b, a)
+        };
         let v = |ts, node, tie| Version { ts, node, tie };
         assert!(v(2, lo, 0) > v(1, hi, 9));
         assert!(v(2, hi, 0) > v(2, lo, 9));

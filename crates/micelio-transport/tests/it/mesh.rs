@@ -213,7 +213,11 @@ async fn a_newcomer_joins_through_a_full_bootstrap_peer() {
             let s = a.pm.stats();
             assert!(s.visitors >= 1, "{}: a admitted a visitor", net.name());
             assert!(s.closed_max_peers >= 1, "{}: and closed it", net.name());
-            assert!(!a.pm.is_connected(&d.node_id()), "{}: a stays at max_peers", net.name());
+            assert!(
+                !a.pm.is_connected(&d.node_id()),
+                "{}: a stays at max_peers",
+                net.name()
+            );
             assert!(
                 a.pm.is_connected(&b.node_id()) && a.pm.is_connected(&c.node_id()),
                 "{}: a kept its links",

@@ -1,0 +1,3 @@
+//! Integration tests of micelio-state's core.
+
+mod merge;
