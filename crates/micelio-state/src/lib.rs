@@ -6,6 +6,7 @@
 //! the version vector and the range fingerprints that reconciliation
 //! compares. It holds metadata only ([`Meta`]); values belong to storage.
 //! It does no I/O and reads no clock: time comes in as arguments.
+//! [`Pager`] cuts entries into type-8 pages that each fit a frame.
 //!
 //! Invariants:
 //! - an entry is in the map only after the four authorship checks, the size
@@ -18,9 +19,11 @@
 mod clock;
 mod error;
 mod map;
+mod page;
 mod version;
 
 pub use clock::LamportClock;
 pub use error::{Reject, WriteError};
 pub use map::{Merge, Meta, StateMap, Stats};
+pub use page::{ENVELOPE_ROOM, PAGE_BYTES, Pager};
 pub use version::{Limits, Version, key_position, verify_entry};
