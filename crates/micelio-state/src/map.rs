@@ -393,34 +393,31 @@ impl StateMap {
     /// for the end of the space): the wrapping sum of the item hashes.
     /// Whole leaves are summed from the table, the edges scanned.
     pub fn fingerprint(&self, lo: u64, hi: Option<u64>) -> (u64, u64) {
-        let (mut fp, mut count) = (0u64, 0u64);
-        let mut add = |h: u64| {
-            fp = fp.wrapping_add(h);
-            count += 1;
-        };
         let leaf_size = 1u64 << (64 - LEAF_BITS);
         let first_full = lo.div_ceil(leaf_size);
         let end_leaf = hi.map_or(LEAVES as u64, |h| h / leaf_size);
         if first_full >= end_leaf {
-            for ((pos, _), meta) in self.range(lo, hi) {
-                add(item_hash(*pos, &meta.version));
-            }
-            return (fp, count);
+            return self.scan_fingerprint(lo, hi);
         }
-        for ((pos, _), meta) in self.range(lo, Some(first_full * leaf_size)) {
-            add(item_hash(*pos, &meta.version));
-        }
+        let (mut fp, mut count) = self.scan_fingerprint(lo, Some(first_full * leaf_size));
         for leaf in &self.leaves[first_full as usize..end_leaf as usize] {
             fp = fp.wrapping_add(leaf.fp);
             count += leaf.count;
         }
         if let Some(h) = hi {
-            for ((pos, _), meta) in self.range(end_leaf * leaf_size, Some(h)) {
-                fp = fp.wrapping_add(item_hash(*pos, &meta.version));
-                count += 1;
-            }
+            let (tail_fp, tail_count) = self.scan_fingerprint(end_leaf * leaf_size, Some(h));
+            fp = fp.wrapping_add(tail_fp);
+            count += tail_count;
         }
         (fp, count)
+    }
+
+    /// [`Self::fingerprint`] by scanning the entries of the range.
+    fn scan_fingerprint(&self, lo: u64, hi: Option<u64>) -> (u64, u64) {
+        self.range(lo, hi)
+            .fold((0, 0), |(fp, count), ((pos, _), meta)| {
+                (fp.wrapping_add(item_hash(*pos, &meta.version)), count + 1)
+            })
     }
 
     /// Entries whose position is in `lo..hi` (`None`: to the end), in
