@@ -20,6 +20,8 @@ mod clock;
 mod error;
 mod map;
 mod page;
+pub mod reconcile;
+pub mod store;
 mod version;
 
 pub use clock::LamportClock;

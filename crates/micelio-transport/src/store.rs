@@ -215,28 +215,7 @@ impl SledPeerStore {
     /// it still held: that case is retried for up to
     /// [`SLED_LOCK_WAIT`] before it is an error.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
-        let db = loop {
-            let opened = sled::Config::new()
-                .path(path)
-                .cache_capacity(SLED_CACHE_BYTES)
-                .open();
-            match opened {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => {
-                    return Err(StoreError::backend(
-                        format!("cannot open {}", path.display()),
-                        e,
-                    ));
-                }
-            }
-        };
+        let db = open_sled(path, SLED_CACHE_BYTES)?;
         let tree = db.open_tree(SLED_PEERS_TREE).map_err(|e| {
             StoreError::backend(
                 format!("cannot open the peers tree in {}", path.display()),
@@ -281,6 +260,43 @@ impl PeerStore for SledPeerStore {
             .flush()
             .map_err(|e| StoreError::backend("flushing known peers", e))?;
         Ok(())
+    }
+}
+
+/// Opens (or creates) the sled database directory `path` with a cache of
+/// `cache_bytes` (set explicitly: sled's default is 1 GiB). micelio's sled
+/// stores (known peers here, the state map in micelio-state) open their
+/// databases through it. Blocking.
+///
+/// The database's file lock outlives a dropped handle for a moment (sled's
+/// flusher thread lets go of it on its next wake-up), so a database reopened
+/// right after it was closed in the same process finds it still held: that
+/// case is retried for up to [`SLED_LOCK_WAIT`] before it is an error.
+///
+/// # Errors
+/// [`StoreError::Backend`] naming the path if it cannot be opened.
+pub fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(StoreError::backend(
+                    format!("cannot open {}", path.display()),
+                    e,
+                ));
+            }
+        }
     }
 }
 

@@ -7,8 +7,8 @@ use prost::Message as _;
 use crate::error::{DecodeError, WireError};
 use crate::proto::{
     ChatMessage, DirectMessage, Envelope, GossipDigest, GossipRequest, PeerExchange, PeerHello,
-    PeerInfo, Presence, StateEntry, StateSyncRequest, StateSyncResponse, StateUpdate, TreeGraft,
-    TreeIHave, TreePrune,
+    PeerInfo, Presence, StateEntry, StateItem, StateRange, StateReconcile, StateSyncRequest,
+    StateSyncResponse, StateUpdate, TreeGraft, TreeIHave, TreePrune,
 };
 
 /// A protobuf message of the wire schema.
@@ -85,4 +85,7 @@ wire_message!(
     TreeIHave,
     TreeGraft,
     TreePrune,
+    StateReconcile,
+    StateRange,
+    StateItem,
 );

@@ -53,6 +53,11 @@ pub const FEATURE_EXTENSIONS_V1: &str = "micelio/1";
 /// Gossip goes to a peer that lacks it as the reference relays: eagerly,
 /// never lazily announced, never pruned.
 pub const FEATURE_BROADCAST_TREE_V1: &str = "micelio/tree/1";
+/// The hello feature of micelio's state reconciliation (type 16, see
+/// `docs/protocol.md`). A peer that lacks it is synchronised the
+/// reference's way: type 7 on connect, at most once per
+/// [`REFERENCE_SYNC_COOLDOWN`].
+pub const FEATURE_STATE_V1: &str = "micelio/state/1";
 /// Deadline for the whole hello exchange after the Noise handshake.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default dial timeout.

@@ -53,7 +53,10 @@ pub enum MsgType {
     /// 15: `TreePrune`, point to point (micelio extension: broadcast tree,
     /// a link leaves the tree).
     TreePrune,
-    /// 16–99: reserved for core extensions.
+    /// 16: `StateReconcile`, point to point (micelio extension: range-based
+    /// reconciliation of the state map between micelio nodes).
+    StateReconcile,
+    /// 17–99: reserved for core extensions.
     CoreExtension(u32),
     /// 1000 and above: plugin messages, gossip.
     Plugin(u32),
@@ -62,9 +65,9 @@ pub enum MsgType {
 }
 
 impl MsgType {
-    /// First unassigned type number of the core-extension range (9–15 are
+    /// First unassigned type number of the core-extension range (9–16 are
     /// micelio's own extensions).
-    pub const CORE_EXTENSION_START: u32 = 16;
+    pub const CORE_EXTENSION_START: u32 = 17;
     /// Last type number of the core-extension range.
     pub const CORE_EXTENSION_END: u32 = 99;
     /// First type number of the plugin range.
@@ -88,6 +91,7 @@ impl MsgType {
             13 => Self::TreeIHave,
             14 => Self::TreeGraft,
             15 => Self::TreePrune,
+            16 => Self::StateReconcile,
             Self::CORE_EXTENSION_START..=Self::CORE_EXTENSION_END => Self::CoreExtension(n),
             Self::PLUGIN_START.. => Self::Plugin(n),
             _ => Self::Unassigned(n),
@@ -112,6 +116,7 @@ impl MsgType {
             Self::TreeIHave => 13,
             Self::TreeGraft => 14,
             Self::TreePrune => 15,
+            Self::StateReconcile => 16,
             Self::CoreExtension(n) | Self::Plugin(n) | Self::Unassigned(n) => n,
         }
     }
@@ -128,7 +133,8 @@ impl MsgType {
             | Self::GossipRequest
             | Self::TreeIHave
             | Self::TreeGraft
-            | Self::TreePrune => Routing::PointToPoint,
+            | Self::TreePrune
+            | Self::StateReconcile => Routing::PointToPoint,
             Self::Chat
             | Self::StateUpdate
             | Self::Presence
@@ -157,6 +163,7 @@ impl MsgType {
             Self::TreeIHave => "tree_ihave",
             Self::TreeGraft => "tree_graft",
             Self::TreePrune => "tree_prune",
+            Self::StateReconcile => "state_reconcile",
             Self::CoreExtension(_) => "core_extension",
             Self::Plugin(_) => "plugin",
             Self::Unassigned(_) => "unassigned",
@@ -204,7 +211,8 @@ mod tests {
             (13, Routing::PointToPoint),
             (14, Routing::PointToPoint),
             (15, Routing::PointToPoint),
-            (16, Routing::Gossip),
+            (16, Routing::PointToPoint),
+            (17, Routing::Gossip),
             (99, Routing::Gossip),
             (1000, Routing::Gossip),
             (1001, Routing::Gossip),
@@ -218,7 +226,8 @@ mod tests {
         assert_eq!(MsgType::from_u32(12), MsgType::GossipRequest);
         assert_eq!(MsgType::from_u32(13), MsgType::TreeIHave);
         assert_eq!(MsgType::from_u32(15), MsgType::TreePrune);
-        assert_eq!(MsgType::from_u32(16), MsgType::CoreExtension(16));
+        assert_eq!(MsgType::from_u32(16), MsgType::StateReconcile);
+        assert_eq!(MsgType::from_u32(17), MsgType::CoreExtension(17));
         assert_eq!(MsgType::from_u32(100), MsgType::Unassigned(100));
         assert_eq!(MsgType::from_u32(999), MsgType::Unassigned(999));
         assert_eq!(MsgType::from_u32(0), MsgType::Unassigned(0));

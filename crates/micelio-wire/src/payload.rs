@@ -7,7 +7,8 @@ use crate::error::WireError;
 use crate::msg_type::MsgType;
 use crate::proto::{
     ChatMessage, DirectMessage, Envelope, GossipDigest, GossipRequest, PeerExchange, PeerHello,
-    Presence, StateSyncRequest, StateSyncResponse, StateUpdate, TreeGraft, TreeIHave, TreePrune,
+    Presence, StateReconcile, StateSyncRequest, StateSyncResponse, StateUpdate, TreeGraft,
+    TreeIHave, TreePrune,
 };
 
 /// The payload of an envelope, decoded according to its `msg_type`.
@@ -43,6 +44,8 @@ pub enum Payload {
     TreeGraft(TreeGraft),
     /// Type 15 (extension).
     TreePrune(TreePrune),
+    /// Type 16 (extension).
+    StateReconcile(StateReconcile),
     /// Any other type: the raw payload, for a plugin or for relaying.
     Opaque(MsgType, Bytes),
 }
@@ -74,6 +77,7 @@ impl Payload {
             MsgType::TreeIHave => Self::TreeIHave(TreeIHave::decode_wire(bytes)?),
             MsgType::TreeGraft => Self::TreeGraft(TreeGraft::decode_wire(bytes)?),
             MsgType::TreePrune => Self::TreePrune(TreePrune::decode_wire(bytes)?),
+            MsgType::StateReconcile => Self::StateReconcile(StateReconcile::decode_wire(bytes)?),
             other => Self::Opaque(other, bytes),
         })
     }
@@ -96,6 +100,7 @@ impl Payload {
             Self::TreeIHave(_) => MsgType::TreeIHave,
             Self::TreeGraft(_) => MsgType::TreeGraft,
             Self::TreePrune(_) => MsgType::TreePrune,
+            Self::StateReconcile(_) => MsgType::StateReconcile,
             Self::Opaque(t, _) => *t,
         }
     }
@@ -117,6 +122,7 @@ impl Payload {
             Self::TreeIHave(m) => m.encode_bytes(),
             Self::TreeGraft(m) => m.encode_bytes(),
             Self::TreePrune(m) => m.encode_bytes(),
+            Self::StateReconcile(m) => m.encode_bytes(),
             Self::Opaque(_, b) => b.clone(),
         }
     }

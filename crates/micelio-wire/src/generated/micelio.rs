@@ -221,3 +221,56 @@ pub struct TreeGraft {
 /// to it lazily from now on.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TreePrune {}
+/// State reconciliation between micelio nodes (type 16, point to point,
+/// signed; sent only to peers whose hello lists "micelio/state/1"). The key
+/// space is ordered by position = the first 8 bytes of SHA-256(key), big
+/// endian. See docs/protocol.md, "State reconciliation".
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StateReconcile {
+    /// Chosen by the node that opened the session.
+    #[prost(uint64, tag = "1")]
+    pub session: u64,
+    /// Whether the sender opened this session (each side may open one).
+    #[prost(bool, tag = "2")]
+    pub opened_by_sender: bool,
+    /// Ranges the receiver is to compare with what it holds.
+    #[prost(message, repeated, tag = "3")]
+    pub ranges: ::prost::alloc::vec::Vec<StateRange>,
+    /// Positions whose entries the sender asks for (answered with type 8).
+    #[prost(uint64, repeated, tag = "4")]
+    pub wants: ::prost::alloc::vec::Vec<u64>,
+}
+/// A range of positions lo..hi (hi exclusive; 0 = the end of the space) and
+/// what the sender holds in it: a fingerprint, or the list of its items.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StateRange {
+    #[prost(uint64, tag = "1")]
+    pub lo: u64,
+    #[prost(uint64, tag = "2")]
+    pub hi: u64,
+    /// Wrapping sum of the item hashes of the range (fingerprint mode).
+    #[prost(uint64, tag = "3")]
+    pub fingerprint: u64,
+    /// Entries the sender holds in the range.
+    #[prost(uint64, tag = "4")]
+    pub count: u64,
+    /// Items mode: `items` lists every entry the sender holds in the range.
+    #[prost(bool, tag = "5")]
+    pub items_mode: bool,
+    #[prost(message, repeated, tag = "6")]
+    pub items: ::prost::alloc::vec::Vec<StateItem>,
+}
+/// One entry's identity in a range: its position and version.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StateItem {
+    #[prost(uint64, tag = "1")]
+    pub position: u64,
+    #[prost(uint64, tag = "2")]
+    pub lamport_ts: u64,
+    /// The author's NodeId, raw 32 bytes.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub node_id: ::prost::bytes::Bytes,
+    /// First 8 bytes of SHA-256(signature), big endian: the last tie-break.
+    #[prost(uint64, tag = "4")]
+    pub tie: u64,
+}
