@@ -59,5 +59,5 @@ pub use engine::{
 pub use parts::{
     DEFAULT_LEARNED_KEYS, DEFAULT_RATE_BUCKETS, KeyRing, RateLimiter, SeenCache, Trust,
 };
-pub use service::{Gossip, GossipError, SHUTDOWN_DRAIN};
+pub use service::{Gossip, GossipError, PEER_EVENT_QUEUE, SHUTDOWN_DRAIN};
 pub use tree::{MAX_ANNOUNCERS, MAX_GRAFT_ATTEMPTS, MAX_LAZY_BATCH, MAX_MISSING, MISSING_TTL};

@@ -31,6 +31,8 @@ use crate::engine::{
 const COMMAND_QUEUE: usize = 1024;
 /// Deliveries buffered per subscriber before further ones are dropped.
 const SUBSCRIBER_QUEUE: usize = 1024;
+/// Peer events buffered per [`Gossip::subscribe_peers`] subscriber.
+pub const PEER_EVENT_QUEUE: usize = 1024;
 /// Period of seen-cache and rate-bucket expiry.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// How long a stopping service keeps sending its paced originations, at
@@ -66,6 +68,7 @@ enum Command {
         msg_type: MsgType,
         reply: oneshot::Sender<mpsc::Receiver<Delivered>>,
     },
+    SubscribePeers(oneshot::Sender<mpsc::Receiver<PeerEvent>>),
     Stats(oneshot::Sender<GossipStats>),
     /// Test-only fault: the task panics.
     #[cfg(test)]
@@ -126,6 +129,7 @@ impl Gossip {
                 engine,
                 peers,
                 subscribers: HashMap::new(),
+                peer_watchers: Vec::new(),
                 next_subscriber: 1,
                 pacer,
                 refused: refused.clone(),
@@ -231,6 +235,24 @@ impl Gossip {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Subscribe { msg_type, reply })
+            .await
+            .map_err(|_| GossipError::Stopped)?;
+        rx.await.map_err(|_| GossipError::Stopped)
+    }
+
+    /// A stream of the peers' comings and goings: [`PeerEvent::Up`] for
+    /// every peer connected when it is called, then `Up` and
+    /// [`PeerEvent::Down`] as they happen (never `Message`). The layers
+    /// above (state sync) use it to act when a peer connects. A subscriber
+    /// that falls [`PEER_EVENT_QUEUE`] events behind loses the newest ones
+    /// (it can always read [`PeerManager::peers`] for the current set).
+    ///
+    /// # Errors
+    /// [`GossipError::Stopped`].
+    pub async fn subscribe_peers(&self) -> Result<mpsc::Receiver<PeerEvent>, GossipError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::SubscribePeers(reply))
             .await
             .map_err(|_| GossipError::Stopped)?;
         rx.await.map_err(|_| GossipError::Stopped)
@@ -358,6 +380,7 @@ struct Service {
     engine: Engine,
     peers: PeerManager,
     subscribers: HashMap<MsgType, Vec<Subscriber>>,
+    peer_watchers: Vec<mpsc::Sender<PeerEvent>>,
     next_subscriber: u64,
     pacer: Pacer,
     refused: Arc<AtomicU64>,
@@ -492,6 +515,14 @@ impl Service {
                     });
                 let _ = reply.send(rx);
             }
+            Command::SubscribePeers(reply) => {
+                let (tx, rx) = mpsc::channel(PEER_EVENT_QUEUE);
+                for p in self.peers.peers() {
+                    let _ = tx.try_send(PeerEvent::Up(Box::new(p)));
+                }
+                self.peer_watchers.push(tx);
+                let _ = reply.send(rx);
+            }
             Command::Stats(reply) => {
                 let mut stats = self.engine.stats();
                 stats.origin_refused = self.refused.load(Ordering::Relaxed);
@@ -523,6 +554,15 @@ impl Service {
     }
 
     fn event(&mut self, ev: PeerEvent) {
+        if matches!(ev, PeerEvent::Up(_) | PeerEvent::Down { .. }) && !self.peer_watchers.is_empty()
+        {
+            self.peer_watchers.retain(|w| {
+                !matches!(
+                    w.try_send(ev.clone()),
+                    Err(mpsc::error::TrySendError::Closed(_))
+                )
+            });
+        }
         match ev {
             PeerEvent::Up(peer) => self.engine.peer_up_caps(
                 peer.node_id,

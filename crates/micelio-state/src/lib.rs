@@ -19,13 +19,20 @@
 mod clock;
 mod error;
 mod map;
+pub mod members;
 mod page;
 pub mod reconcile;
+mod service;
 pub mod store;
 mod version;
 
 pub use clock::LamportClock;
 pub use error::{Reject, WriteError};
 pub use map::{Merge, Meta, StateMap, Stats};
+pub use members::{Liveness, LivenessConfig, Member};
 pub use page::{ENVELOPE_ROOM, PAGE_BYTES, Pager};
+pub use service::{
+    CHANGE_QUEUE, Change, DEFAULT_GC_INTERVAL, DEFAULT_SYNC_INTERVAL, Entry, NodeInfo, Origin,
+    State, StateConfig, StateError, StateStats,
+};
 pub use version::{Limits, Version, key_position, verify_entry};

@@ -433,6 +433,22 @@ impl StateMap {
     }
 }
 
+impl StateMap {
+    /// Entries after `cursor` (from the start when `None`), in position
+    /// order: a resumable walk of the whole map.
+    pub fn after(
+        &self,
+        cursor: Option<&(u64, Box<str>)>,
+    ) -> impl Iterator<Item = (&(u64, Box<str>), &Meta)> + '_ {
+        use std::ops::Bound;
+        let start = match cursor {
+            Some(c) => Bound::Excluded(c.clone()),
+            None => Bound::Unbounded,
+        };
+        self.items.range((start, Bound::Unbounded))
+    }
+}
+
 fn leaf_of(pos: u64) -> usize {
     (pos >> (64 - LEAF_BITS)) as usize
 }
