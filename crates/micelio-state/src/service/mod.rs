@@ -215,9 +215,12 @@ pub struct StateStats {
     pub pages_received: u64,
     /// Bytes of the pages received (payloads).
     pub page_bytes_received: u64,
-    /// Messages this node could not queue (peer queue full, outbound
-    /// queue full, gossip queue full).
+    /// Sync messages this node could not queue (a peer's send queue or
+    /// the outbound queue was full).
     pub send_dropped: u64,
+    /// Local writes gossip could not queue (its paced queue was full):
+    /// anti-entropy carries them instead.
+    pub gossip_refused: u64,
     /// Storage failures.
     pub store_errors: u64,
     /// Members by liveness: alive, suspect, dead, left.
@@ -233,6 +236,7 @@ pub(crate) struct Shared {
     pub(crate) pages_received: AtomicU64,
     pub(crate) page_bytes_received: AtomicU64,
     pub(crate) send_dropped: AtomicU64,
+    pub(crate) gossip_refused: AtomicU64,
 }
 
 impl Shared {

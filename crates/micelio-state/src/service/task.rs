@@ -27,8 +27,9 @@ use crate::reconcile;
 use crate::store::{Batch, Loaded, StoreThread};
 use crate::version::Version;
 
-/// A session idle this long is forgotten.
-const SESSION_IDLE: Duration = Duration::from_secs(60);
+/// A session idle this long is forgotten (its messages were lost with a
+/// link, for instance), so that a new one can be opened.
+const SESSION_IDLE: Duration = Duration::from_secs(10);
 /// Peers remembered for the type-7 cooldowns (both ways); the oldest is
 /// forgotten first.
 const COOLDOWN_CAP: usize = 4096;
@@ -114,6 +115,9 @@ pub(crate) struct StateTask {
     next_session: u64,
     rng: u64,
     stopping: bool,
+    /// Whether this node's own hello offers reconciliation
+    /// ([`FEATURE_STATE_V1`]); without it, it syncs as a reference node.
+    complete: bool,
 }
 
 fn unix_now() -> u64 {
@@ -173,6 +177,11 @@ impl StateTask {
                 "state loaded"
             );
         }
+        let complete = peers
+            .config()
+            .features
+            .iter()
+            .any(|f| f == FEATURE_STATE_V1);
         let rng = u64::from_le_bytes(me.as_bytes()[..8].try_into().unwrap_or([7; 8]))
             ^ u64::from(std::process::id())
             ^ unix;
@@ -197,6 +206,7 @@ impl StateTask {
             next_session: rng,
             rng,
             stopping: false,
+            complete,
         }
     }
 
@@ -318,6 +328,7 @@ impl StateTask {
                 s.pages_received = sh.pages_received.load(Ordering::Relaxed);
                 s.page_bytes_received = sh.page_bytes_received.load(Ordering::Relaxed);
                 s.send_dropped += sh.send_dropped.load(Ordering::Relaxed);
+                s.gossip_refused = sh.gossip_refused.load(Ordering::Relaxed);
                 s.members = self.members.counts(Instant::now().into_std());
                 let store = self.store.clone();
                 tokio::spawn(async move {
@@ -400,7 +411,7 @@ impl StateTask {
             let payload = StateUpdate { entry: Some(entry) }.encode_bytes();
             if gossip.try_originate(MsgType::StateUpdate, payload).is_err() {
                 // Anti-entropy carries it instead.
-                Shared::add(&shared.send_dropped, 1);
+                Shared::add(&shared.gossip_refused, 1);
             }
             Ok(out)
         })
@@ -556,15 +567,8 @@ impl StateTask {
     fn peer_event(&mut self, ev: PeerEvent) {
         match ev {
             PeerEvent::Up(p) => {
-                let speaks_state = p.hello.speaks(FEATURE_STATE_V1);
                 let id = p.node_id;
-                self.sync.insert(
-                    id,
-                    PeerSync {
-                        speaks_state,
-                        ..Default::default()
-                    },
-                );
+                self.sync.entry(id).or_default().speaks_state = p.hello.speaks(FEATURE_STATE_V1);
                 self.sync_with(id);
             }
             PeerEvent::Down { node_id, .. } => {
@@ -625,7 +629,7 @@ impl StateTask {
         let Some(s) = self.sync.get(&peer) else {
             return;
         };
-        if s.speaks_state {
+        if s.speaks_state && self.complete {
             if s.mine.is_some() {
                 return;
             }
@@ -751,17 +755,30 @@ impl StateTask {
         let now = Instant::now();
         let min_open = (self.config.sync_interval / 2).max(Duration::from_millis(500));
         let cap = self.map.len() as u64 + 10_000;
-        let s = self.sync.entry(peer).or_insert_with(|| PeerSync {
-            speaks_state: true,
-            ..Default::default()
-        });
-        s.speaks_state = true;
+        if !self.complete {
+            // This node's hello did not offer reconciliation.
+            self.bad("reconcile_unexpected");
+            return;
+        }
+        let s = self.sync.entry(peer).or_default();
         let session = if msg.opened_by_sender {
             if s.theirs.map(|x| x.id) != Some(msg.session) {
                 if s.theirs_opened
                     .is_some_and(|t| now.saturating_duration_since(t) < min_open)
                 {
                     self.stats.sessions_throttled += 1;
+                    // "Not now": an empty answer ends the opener's session.
+                    let no = StateReconcile {
+                        session: msg.session,
+                        opened_by_sender: false,
+                        ranges: vec![],
+                        wants: vec![],
+                    };
+                    self.queue(
+                        peer,
+                        vec![],
+                        Some((MsgType::StateReconcile, no.encode_bytes())),
+                    );
                     return;
                 }
                 s.theirs = Some(Session {
@@ -792,7 +809,9 @@ impl StateTask {
         let ans = reconcile::answer(&self.map, &msg.ranges, &msg.wants);
         sess.pushed += ans.push.len() as u64;
         let ended = msg.ranges.is_empty();
-        let last_word = ans.ranges.is_empty() && ans.wants.is_empty();
+        // A message without ranges is the last of a session: its receiver
+        // answers it with pages only.
+        let last_word = ans.ranges.is_empty();
         if ended || last_word {
             *session = None;
             self.stats.sessions_completed += 1;

@@ -1,3 +1,4 @@
 //! Integration tests of micelio-state's core.
 
 mod merge;
+mod service;
