@@ -105,31 +105,28 @@ impl Node {
     }
 }
 
+/// Waits until every node holds the same `want` data entries; on timeout
+/// the panic says what each holds.
 async fn converged(nodes: &[&Node], want: usize) {
     let deadline = tokio::time::Instant::now() + WITHIN;
-    until_async(WITHIN, "every map holds the same entries", || async {
-        let first = nodes[0].data().await;
-        if tokio::time::Instant::now() + Duration::from_millis(100) > deadline {
-            for n in nodes {
-                eprintln!(
-                    "{}: {} entries, {:?}",
-                    n.net.node_id(),
-                    n.data().await.len(),
-                    n.state.stats().await.unwrap()
-                );
+    loop {
+        let mut maps = Vec::new();
+        for n in nodes {
+            maps.push(n.data().await);
+        }
+        if maps[0].len() == want && maps.iter().all(|m| *m == maps[0]) {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let mut why = String::new();
+            for (n, m) in nodes.iter().zip(&maps) {
+                let s = n.state.stats().await.unwrap();
+                why += &format!("\n{}: {} entries, {s:?}", n.net.node_id().short(8), m.len());
             }
+            panic!("maps did not converge to {want} entries within {WITHIN:?}:{why}");
         }
-        if first.len() != want {
-            return false;
-        }
-        for n in &nodes[1..] {
-            if n.data().await != first {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
