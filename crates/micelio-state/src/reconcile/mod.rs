@@ -1,6 +1,6 @@
 //! Range-based set reconciliation between micelio nodes (type 16), sans-IO.
 //!
-//! Both ends order their entries by key position ([`key_position`]). A
+//! Both ends order their entries by key position ([`key_position`](crate::key_position)). A
 //! message carries ranges of positions, each with the sender's fingerprint
 //! of the range (a sum of item hashes, [`StateMap::fingerprint`]) or, for a
 //! small range, the list of its items (position and version). The receiver
