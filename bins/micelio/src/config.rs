@@ -37,6 +37,8 @@ pub(crate) struct Config {
     pub(crate) gossip: GossipConfig,
     /// `[partyline]`: the chat hub.
     pub(crate) partyline: PartylineConfig,
+    /// `[state]`: the replicated key/value map and membership.
+    pub(crate) state: StateConfig,
     /// `[logging]`: level and format of the log on stderr.
     pub(crate) logging: LoggingConfig,
 }
@@ -50,6 +52,7 @@ impl Config {
             network: NetworkConfig::default(),
             gossip: GossipConfig::default(),
             partyline: PartylineConfig::default(),
+            state: StateConfig::default(),
             logging: LoggingConfig::default(),
         }
     }
@@ -74,6 +77,7 @@ impl Config {
         let network = NetworkConfig::check(&mut checker.section("network"));
         let gossip = GossipConfig::check(&mut checker.section("gossip"));
         let partyline = PartylineConfig::check(&mut checker.section("partyline"));
+        let state = StateConfig::check(&mut checker.section("state"));
         let logging = LoggingConfig::check(&mut checker.section("logging"));
 
         // Rules that span sections.
@@ -96,6 +100,7 @@ impl Config {
             network: network?,
             gossip: gossip?,
             partyline: partyline?,
+            state: state?,
             logging: logging?,
         })
     }
@@ -751,6 +756,160 @@ impl PartylineConfig {
             presence_interval: presence_interval.filter(|d| range.contains(d))?,
             presence_debounce: presence_debounce.filter(|d| debounce_range.contains(d))?,
         })
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct StateConfig {
+    /// Largest value in bytes this node writes and accepts.
+    pub(crate) max_value: usize,
+    /// Most entries (tombstones included) the map holds.
+    pub(crate) max_entries: u64,
+    /// sled's page cache for the state database, in MiB.
+    pub(crate) cache_mib: u64,
+    /// Period of the anti-entropy round.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) sync_interval: Duration,
+    /// How often this node writes its heartbeat.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) heartbeat_interval: Duration,
+    /// Silence after which a member is suspect.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) suspect_after: Duration,
+    /// Silence after which a member is dead.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) dead_after: Duration,
+    /// Age at which a tombstone is collected.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) tombstone_ttl: Duration,
+    /// Period of tombstone collection.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) gc_interval: Duration,
+}
+
+/// Largest `state.cache_mib`.
+const MAX_STATE_CACHE_MIB: u64 = 64 * 1024;
+/// Shortest `state.tombstone_ttl`: a deletion must outlive a partition
+/// long enough to reach every node.
+const MIN_TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+
+impl Default for StateConfig {
+    /// The service's defaults, from `micelio_state::StateConfig::default`.
+    fn default() -> Self {
+        let d = micelio_state::StateConfig::default();
+        Self {
+            max_value: d.limits.max_value,
+            max_entries: d.limits.max_entries,
+            cache_mib: micelio_state::store::DEFAULT_CACHE_BYTES >> 20,
+            sync_interval: d.sync_interval,
+            heartbeat_interval: d.liveness.heartbeat_interval,
+            suspect_after: d.liveness.suspect_after,
+            dead_after: d.liveness.dead_after,
+            tombstone_ttl: d.tombstone_ttl,
+            gc_interval: d.gc_interval,
+        }
+    }
+}
+
+impl StateConfig {
+    fn check(s: &mut Section<'_, '_>) -> Option<Self> {
+        let max_value = s.number("max_value", 1, micelio_wire::limits::MAX_STATE_VALUE as u64);
+        let max_entries = s.number("max_entries", 1_000, 1_000_000_000);
+        let cache_mib = s.number("cache_mib", 1, MAX_STATE_CACHE_MIB);
+        let sync_interval = Self::within(
+            s,
+            "sync_interval",
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        );
+        let heartbeat_interval = Self::within(
+            s,
+            "heartbeat_interval",
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        );
+        let suspect_after = s.duration("suspect_after");
+        let dead_after = s.duration("dead_after");
+        let tombstone_ttl = Self::within(
+            s,
+            "tombstone_ttl",
+            MIN_TOMBSTONE_TTL,
+            Duration::from_secs(365 * 86_400),
+        );
+        let gc_interval = Self::within(
+            s,
+            "gc_interval",
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        );
+        // A member is suspect after missing at least two heartbeats, and
+        // dead after being suspect.
+        let mut ok = true;
+        if let (Some(hb), Some(suspect)) = (heartbeat_interval, suspect_after)
+            && suspect < hb * 2
+        {
+            ok = false;
+            s.error(
+                "suspect_after",
+                format!(
+                    "must be at least twice state.heartbeat_interval ({}), got {}",
+                    humantime::format_duration(hb),
+                    humantime::format_duration(suspect)
+                ),
+            );
+        }
+        if let (Some(suspect), Some(dead)) = (suspect_after, dead_after)
+            && dead <= suspect
+        {
+            ok = false;
+            s.error(
+                "dead_after",
+                format!(
+                    "must be longer than state.suspect_after ({}), got {}",
+                    humantime::format_duration(suspect),
+                    humantime::format_duration(dead)
+                ),
+            );
+        }
+        if !ok {
+            return None;
+        }
+        Some(Self {
+            max_value: max_value?,
+            max_entries: max_entries?,
+            cache_mib: cache_mib?,
+            sync_interval: sync_interval?,
+            heartbeat_interval: heartbeat_interval?,
+            suspect_after: suspect_after?,
+            dead_after: dead_after?,
+            tombstone_ttl: tombstone_ttl?,
+            gc_interval: gc_interval?,
+        })
+    }
+
+    /// A duration `key` in `min..=max`.
+    fn within(
+        s: &mut Section<'_, '_>,
+        key: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        let d = s.duration(key)?;
+        if (min..=max).contains(&d) {
+            Some(d)
+        } else {
+            s.error(
+                key,
+                format!(
+                    "must be between {} and {}, got {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max),
+                    humantime::format_duration(d)
+                ),
+            );
+            None
+        }
     }
 }
 

@@ -3,21 +3,27 @@
 //!
 //! [`run`] is the one place that knows every layer. It opens storage (the
 //! known peers), starts the transport (TCP + Noise, peer manager,
-//! discovery), gossip over it, the partyline hub over gossip and the SSH
-//! server over the partyline, and logs every chat line it receives. A
+//! discovery), gossip over it, the state service over gossip (its sled
+//! database opened off the runtime), the partyline hub over gossip with the
+//! state commands attached, and the SSH server over the partyline, and logs
+//! every chat line it receives. A
 //! [`Node`] owns every started component; whatever happens (a signal, a
 //! component that dies, an error half-way through start-up) the same
 //! [`Node::stop`] stops them in one fixed order:
 //!
 //! 1. stop accepting SSH connections and close the sessions (`SshServer`);
 //! 2. stop the partyline hub (`Partyline`);
-//! 3. stop gossip (`Gossip`);
-//! 4. close the peer connections (`PeerManager`);
-//! 5. flush storage.
+//! 3. stop the state service (`State`): it writes and flushes `node/left`
+//!    and hands it to gossip, which is still running, then flushes its
+//!    database;
+//! 4. stop gossip (`Gossip`);
+//! 5. close the peer connections (`PeerManager`);
+//! 6. flush the known-peers storage.
 //!
 //! While it runs, the node watches every component, none is polled: each
 //! one's `closed()` future (`SshServer::closed` for the accept loop,
-//! `Partyline::closed` for the hub task, `Gossip::closed` for the gossip
+//! `Partyline::closed` for the hub task, `State::closed` for the state
+//! task and its storage thread, `Gossip::closed` for the gossip
 //! task, `PeerManager::closed` for the accept loop, bootstrap dialers,
 //! maintenance loop and storage task) resolves when its tasks end, with the
 //! panic message or the reason; the node's own chat-log task is watched by
@@ -35,6 +41,7 @@ use micelio_gossip::{Delivered, Gossip, GossipConfig};
 use micelio_identity::Identity;
 use micelio_partyline::{Partyline, PartylineConfig};
 use micelio_ssh::{SshConfig, SshServer};
+use micelio_state::State;
 use micelio_transport::{
     PeerManager, PeerStore as _, SledPeerStore, TaskExit, TcpTransport, TransportConfig,
 };
@@ -51,6 +58,8 @@ use crate::config::{Broadcast, Config};
 const MICELIO_DIR: &str = "micelio";
 /// The sled database of known peers, inside [`MICELIO_DIR`].
 const PEERS_DB: &str = "peers";
+/// The sled database of the replicated state, inside [`MICELIO_DIR`].
+const STATE_DB: &str = "state";
 /// The sled tree of known peers in a legacy database.
 const PEERS_TREE: &str = "peers";
 /// Where micelio kept its sled database before, inside the data dir; the
@@ -81,6 +90,9 @@ fn transport_config(config: &Config) -> TransportConfig {
     t.duplicate_grace = net.duplicate_grace;
     t.exchange_interval = net.exchange_interval;
     t.discovery_interval = net.discovery_interval;
+    // This node reconciles its state with range sync (type 16).
+    t.features
+        .push(micelio_wire::limits::FEATURE_STATE_V1.to_owned());
     if config.gossip.broadcast != Broadcast::Tree {
         // Peers must not take us for a tree node: we would never graft.
         t.features
@@ -121,6 +133,40 @@ fn partyline_config(config: &Config) -> PartylineConfig {
     c.presence_interval = config.partyline.presence_interval;
     c.presence_debounce = config.partyline.presence_debounce;
     c
+}
+
+/// Maps the validated configuration onto the state service's; `addr` is
+/// the mesh address this node publishes (`node/addr`).
+fn state_config(config: &Config, addr: Option<&str>) -> micelio_state::StateConfig {
+    let st = &config.state;
+    let mut c = micelio_state::StateConfig::default();
+    c.limits = micelio_state::Limits::new(st.max_value, st.max_entries);
+    c.liveness.heartbeat_interval = st.heartbeat_interval;
+    c.liveness.suspect_after = st.suspect_after;
+    c.liveness.dead_after = st.dead_after;
+    c.sync_interval = st.sync_interval;
+    c.tombstone_ttl = st.tombstone_ttl;
+    c.gc_interval = st.gc_interval;
+    c.node = micelio_state::NodeInfo {
+        name: config.node.name.clone(),
+        tags: config.node.tags.clone(),
+        addr: addr.unwrap_or_default().to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    c
+}
+
+/// Opens the state database (`<data_dir>/micelio/state`, created by
+/// [`open_peer_store`]) off the runtime, with the configured sled cache.
+async fn open_state_store(config: &Config) -> anyhow::Result<micelio_state::store::SledStateStore> {
+    let path = config.node.data_dir.join(MICELIO_DIR).join(STATE_DB);
+    let cache = config.state.cache_mib << 20;
+    tokio::task::spawn_blocking(move || {
+        micelio_state::store::SledStateStore::open(&path, cache)
+            .with_context(|| format!("cannot open the state database {}", path.display()))
+    })
+    .await
+    .context("opening the state database")?
 }
 
 /// Maps the validated configuration onto the SSH server's.
@@ -309,6 +355,7 @@ type Ended = Result<(), String>;
 struct Node {
     ssh: Option<SshServer>,
     party: Option<Partyline>,
+    state: Option<State>,
     gossip: Option<Gossip>,
     peers: Option<PeerManager>,
     /// One task per watched component, named.
@@ -342,6 +389,10 @@ impl Node {
         if let Some(party) = &self.party {
             let closed = party.closed();
             self.watch("partyline", async move { Err(exit_reason(closed.await)) });
+        }
+        if let Some(state) = &self.state {
+            let closed = state.closed();
+            self.watch("state", async move { Err(exit_reason(closed.await)) });
         }
         if let Some(gossip) = &self.gossip {
             let closed = gossip.closed();
@@ -392,10 +443,25 @@ impl Node {
             .await
             .context("gossip stopped")?;
 
+        let state_store = open_state_store(config).await?;
+        let state = State::spawn(
+            identity.clone(),
+            state_config(config, peers.advertise_addr().or(peers.local_addr())),
+            Box::new(state_store),
+            gossip.clone(),
+            peers.clone(),
+        )
+        .await
+        .context("cannot start the state service")?;
+        let state = self.state.insert(state).clone();
+
         let party = Partyline::spawn(partyline_config(config), gossip.clone(), peers.clone())
             .await
             .context("cannot start the partyline")?;
         let party = &*self.party.insert(party);
+        party
+            .attach_state(state)
+            .context("cannot attach the state commands")?;
 
         let scfg = ssh_config(config);
         let keys_path = scfg.authorized_keys.clone();
@@ -505,18 +571,25 @@ impl Node {
             party.shutdown().await;
             info!(step = 2, "stopped the partyline");
         }
+        if let Some(state) = &self.state {
+            state.shutdown().await;
+            info!(
+                step = 3,
+                "stopped the state service and flushed its database"
+            );
+        }
         if let Some(gossip) = &self.gossip {
             gossip.shutdown().await;
-            info!(step = 3, "stopped gossip");
+            info!(step = 4, "stopped gossip");
         }
-        // Steps 4 and 5: the peer manager closes its connections, then its
+        // Steps 5 and 6: the peer manager closes its connections, then its
         // storage task writes what is pending and flushes.
         let flushed = match &self.peers {
             Some(peers) => {
                 let flushed = peers.shutdown_and_flush().await.context("flushing storage");
-                info!(step = 4, "closed the peer connections");
+                info!(step = 5, "closed the peer connections");
                 if flushed.is_ok() {
-                    info!(step = 5, "flushed storage");
+                    info!(step = 6, "flushed storage");
                 }
                 flushed
             }
@@ -662,7 +735,20 @@ mod tests {
     #[test]
     fn the_binary_defaults_are_the_libraries_defaults() {
         let config = Config::defaults(&crate::config::check::Host::default());
-        assert_eq!(transport_config(&config), TransportConfig::default());
+        // The binary runs the state service, so its hello says so.
+        let mut transport = TransportConfig::default();
+        transport
+            .features
+            .push(micelio_wire::limits::FEATURE_STATE_V1.to_owned());
+        assert_eq!(transport_config(&config), transport);
+        let mut state = micelio_state::StateConfig::default();
+        state.node = micelio_state::NodeInfo {
+            name: config.node.name.clone(),
+            tags: config.node.tags.clone(),
+            addr: "127.0.0.1:4000".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        assert_eq!(state_config(&config, Some("127.0.0.1:4000")), state);
         assert_eq!(gossip_config(&config), GossipConfig::default());
         assert_eq!(
             partyline_config(&config),
@@ -706,6 +792,41 @@ mod tests {
                 .any(|f| f == micelio_wire::limits::FEATURE_EXTENSIONS_V1),
             "the other extensions stay"
         );
+    }
+
+    #[test]
+    fn every_state_setting_reaches_the_service() {
+        let mut config = Config::for_tests("/tmp/node");
+        config.state.max_value = 60_000;
+        config.state.max_entries = 5_000;
+        config.state.sync_interval = Duration::from_secs(3);
+        config.state.heartbeat_interval = Duration::from_secs(1);
+        config.state.suspect_after = Duration::from_secs(4);
+        config.state.dead_after = Duration::from_secs(8);
+        config.state.tombstone_ttl = Duration::from_secs(600);
+        config.state.gc_interval = Duration::from_secs(60);
+        let c = state_config(&config, None);
+        assert_eq!((c.limits.max_value, c.limits.max_entries), (60_000, 5_000));
+        assert_eq!(
+            (
+                c.sync_interval,
+                c.liveness.heartbeat_interval,
+                c.liveness.suspect_after,
+                c.liveness.dead_after,
+                c.tombstone_ttl,
+                c.gc_interval
+            ),
+            (
+                Duration::from_secs(3),
+                Duration::from_secs(1),
+                Duration::from_secs(4),
+                Duration::from_secs(8),
+                Duration::from_secs(600),
+                Duration::from_secs(60)
+            )
+        );
+        assert_eq!(c.node.addr, "");
+        assert_eq!(c.node.name, "test-node");
     }
 
     #[test]

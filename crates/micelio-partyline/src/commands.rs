@@ -357,6 +357,10 @@ async fn stats(c: CommandCall) -> Reply {
             })
         })
         .collect();
+    let state = match c.party.state() {
+        Some(s) => s.stats().await.ok(),
+        None => None,
+    };
     if c.json {
         let transport: serde_json::Map<String, serde_json::Value> = t
             .entries()
@@ -415,6 +419,7 @@ async fn stats(c: CommandCall) -> Reply {
             },
             "partyline": p,
             "transport": transport,
+            "state": state.as_ref().map(crate::state_cmds::stats_json),
         }));
     }
     let mut out = format!(
@@ -499,6 +504,9 @@ async fn stats(c: CommandCall) -> Reply {
     }
     if !any {
         out.push_str(" every counter is 0");
+    }
+    if let Some(s) = &state {
+        out.push_str(&crate::state_cmds::stats_text(s));
     }
     Reply::ok(out)
 }

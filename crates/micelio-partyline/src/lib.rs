@@ -49,7 +49,10 @@ pub mod chat;
 mod commands;
 mod hub;
 mod outbox;
+mod state_cmds;
 pub mod text;
+
+pub use state_cmds::{MAX_LISTED, display_value};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -146,6 +149,8 @@ struct Inner {
     /// The watcher of the hub task (it returns once the task has ended and
     /// a panic has been logged).
     task: Mutex<Option<JoinHandle<()>>>,
+    /// The state service, once attached.
+    state: std::sync::OnceLock<micelio_state::State>,
 }
 
 /// Handle to the partyline hub. Clones share it.
@@ -229,6 +234,7 @@ impl Partyline {
                 cancel,
                 tasks,
                 task: Mutex::new(Some(task)),
+                state: std::sync::OnceLock::new(),
             }),
         })
     }

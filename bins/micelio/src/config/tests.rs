@@ -518,6 +518,35 @@ fn partyline_settings() {
     assert_eq!(config.partyline.history_lines, 5);
 }
 
+#[test]
+fn state_settings() {
+    let config = toml(
+        "[state]\nmax_value = 61440\nmax_entries = 5000\ncache_mib = 8\n\
+         heartbeat_interval = \"1s\"\nsuspect_after = \"2s\"\ndead_after = \"3s\"",
+    )
+    .ok();
+    assert_eq!(config.state.max_value, 61_440);
+    assert_eq!(config.state.max_entries, 5_000);
+    assert_eq!(config.state.cache_mib, 8);
+    assert_eq!(config.state.dead_after, Duration::from_secs(3));
+    toml("[state]\nmax_value = 61441").fails("state.max_value", "between 1 and 61440, got 61441");
+    toml("[state]\nmax_entries = 10").fails("state.max_entries", "between 1000 and");
+    toml("[state]\ncache_mib = 0").fails("state.cache_mib", "between 1 and 65536");
+    toml("[state]\nsync_interval = \"100ms\"")
+        .fails("state.sync_interval", "between 1s and 1h, got 100ms");
+    toml("[state]\ntombstone_ttl = \"10s\"").fails("state.tombstone_ttl", "between 1m and");
+    toml("[state]\nheartbeat_interval = \"10s\"").fails(
+        "state.suspect_after",
+        "at least twice state.heartbeat_interval (10s), got 15s",
+    );
+    toml("[state]\ndead_after = \"15s\"").fails(
+        "state.dead_after",
+        "longer than state.suspect_after (15s), got 15s",
+    );
+    let config = Case::new().env("MICELIO_STATE__SYNC_INTERVAL", "3s").ok();
+    assert_eq!(config.state.sync_interval, Duration::from_secs(3));
+}
+
 // ---- [logging] ----
 
 #[test]
