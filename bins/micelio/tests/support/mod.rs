@@ -10,6 +10,8 @@ use std::time::Duration;
 use micelio_testkit::micelio::{command, second_word};
 use micelio_testkit::process::Process;
 
+pub mod ssh;
+
 /// Longest wait for any one condition.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -24,6 +26,8 @@ pub struct Node {
     pub node_id: String,
     pub addr: String,
     pub ssh: String,
+    /// The network namespace it runs in, if any.
+    pub netns: Option<String>,
 }
 
 impl Node {
@@ -59,7 +63,31 @@ impl Node {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Node {
-        let mut cmd = command(bin, home, &[]);
+        Self::launch(command(bin, home, &[]), None, data, config, extra, env)
+    }
+
+    /// As [`Node::start`], inside the network namespace `netns` (through
+    /// `ip netns exec`, which execs the node: the handle is the node's).
+    pub fn start_in_netns(
+        netns: &str,
+        home: &Path,
+        data: &Path,
+        config: &Path,
+        extra: &[&str],
+    ) -> Node {
+        let mut cmd = command(Path::new("ip"), home, &["netns", "exec", netns]);
+        cmd.arg(env!("CARGO_BIN_EXE_micelio"));
+        Self::launch(cmd, Some(netns.to_owned()), data, config, extra, &[])
+    }
+
+    fn launch(
+        mut cmd: std::process::Command,
+        netns: Option<String>,
+        data: &Path,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
         cmd.arg("--config")
             .arg(config)
             .arg("--data-dir")
@@ -73,6 +101,7 @@ impl Node {
             node_id: String::new(),
             addr: String::new(),
             ssh: String::new(),
+            netns,
         };
         let id_line = node.wait_for(|l| l.starts_with("node id"));
         node.node_id = id_line
