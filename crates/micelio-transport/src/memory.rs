@@ -4,8 +4,10 @@
 //! sockets. Every frame is still encoded and decoded with the real frame
 //! codec (so the frame limit holds), bytes and frames are counted, and links
 //! between two nodes can be cut (live connections close, new dials are
-//! refused) and restored. A share of frames can be lost on every link
-//! ([`MemoryNetwork::set_loss`]), to test how a protocol copes with loss. Use it for simulations and for tests that need
+//! refused) and restored. A share of frames can be lost, duplicated or
+//! delivered out of order on every link ([`MemoryNetwork::set_loss`],
+//! [`MemoryNetwork::set_duplication`], [`MemoryNetwork::set_reordering`]),
+//! to test how a protocol copes with faults. Use it for simulations and for tests that need
 //! hundreds of nodes; [`MemoryMesh`] spawns whole test nodes on it and
 //! [`link`] connects two and waits until both see it.
 //!
@@ -94,7 +96,30 @@ struct NetCounters {
     loss_ppm: AtomicU32,
     /// Seed of the loss decisions.
     loss_seed: AtomicU64,
+    /// Frames sent twice on purpose.
+    duplicated: AtomicU64,
+    /// Share of frames sent twice, in parts per million.
+    dup_ppm: AtomicU32,
+    /// Frames held back and delivered after the next one.
+    reordered: AtomicU64,
+    /// Share of frames held back, in parts per million.
+    reorder_ppm: AtomicU32,
 }
+
+/// `fraction` (clamped to 0.0–1.0, NaN as 0) in parts per million.
+fn to_ppm(fraction: f64) -> u32 {
+    let fraction = if fraction.is_nan() {
+        0.0
+    } else {
+        fraction.clamp(0.0, 1.0)
+    };
+    ((fraction * f64::from(PPM)).round() as u32).min(PPM)
+}
+
+/// Salts that make the duplication and reordering rolls independent of
+/// the loss roll.
+const DUP_SALT: u64 = 0x6475_706c_6963_6174;
+const REORDER_SALT: u64 = 0x7265_6f72_6465_7221;
 
 /// One million: the denominator of [`NetCounters::loss_ppm`].
 const PPM: u32 = 1_000_000;
@@ -206,13 +231,42 @@ impl MemoryNetwork {
     /// same frames of the same conversation are lost, whatever the thread
     /// timing between links.
     pub fn set_loss(&self, fraction: f64) {
-        let fraction = if fraction.is_nan() {
-            0.0
-        } else {
-            fraction.clamp(0.0, 1.0)
-        };
-        let ppm = (fraction * f64::from(PPM)).round() as u32;
-        self.stats.loss_ppm.store(ppm.min(PPM), Ordering::Relaxed);
+        self.stats
+            .loss_ppm
+            .store(to_ppm(fraction), Ordering::Relaxed);
+    }
+
+    /// Sends a share `fraction` (0.0 to 1.0, clamped) of the frames on
+    /// every link twice from now on: the receiver gets the same frame two
+    /// times in a row. The first frame of each direction never is. Which
+    /// frames is decided as for [`MemoryNetwork::set_loss`], with the same
+    /// seed.
+    pub fn set_duplication(&self, fraction: f64) {
+        self.stats
+            .dup_ppm
+            .store(to_ppm(fraction), Ordering::Relaxed);
+    }
+
+    /// Holds back a share `fraction` (0.0 to 1.0, clamped) of the frames
+    /// on every link from now on and delivers each after the frame sent
+    /// next on that connection (so the two arrive swapped; one frame is
+    /// held at a time, and a held frame waits until another is sent). The
+    /// first frame of each direction never is. Decided as for
+    /// [`MemoryNetwork::set_loss`], with the same seed.
+    pub fn set_reordering(&self, fraction: f64) {
+        self.stats
+            .reorder_ppm
+            .store(to_ppm(fraction), Ordering::Relaxed);
+    }
+
+    /// Frames sent twice on purpose so far.
+    pub fn frames_duplicated(&self) -> u64 {
+        self.stats.duplicated.load(Ordering::Relaxed)
+    }
+
+    /// Frames delivered out of order on purpose so far.
+    pub fn frames_reordered(&self) -> u64 {
+        self.stats.reordered.load(Ordering::Relaxed)
     }
 
     /// [`MemoryNetwork::set_loss`] with the seed of the loss decisions.
@@ -270,6 +324,7 @@ fn make_pair(
                 stats: net.stats.clone(),
                 key,
                 sent: 0,
+                held: None,
             },
             MemSource {
                 rx,
@@ -415,29 +470,48 @@ struct MemSink {
     key: u64,
     /// Frames this sink sent (or lost) so far.
     sent: u64,
+    /// A frame held back, delivered after the next one.
+    held: Option<Bytes>,
 }
 
 impl MemSink {
     /// Whether the frame about to be sent is lost (never the first).
     fn loses_next(&self) -> bool {
-        let ppm = self.stats.loss_ppm.load(Ordering::Relaxed);
+        self.rolls(&self.stats.loss_ppm, 0)
+    }
+
+    /// Whether the frame about to be sent hits a fault of share `ppm`
+    /// (never the first frame); `salt` tells the faults apart.
+    fn rolls(&self, ppm: &AtomicU32, salt: u64) -> bool {
+        let ppm = ppm.load(Ordering::Relaxed);
         if ppm == 0 || self.sent == 0 {
             return false;
         }
         let seed = self.stats.loss_seed.load(Ordering::Relaxed);
-        let roll = mix(mix(seed ^ self.key) ^ self.sent) % u64::from(PPM);
+        let roll = mix(mix(seed ^ self.key ^ salt) ^ self.sent) % u64::from(PPM);
         roll < u64::from(ppm)
+    }
+
+    /// Delivers `bytes`, unless the connection closes first.
+    async fn deliver(&self, bytes: Bytes) -> Result<(), LinkError> {
+        let tx = self.tx.as_ref().ok_or(LinkError::Closed)?;
+        tokio::select! {
+            _ = self.guard.token.cancelled() => Err(LinkError::Closed),
+            r = tx.send(bytes) => r.map_err(|_| LinkError::Closed),
+        }
     }
 }
 
 impl FrameSink for MemSink {
     fn send<'a>(&'a mut self, frame: &'a [u8]) -> BoxFuture<'a, Result<(), LinkError>> {
         Box::pin(async move {
-            let tx = self.tx.as_ref().ok_or(LinkError::Closed)?;
+            self.tx.as_ref().ok_or(LinkError::Closed)?;
             if self.guard.token.is_cancelled() {
                 return Err(LinkError::Closed);
             }
             let lose = self.loses_next();
+            let duplicate = self.rolls(&self.stats.dup_ppm, DUP_SALT);
+            let hold = self.held.is_none() && self.rolls(&self.stats.reorder_ppm, REORDER_SALT);
             self.sent += 1;
             if lose {
                 self.stats.lost.fetch_add(1, Ordering::Relaxed);
@@ -448,15 +522,24 @@ impl FrameSink for MemSink {
                 return Ok(());
             }
             let bytes = Bytes::copy_from_slice(frame);
-            tokio::select! {
-                _ = self.guard.token.cancelled() => Err(LinkError::Closed),
-                r = tx.send(bytes) => {
-                    r.map_err(|_| LinkError::Closed)?;
-                    self.stats.frames.fetch_add(1, Ordering::Relaxed);
-                    self.stats.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
-                    Ok(())
-                }
+            self.stats.frames.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .bytes
+                .fetch_add(frame.len() as u64, Ordering::Relaxed);
+            if hold {
+                self.stats.reordered.fetch_add(1, Ordering::Relaxed);
+                self.held = Some(bytes);
+                return Ok(());
             }
+            self.deliver(bytes.clone()).await?;
+            if duplicate {
+                self.stats.duplicated.fetch_add(1, Ordering::Relaxed);
+                self.deliver(bytes).await?;
+            }
+            if let Some(held) = self.held.take() {
+                self.deliver(held).await?;
+            }
+            Ok(())
         })
     }
 
@@ -558,6 +641,62 @@ mod tests {
         let other = MemoryNetwork::new();
         other.set_loss_seeded(0.1, 8);
         assert_ne!(delivered(&other, 10_000).await, got);
+    }
+
+    #[tokio::test]
+    async fn duplication_and_reordering_deliver_every_frame() {
+        let net = MemoryNetwork::new();
+        net.set_loss_seeded(0.0, 3);
+        net.set_duplication(0.2);
+        net.set_reordering(0.2);
+        let (a, b) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+        let mut listener = net.transport(&b).listen("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr();
+        let mut dialled = net.transport(&a).dial(&addr).await.unwrap();
+        let mut accepted = listener.accept().await.unwrap().upgrade().await.unwrap();
+        let frames: Vec<Vec<u8>> = (0..=200u32)
+            .map(|i| {
+                let payload = Bytes::from(i.to_be_bytes().to_vec());
+                frame::encode_envelope(&EnvelopeBuilder::new(MsgType::Chat, payload).sign(&a))
+                    .unwrap()
+                    .to_vec()
+            })
+            .collect();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Ok(Some(f)) = accepted.source.recv().await {
+                let n: [u8; 4] = f.payload[..].try_into().unwrap();
+                got.push(u32::from_be_bytes(n) as usize);
+            }
+            got
+        });
+        for f in &frames {
+            dialled.sink.send(f).await.unwrap();
+        }
+        // One more, sent plainly, releases a frame still held back.
+        net.set_duplication(0.0);
+        net.set_reordering(0.0);
+        dialled.sink.send(&frames[0]).await.unwrap();
+        dialled.sink.close().await;
+        drop(dialled);
+        let got: Vec<usize> = reader.await.unwrap();
+        let distinct: std::collections::BTreeSet<usize> = got.iter().copied().collect();
+        assert_eq!(distinct.len(), 201, "every frame arrives");
+        let (dups, swaps) = (net.frames_duplicated(), net.frames_reordered());
+        assert!(
+            dups > 10 && swaps > 10,
+            "{dups} duplicated, {swaps} reordered"
+        );
+        assert_eq!(
+            got.len() as u64,
+            202 + dups,
+            "each duplicate arrives once more"
+        );
+        assert_eq!(got[0], 0, "the first frame is never held back");
+        assert!(
+            got.windows(2).any(|w| w[0] > w[1]),
+            "some arrive out of order"
+        );
     }
 
     #[tokio::test]
