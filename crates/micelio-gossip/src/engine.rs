@@ -224,6 +224,28 @@ pub enum DropReason {
     /// A broadcast-tree message from a peer whose hello did not announce
     /// the tree (`micelio/tree/1`): it is never answered.
     NotTreePeer,
+    /// The validator of its type (see [`Engine::set_validator`]) refused
+    /// the payload: it is neither delivered nor relayed nor kept for
+    /// repair. The layer that installed the validator counts why.
+    Invalid,
+}
+
+/// Checks the payload of one message type before it is delivered or
+/// relayed, for a layer above (the state layer checks every type-6 entry's
+/// signature and namespace, so that a relay never forwards a forged one).
+/// Returns why it refuses, as a short label. Called on the gossip task for
+/// every first copy of that type that passed the envelope checks: it must be
+/// quick (a signature check is fine) and must not block.
+pub type Validator = std::sync::Arc<dyn Fn(&Envelope) -> Result<(), &'static str> + Send + Sync>;
+
+/// The installed validators (shown by type in `Debug`).
+#[derive(Default)]
+struct Validators(HashMap<MsgType, Validator>);
+
+impl std::fmt::Debug for Validators {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 impl DropReason {
@@ -247,6 +269,7 @@ impl DropReason {
             Self::NotExtensionPeer => "not_extension_peer",
             Self::BadTreePayload => "bad_tree_payload",
             Self::NotTreePeer => "not_tree_peer",
+            Self::Invalid => "invalid",
         }
     }
 }
@@ -431,6 +454,8 @@ pub struct Engine {
     /// When the oldest of those was decided.
     prune_at: Option<Instant>,
     handlers: HashSet<MsgType>,
+    /// Payload checks by type ([`Engine::set_validator`]).
+    validators: Validators,
     stats: GossipStats,
     rng: SmallRng,
     recent: Recent,
@@ -582,6 +607,7 @@ impl Engine {
             adopt: Vec::new(),
             prune_at: None,
             handlers: HashSet::new(),
+            validators: Validators::default(),
             stats: GossipStats::default(),
             rng: SmallRng::seed_from_u64(seed),
             recent: Recent::default(),
@@ -599,6 +625,14 @@ impl Engine {
     /// type are delivered. Types without a handler are still relayed.
     pub fn register(&mut self, msg_type: MsgType) {
         self.handlers.insert(msg_type);
+    }
+
+    /// Installs `validator` for `msg_type` (replacing an earlier one):
+    /// first copies it refuses are dropped as [`DropReason::Invalid`],
+    /// remembered as seen (so that they are not asked for again) and never
+    /// delivered, relayed or kept for repair.
+    pub fn set_validator(&mut self, msg_type: MsgType, validator: Validator) {
+        self.validators.0.insert(msg_type, validator);
     }
 
     /// A micelio peer of this version connected, having proved `key` in
@@ -801,11 +835,16 @@ impl Engine {
         }
         self.seen.insert(&env.message_id, now);
         self.tree.received(&env.message_id);
+        let msg_type = env.kind();
+        if let Some(validator) = self.validators.0.get(&msg_type)
+            && validator(&env).is_err()
+        {
+            return Err(self.drop_for(DropReason::Invalid));
+        }
         // The first copy keeps the path it came by in the tree.
         self.tree.make_eager(&from);
 
         let mut actions = Vec::with_capacity(3);
-        let msg_type = env.kind();
         let forward = env.hop_count > 1;
         if self.handlers.contains(&msg_type) {
             self.stats.delivered += 1;

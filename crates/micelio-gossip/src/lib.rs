@@ -54,7 +54,7 @@ pub use engine::{
     Action, DEFAULT_GRAFT_RETRY, DEFAULT_GRAFT_TIMEOUT, DEFAULT_LAZY_DELAY, DEFAULT_MAX_HOPS,
     DEFAULT_ORIGIN_QUEUE, DEFAULT_PACE_BURST, DEFAULT_PACE_PER_SEC, DEFAULT_SEEN_CAP, Delivered,
     DropReason, Engine, GossipConfig, GossipStats, MAX_REPAIR_IDS, MAX_RETAINED,
-    MAX_RETAINED_BYTES, PeerCaps, SHORTER_PATH, SubscriberStats,
+    MAX_RETAINED_BYTES, PeerCaps, SHORTER_PATH, SubscriberStats, Validator,
 };
 pub use parts::{
     DEFAULT_LEARNED_KEYS, DEFAULT_RATE_BUCKETS, KeyRing, RateLimiter, SeenCache, Trust,

@@ -69,6 +69,11 @@ enum Command {
         reply: oneshot::Sender<mpsc::Receiver<Delivered>>,
     },
     SubscribePeers(oneshot::Sender<mpsc::Receiver<PeerEvent>>),
+    Validate {
+        msg_type: MsgType,
+        validator: crate::engine::Validator,
+        reply: oneshot::Sender<()>,
+    },
     Stats(oneshot::Sender<GossipStats>),
     /// Test-only fault: the task panics.
     #[cfg(test)]
@@ -235,6 +240,30 @@ impl Gossip {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Subscribe { msg_type, reply })
+            .await
+            .map_err(|_| GossipError::Stopped)?;
+        rx.await.map_err(|_| GossipError::Stopped)
+    }
+
+    /// Installs `validator` for `msg_type`: from now on, first copies of
+    /// that type it refuses are dropped (counted as
+    /// [`DropReason::Invalid`](crate::DropReason::Invalid)), neither
+    /// delivered nor relayed. See [`Validator`](crate::Validator).
+    ///
+    /// # Errors
+    /// [`GossipError::Stopped`].
+    pub async fn set_validator(
+        &self,
+        msg_type: MsgType,
+        validator: crate::engine::Validator,
+    ) -> Result<(), GossipError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Validate {
+                msg_type,
+                validator,
+                reply,
+            })
             .await
             .map_err(|_| GossipError::Stopped)?;
         rx.await.map_err(|_| GossipError::Stopped)
@@ -498,6 +527,14 @@ impl Service {
                 let (env, actions) = self.engine.originate(now.into_std(), msg_type, payload);
                 self.execute(actions);
                 let _ = reply.send(env.message_id);
+            }
+            Command::Validate {
+                msg_type,
+                validator,
+                reply,
+            } => {
+                self.engine.set_validator(msg_type, validator);
+                let _ = reply.send(());
             }
             Command::Subscribe { msg_type, reply } => {
                 let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);

@@ -69,6 +69,29 @@ fn an_honest_message_is_delivered_once_and_forwarded_to_fanout_peers() {
 }
 
 #[test]
+fn a_payload_its_validator_refuses_is_neither_delivered_nor_relayed_nor_repaired() {
+    let mut e = receiver(GossipConfig::default());
+    e.set_validator(
+        MsgType::Chat,
+        Arc::new(|env: &Envelope| {
+            if &env.payload[..] == b"evil" {
+                Err("evil")
+            } else {
+                Ok(())
+            }
+        }),
+    );
+    let evil = EnvelopeBuilder::gossip(MsgType::Chat, &b"evil"[..]).sign(&id(9));
+    dropped(&mut e, evil.clone(), DropReason::Invalid);
+    // Remembered: another copy is a duplicate, not checked again.
+    dropped(&mut e, evil, DropReason::Duplicate);
+    assert_eq!(e.stats().retained, 0, "not kept for repair");
+    // Other payloads of the type, and other types, pass.
+    assert!(e.handle(Instant::now(), peer(2), chat_from(9)).is_ok());
+    assert_eq!(DropReason::Invalid.label(), "invalid");
+}
+
+#[test]
 fn a_forged_signature_is_dropped() {
     let mut e = receiver(GossipConfig::default());
     let mut env = chat_from(9);

@@ -567,3 +567,44 @@ async fn paced_originations_leave_in_order_under_the_mesh_rate_and_overflow_is_r
     ));
     stop(&[&a, &b]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_events_list_current_peers_first_then_comings_and_goings() {
+    use micelio_transport::PeerEvent;
+    let mesh = MemoryMesh::new();
+    let a = GossipNode::spawn(&mesh, 1).await.unwrap();
+    let b = GossipNode::spawn(&mesh, 2).await.unwrap();
+    let c = GossipNode::spawn(&mesh, 3).await.unwrap();
+    a.link(&b, T).await.unwrap();
+    // A subscriber that comes late hears of b at once.
+    let mut events = a.gossip.subscribe_peers().await.unwrap();
+    let first = tokio::time::timeout(T, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&first, PeerEvent::Up(p) if p.node_id == b.node_id()),
+        "{first:?}"
+    );
+    // Then c coming, and b going.
+    a.link(&c, T).await.unwrap();
+    let next = tokio::time::timeout(T, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&next, PeerEvent::Up(p) if p.node_id == c.node_id()),
+        "{next:?}"
+    );
+    b.shutdown().await;
+    let gone = tokio::time::timeout(T, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&gone, PeerEvent::Down { node_id, .. } if *node_id == b.node_id()),
+        "{gone:?}"
+    );
+    a.shutdown().await;
+    c.shutdown().await;
+}

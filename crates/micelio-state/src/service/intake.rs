@@ -53,6 +53,24 @@ pub(crate) enum Inbound {
     Bad { reason: &'static str },
 }
 
+/// The check gossip runs on every first copy of a type-6 message before it
+/// delivers or relays it: the entry must decode and pass
+/// [`verify_entry`] with this node's limits. A refused entry is counted
+/// (by reason, in [`Shared::relay_reject`]) and goes no further.
+pub(crate) fn validator(limits: Limits, shared: Arc<Shared>) -> micelio_gossip::Validator {
+    Arc::new(move |env| {
+        let result = match StateUpdate::decode_wire(env.payload.clone()) {
+            Ok(StateUpdate { entry: Some(e) }) => verify_entry(&e, &limits).map(|_| ()),
+            Ok(_) => Err(Reject::Malformed("type 6 without an entry".into())),
+            Err(_) => Err(Reject::Malformed("type 6 does not decode".into())),
+        };
+        result.map_err(|r| {
+            shared.relay_reject(&r);
+            r.label()
+        })
+    })
+}
+
 /// The gossip subscriptions of the four types.
 pub(crate) struct Subscriptions {
     rx: [mpsc::Receiver<Delivered>; 4],

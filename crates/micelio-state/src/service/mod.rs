@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::error::WriteError;
+use crate::error::{Reject, WriteError};
 use crate::members::{LivenessConfig, Member};
 use crate::store::{StateStore, StoreThread};
 use crate::version::Limits;
@@ -237,11 +237,32 @@ pub(crate) struct Shared {
     pub(crate) page_bytes_received: AtomicU64,
     pub(crate) send_dropped: AtomicU64,
     pub(crate) gossip_refused: AtomicU64,
+    /// Type-6 entries the gossip validator refused, by
+    /// [`Reject::LABELS`](crate::Reject::LABELS) position.
+    pub(crate) relay_rejected: [AtomicU64; Reject::LABELS.len()],
+    /// Whether each of those reasons has been logged.
+    relay_logged: [std::sync::atomic::AtomicBool; Reject::LABELS.len()],
 }
 
 impl Shared {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts an entry refused before relay, and logs its reason once.
+    pub(crate) fn relay_reject(&self, r: &Reject) {
+        let label = r.label();
+        let Some(i) = Reject::LABELS.iter().position(|l| *l == label) else {
+            return;
+        };
+        self.relay_rejected[i].fetch_add(1, Ordering::Relaxed);
+        if !self.relay_logged[i].swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                reason = label,
+                error = %r,
+                "refused a state entry before relaying it (logged once per reason; counted in /stats)"
+            );
+        }
     }
 }
 
@@ -312,6 +333,15 @@ impl State {
         let store = StoreThread::spawn(store)
             .map_err(|e| StoreError::backend("cannot start the storage thread", e))?;
         let node_id = *identity.node_id();
+        let shared = Arc::new(Shared::default());
+        // Checked before gossip relays it: a forged entry goes no further.
+        gossip
+            .set_validator(
+                MsgType::StateUpdate,
+                intake::validator(config.limits, shared.clone()),
+            )
+            .await
+            .map_err(|_| StateError::Stopped)?;
         let subs = intake::Subscriptions::open(&gossip).await?;
         let peer_events = gossip
             .subscribe_peers()
@@ -319,7 +349,6 @@ impl State {
             .map_err(|_| StateError::Stopped)?;
         let cancel = CancellationToken::new();
         let tasks = TaskGroup::new(cancel.clone());
-        let shared = Arc::new(Shared::default());
         let (inbound_tx, inbound_rx) = mpsc::channel(intake::INBOUND_QUEUE);
         let (out_tx, out_rx) = mpsc::channel(outbound::OUTBOUND_QUEUE);
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);

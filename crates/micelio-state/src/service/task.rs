@@ -329,6 +329,12 @@ impl StateTask {
                 s.page_bytes_received = sh.page_bytes_received.load(Ordering::Relaxed);
                 s.send_dropped += sh.send_dropped.load(Ordering::Relaxed);
                 s.gossip_refused = sh.gossip_refused.load(Ordering::Relaxed);
+                for (label, n) in crate::Reject::LABELS.iter().zip(&sh.relay_rejected) {
+                    let n = n.load(Ordering::Relaxed);
+                    if n > 0 {
+                        *s.rejected.entry(label).or_default() += n;
+                    }
+                }
                 s.members = self.members.counts(Instant::now().into_std());
                 let store = self.store.clone();
                 tokio::spawn(async move {

@@ -2,7 +2,6 @@
 //! entropy after cuts and loss, reference-style peers, membership,
 //! persistence across restarts, rejections.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -327,48 +326,160 @@ async fn a_restarted_node_reloads_its_map_and_its_clock() {
     a.stop().await;
 }
 
+/// An entry of `author` at `key`, signed by `signer`.
+fn entry(signer: &Identity, key: String, value: &[u8], ts: u64) -> micelio_wire::proto::StateEntry {
+    let mut e = micelio_wire::proto::StateEntry {
+        key,
+        value: Bytes::copy_from_slice(value),
+        lamport_ts: ts,
+        ..Default::default()
+    };
+    e.sign(signer);
+    e
+}
+
+fn type6(e: &micelio_wire::proto::StateEntry) -> Bytes {
+    micelio_wire::WireMessage::encode_bytes(&micelio_wire::proto::StateUpdate {
+        entry: Some(e.clone()),
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_entry_is_refused_counted_and_not_forwarded() {
+async fn every_bad_entry_is_refused_counted_and_never_stored_or_forwarded() {
     let mesh = MemoryMesh::new();
     let (a, b, c) = (
         node(&mesh, 1).await,
         node(&mesh, 2).await,
         node(&mesh, 3).await,
     );
+    // a - b - c: whatever c gets from a, b relayed.
     a.net.link(&b.net, WITHIN).await.unwrap();
     b.net.link(&c.net, WITHIN).await.unwrap();
+    let me = a.net.identity.clone();
+    let ns = |sub: &str| format!("{}/{sub}", a.net.node_id());
     let stranger = Identity::from_seed([77; 32]);
-    let mut forged = micelio_wire::proto::StateEntry {
-        key: format!("{}/x", a.net.node_id()),
-        value: Bytes::from_static(b"evil"),
-        lamport_ts: 5,
-        ..Default::default()
-    };
-    forged.sign(&stranger);
-    // Claim a's namespace with the stranger's key.
-    forged.node_id = a.net.node_id().to_string();
-    let payload = micelio_wire::WireMessage::encode_bytes(&micelio_wire::proto::StateUpdate {
-        entry: Some(forged.clone()),
-    });
-    a.net
-        .gossip
-        .originate(micelio_wire::MsgType::StateUpdate, payload)
-        .await
-        .unwrap();
-    until_async(WITHIN, "b counts the refusal", || async {
-        b.state
-            .stats()
+    let mut bad_sig = entry(&me, ns("sig"), b"v", 5);
+    bad_sig.value = Bytes::from_static(b"changed after signing");
+    let outside = entry(&me, format!("{}/x", b.net.node_id()), b"v", 5);
+    let mut mismatch = entry(&stranger, ns("who"), b"evil", 5);
+    mismatch.node_id = a.net.node_id().to_string();
+    let future = entry(&me, ns("late"), b"v", (1 << 62) + 1);
+    let long_key = entry(&me, ns(&"k".repeat(250)), b"v", 5);
+    let long_value = entry(&me, ns("big"), &[b'x'; 4097], 5);
+    let bad: Vec<(&str, Bytes, String)> = vec![
+        ("bad_signature", type6(&bad_sig), bad_sig.key.clone()),
+        ("outside_namespace", type6(&outside), outside.key.clone()),
+        ("author_mismatch", type6(&mismatch), mismatch.key.clone()),
+        ("timestamp_too_large", type6(&future), future.key.clone()),
+        ("key_too_long", type6(&long_key), long_key.key.clone()),
+        ("value_too_long", type6(&long_value), long_value.key.clone()),
+        (
+            "malformed",
+            Bytes::from_static(b"\xff\xff not protobuf"),
+            String::new(),
+        ),
+    ];
+    for (_, payload, _) in &bad {
+        a.net
+            .gossip
+            .originate(micelio_wire::MsgType::StateUpdate, payload.clone())
             .await
-            .unwrap()
-            .rejected
-            .get("author_mismatch")
-            == Some(&1)
+            .unwrap();
+    }
+    // A good one after them: once c has it, b has handled them all.
+    let good = a.state.set("good", "v").await.unwrap();
+    until_async(WITHIN, "c has the good entry", || async {
+        c.value(&good.key).await.is_some()
+    })
+    .await;
+    until_async(WITHIN, "b counted every refusal", || async {
+        let s = b.state.stats().await.unwrap();
+        bad.iter()
+            .all(|(label, _, _)| s.rejected.get(label) == Some(&1))
+    })
+    .await;
+    for (label, _, key) in &bad {
+        if !key.is_empty() {
+            assert!(b.value(key).await.is_none(), "{label}: stored on b");
+            assert!(c.value(key).await.is_none(), "{label}: reached c");
+        }
+    }
+    // b relayed none of them: c never saw one.
+    let s = c.state.stats().await.unwrap();
+    assert!(
+        s.rejected.is_empty(),
+        "c saw refused entries: {:?}",
+        s.rejected
+    );
+    let g = b.net.gossip.stats().await.unwrap();
+    assert_eq!(g.dropped_for(micelio_gossip::DropReason::Invalid), 7);
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_sync_messages_are_refused_and_counted() {
+    use micelio_wire::proto::{StateRange, StateReconcile, StateSyncResponse};
+    use micelio_wire::{EnvelopeBuilder, MsgType, WireMessage as _};
+    let mesh = MemoryMesh::new();
+    let (a, b) = (node(&mesh, 1).await, node(&mesh, 2).await);
+    a.net.link(&b.net, WITHIN).await.unwrap();
+    let me = a.net.identity.clone();
+    let to = b.net.node_id();
+    let send = |kind: MsgType, payload: Bytes| {
+        let env = EnvelopeBuilder::new(kind, payload).sign(&me);
+        a.net.peers.send(&to, &env).unwrap();
+    };
+    // A page whose entries are forged, and one that does not decode.
+    let mut forged = entry(&me, format!("{}/p", a.net.node_id()), b"v", 9);
+    forged.value = Bytes::from_static(b"altered");
+    let outside = entry(&me, format!("{to}/p"), b"v", 9);
+    send(
+        MsgType::StateSyncResponse,
+        StateSyncResponse {
+            entries: vec![forged.clone(), outside.clone()],
+        }
+        .encode_bytes(),
+    );
+    send(
+        MsgType::StateSyncResponse,
+        Bytes::from_static(b"\xff\xff\xff"),
+    );
+    send(MsgType::StateReconcile, Bytes::from_static(b"\xff\xff\xff"));
+    // A reconcile message whose ranges are out of order.
+    send(
+        MsgType::StateReconcile,
+        StateReconcile {
+            session: 77,
+            opened_by_sender: true,
+            ranges: vec![StateRange {
+                lo: 500,
+                hi: 100,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_bytes(),
+    );
+    until_async(WITHIN, "b counted every bad message", || async {
+        let s = b.state.stats().await.unwrap();
+        s.rejected.get("bad_signature") == Some(&1)
+            && s.rejected.get("outside_namespace") == Some(&1)
+            && s.bad_messages.get("page_undecodable") == Some(&1)
+            && s.bad_messages.get("reconcile_undecodable") == Some(&1)
+            && s.bad_messages.len() >= 3
     })
     .await;
     assert!(b.value(&forged.key).await.is_none());
-    assert!(c.value(&forged.key).await.is_none());
-    let _ = Arc::clone(&a.net.identity);
-    for n in [a, b, c] {
+    assert!(b.value(&outside.key).await.is_none());
+    // b still syncs with a afterwards.
+    let later = a.state.set("later", "v").await.unwrap();
+    until_async(WITHIN, "b has a's later write", || async {
+        b.value(&later.key).await.is_some()
+    })
+    .await;
+    for n in [a, b] {
         n.stop().await;
     }
 }
