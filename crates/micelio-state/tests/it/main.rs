@@ -3,3 +3,4 @@
 mod merge;
 mod service;
 mod sim;
+mod vectors;
