@@ -15,6 +15,7 @@
 mod codegen;
 mod latency;
 mod mesh;
+mod state;
 #[cfg(test)]
 mod tidy;
 
@@ -43,6 +44,7 @@ fn run() -> anyhow::Result<()> {
         ["proto"] => codegen::write(&project_root()),
         ["mesh", rest @ ..] => mesh::run(&project_root(), rest),
         ["latency", rest @ ..] => latency::run(&project_root(), rest),
+        ["state", rest @ ..] => state::run(&project_root(), rest),
         ["proto", "--check"] => {
             if codegen::is_fresh(&project_root())? {
                 Ok(())
@@ -51,7 +53,7 @@ fn run() -> anyhow::Result<()> {
             }
         }
         _ => bail!(
-            "usage: cargo xtask <command>\n\ncommands:\n  proto [--check]  regenerate (or check) the protobuf code of micelio-wire\n  mesh [--help]    benchmark gossip over meshes (memory or tcp)\n  latency [--help] benchmark partyline latency between two nodes over ssh"
+            "usage: cargo xtask <command>\n\ncommands:\n  proto [--check]  regenerate (or check) the protobuf code of micelio-wire\n  mesh [--help]    benchmark gossip over meshes (memory or tcp)\n  latency [--help] benchmark partyline latency between two nodes over ssh\n  state [--help]   benchmark the replicated state (latency, heal, catch-up, heartbeats, memory)"
         ),
     }
     .context("xtask failed")

@@ -236,10 +236,10 @@
 
 mod gossipsub;
 mod memory;
-mod sys;
+pub(crate) mod sys;
 mod tcp;
 mod throughput;
-mod topology;
+pub(crate) mod topology;
 
 pub(crate) use tcp::{Children, build_binary, node_command};
 

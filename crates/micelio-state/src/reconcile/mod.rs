@@ -182,11 +182,27 @@ pub fn answer(map: &StateMap, ranges: &[StateRange], wants: &[u64]) -> Answer {
             out.push.push(key.clone());
         }
     }
-    for r in ranges {
+    for (i, r) in ranges.iter().enumerate() {
+        // Room for one range only: this range and every later one go back
+        // as one span, for the next round (the answer stays within
+        // MAX_RANGES, which the peer enforces).
+        if out.ranges.len() + 1 >= MAX_RANGES {
+            let rest = &ranges[i..];
+            let lo = rest.iter().map(|r| r.lo).min().unwrap_or(r.lo);
+            let hi = if rest.iter().any(|r| r.hi == 0) {
+                None
+            } else {
+                rest.iter().map(|r| r.hi).max()
+            };
+            out.ranges.push(fingerprint_range(map, lo, hi));
+            break;
+        }
         let lo = r.lo;
         let hi = end(r.hi);
-        // Out of room: send the range back unsplit, for the next round.
-        let full = out.ranges.len() + SPLIT as usize > MAX_RANGES || item_bytes > MAX_ANSWER_BYTES;
+        // Out of room for a split (and a continuation): send the range back
+        // unsplit, for the next round.
+        let full =
+            out.ranges.len() + SPLIT as usize + 2 > MAX_RANGES || item_bytes > MAX_ANSWER_BYTES;
         if r.items_mode {
             if budget == 0 || full {
                 out.ranges.push(fingerprint_range(map, lo, hi));
@@ -250,8 +266,9 @@ pub fn answer(map: &StateMap, ranges: &[StateRange], wants: &[u64]) -> Answer {
 
 /// Compares the peer's item list of range `r` (empty when it is a
 /// fingerprint range with count 0) with the map: pushes what the peer
-/// lacks or holds older, wants what it holds newer, while the budget lasts;
-/// the rest of the range goes back as a continuation.
+/// lacks or holds older, wants what it holds newer, while the push budget
+/// and [`MAX_WANTS`] last; the rest of the range goes back as a
+/// continuation.
 ///
 /// Items are matched by position. Two keys at one position (a 64-bit hash
 /// collision) are handled by sending more than needed, never less.
@@ -295,6 +312,12 @@ fn compare_items(map: &StateMap, r: &StateRange, budget: &mut usize, out: &mut A
     // Positions the peer lists where we are missing or older.
     for (pos, v) in &theirs {
         if cut.is_some_and(|c| *pos >= c) {
+            break;
+        }
+        if out.wants.len() >= MAX_WANTS {
+            // No room for more wants: the rest of the range is compared
+            // again next round.
+            cut = Some(cut.map_or(*pos, |c| c.min(*pos)));
             break;
         }
         let here: Vec<Version> = map

@@ -271,3 +271,89 @@ fn an_answer_stays_bounded_whatever_it_is_asked() {
         items * ITEM_BYTES <= MAX_ANSWER_BYTES + MAX_ITEMS as usize * SPLIT as usize * ITEM_BYTES
     );
 }
+
+#[test]
+fn an_answer_to_many_wide_differing_ranges_is_still_well_formed() {
+    let o = Identity::from_seed([9; 32]);
+    let mut big = Node::new(1);
+    for i in 0..100_000u64 {
+        big.take(&entry(&o, &format!("k{i}"), i + 1));
+    }
+    // Each range holds about 100 entries (more than MAX_ITEMS, so it would
+    // be split) and its fingerprint differs.
+    let step = u64::MAX / MAX_RANGES as u64;
+    let ranges: Vec<StateRange> = (0..MAX_RANGES as u64)
+        .map(|i| StateRange {
+            lo: i * step,
+            hi: if i + 1 == MAX_RANGES as u64 {
+                0
+            } else {
+                (i + 1) * step
+            },
+            fingerprint: 1,
+            count: 100,
+            ..Default::default()
+        })
+        .collect();
+    let ans = answer(&big.map, &ranges, &[]);
+    assert!(
+        ans.ranges.len() <= MAX_RANGES,
+        "{} ranges",
+        ans.ranges.len()
+    );
+    check(&ans.ranges, &ans.wants).expect("the peer accepts the answer");
+    // Every position is still covered by some answered range or settled:
+    // the last range reaches the end of the space.
+    assert_eq!(ans.ranges.last().map(|r| r.hi), Some(0));
+}
+
+#[test]
+fn wants_stay_within_their_limit() {
+    let o = Identity::from_seed([9; 32]);
+    let empty = Node::new(1);
+    let mut other = Node::new(2);
+    for i in 0..6_000u64 {
+        other.take(&entry(&o, &format!("k{i}"), i + 1));
+    }
+    // The peer lists 6,000 items we lack, in ranges of at most 32.
+    let step = u64::MAX / 512;
+    let ranges: Vec<StateRange> = (0..512u64)
+        .map(|i| {
+            let hi = if i == 511 { None } else { Some((i + 1) * step) };
+            items_range(&other.map, i * step, hi)
+        })
+        .collect();
+    assert!(ranges.iter().all(|r| r.items.len() <= MAX_RANGE_ITEMS));
+    check(&ranges, &[]).unwrap();
+    let ans = answer(&empty.map, &ranges, &[]);
+    assert_eq!(ans.wants.len(), MAX_WANTS);
+    check(&ans.ranges, &ans.wants).expect("the peer accepts the answer");
+    assert!(
+        !ans.ranges.is_empty(),
+        "the rest comes back as a continuation"
+    );
+}
+
+#[test]
+fn large_maps_that_differ_widely_converge() {
+    let (x, y) = (Identity::from_seed([7; 32]), Identity::from_seed([8; 32]));
+    let mut a = Node::new(1);
+    let mut b = Node::new(2);
+    for i in 0..60_000u64 {
+        let e = entry(&x, &format!("k{i}"), i + 1);
+        a.take(&e);
+        if i % 30 != 0 {
+            b.take(&e);
+        }
+    }
+    for i in 0..2_000u64 {
+        b.take(&entry(&y, &format!("b{i}"), i + 1));
+    }
+    let mut sessions = 0;
+    while a.summary() != b.summary() {
+        sessions += 1;
+        assert!(sessions <= 5, "not converged after 5 sessions");
+        session(&mut a, &mut b);
+    }
+    assert_eq!(a.summary().len(), 62_000);
+}

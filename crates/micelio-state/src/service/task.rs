@@ -574,8 +574,14 @@ impl StateTask {
         match ev {
             PeerEvent::Up(p) => {
                 let id = p.node_id;
-                self.sync.entry(id).or_default().speaks_state = p.hello.speaks(FEATURE_STATE_V1);
-                self.sync_with(id);
+                let speaks = p.hello.speaks(FEATURE_STATE_V1);
+                self.sync.entry(id).or_default().speaks_state = speaks;
+                // Between two micelio nodes one session does it both ways:
+                // the one with the lower NodeId opens it on connect, so
+                // that they do not both push everything at once.
+                if !(speaks && self.complete) || self.map.me() < &id {
+                    self.sync_with(id);
+                }
             }
             PeerEvent::Down { node_id, .. } => {
                 self.sync.remove(&node_id);
@@ -636,7 +642,8 @@ impl StateTask {
             return;
         };
         if s.speaks_state && self.complete {
-            if s.mine.is_some() {
+            // One session per pair at a time, whoever opened it.
+            if s.mine.is_some() || s.theirs.is_some() {
                 return;
             }
             self.next_session = self.next_session.wrapping_add(self.random() | 1);
@@ -753,9 +760,26 @@ impl StateTask {
 
     /// A type-16 message.
     fn on_reconcile(&mut self, peer: NodeId, msg: StateReconcile) {
+        if !self.sync.get(&peer).is_some_and(|s| s.speaks_state) {
+            // Point-to-point extension traffic only between peers whose
+            // hellos both offer it.
+            self.bad("reconcile_not_offered");
+            return;
+        }
         if let Err(e) = reconcile::check(&msg.ranges, &msg.wants) {
             debug!(peer = %peer.short(12), error = %e, "malformed reconciliation");
             self.bad("reconcile_malformed");
+            // The session it belongs to ends here.
+            if let Some(s) = self.sync.get_mut(&peer) {
+                let slot = if msg.opened_by_sender {
+                    &mut s.theirs
+                } else {
+                    &mut s.mine
+                };
+                if slot.is_some_and(|x| x.id == msg.session) {
+                    *slot = None;
+                }
+            }
             return;
         }
         let now = Instant::now();
@@ -766,11 +790,18 @@ impl StateTask {
             self.bad("reconcile_unexpected");
             return;
         }
+        let me_first = self.map.me() < &peer;
         let s = self.sync.entry(peer).or_default();
         let session = if msg.opened_by_sender {
             if s.theirs.map(|x| x.id) != Some(msg.session) {
-                if s.theirs_opened
-                    .is_some_and(|t| now.saturating_duration_since(t) < min_open)
+                // Both opened at once: the lower NodeId's session goes on.
+                let collides = s.mine.is_some();
+                if collides && !me_first {
+                    s.mine = None;
+                }
+                if (collides && me_first)
+                    || s.theirs_opened
+                        .is_some_and(|t| now.saturating_duration_since(t) < min_open)
                 {
                     self.stats.sessions_throttled += 1;
                     // "Not now": an empty answer ends the opener's session.
@@ -798,7 +829,12 @@ impl StateTask {
             &mut s.theirs
         } else {
             if s.mine.map(|x| x.id) != Some(msg.session) {
-                self.bad("reconcile_unknown_session");
+                // An empty answer to a session this node gave up (a
+                // collision, an idle timeout) is expected; anything else
+                // is not.
+                if !msg.ranges.is_empty() || !msg.wants.is_empty() {
+                    self.bad("reconcile_unknown_session");
+                }
                 return;
             }
             &mut s.mine
