@@ -376,7 +376,11 @@ async fn latency(args: &Args, n: usize) -> anyhow::Result<()> {
     }
     // Settle: the first heartbeats and sync rounds after the links.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // State writes and raw gossip messages alternate, so that both see
+    // the same mesh (its broadcast tree settles during the first ones).
     let mut writes = Vec::new();
+    let mut chats = Vec::new();
+    let mut slowest: Vec<(f64, usize, usize)> = Vec::new();
     let mut lost = 0;
     for k in 0..args.writes {
         let i = rng.random_range(0..n);
@@ -401,13 +405,13 @@ async fn latency(args: &Args, n: usize) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
         match done {
-            Some(t) => writes.push(ms(t - start)),
+            Some(t) => {
+                writes.push(ms(t - start));
+                slowest.push((ms(t - start), k, i));
+            }
             None => lost += 1,
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut chats = Vec::new();
-    for k in 0..args.writes {
+        tokio::time::sleep(Duration::from_millis(25)).await;
         let i = rng.random_range(0..n);
         let payload = value(1_000_000 + k);
         let start = Instant::now();
@@ -432,8 +436,20 @@ async fn latency(args: &Args, n: usize) -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    slowest.truncate(3);
+    progress(
+        args,
+        &format!(
+            "latency: slowest writes (ms, write, origin): {:?}",
+            slowest
+                .iter()
+                .map(|(t, k, i)| (round(*t, 1), *k, *i))
+                .collect::<Vec<_>>()
+        ),
+    );
     stop(&nodes).await;
     let (p50, p90, p99) = pcts(writes.clone());
     let (g50, g90, g99) = pcts(chats.clone());

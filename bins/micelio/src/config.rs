@@ -793,6 +793,8 @@ const MAX_STATE_CACHE_MIB: u64 = 64 * 1024;
 /// Shortest `state.tombstone_ttl`: a deletion must outlive a partition
 /// long enough to reach every node.
 const MIN_TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+/// Longest `state.tombstone_ttl`.
+const MAX_TOMBSTONE_TTL: Duration = Duration::from_secs(365 * 86_400);
 
 impl Default for StateConfig {
     /// The service's defaults, from `micelio_state::StateConfig::default`.
@@ -831,12 +833,20 @@ impl StateConfig {
         );
         let suspect_after = s.duration("suspect_after");
         let dead_after = s.duration("dead_after");
-        let tombstone_ttl = Self::within(
-            s,
-            "tombstone_ttl",
-            MIN_TOMBSTONE_TTL,
-            Duration::from_secs(365 * 86_400),
-        );
+        // Longer than other durations may be (a day): a deletion must
+        // outlive the longest partition a fleet expects.
+        let tombstone_ttl = s.parsed("tombstone_ttl", |text| {
+            let d = humantime::parse_duration(text.trim())
+                .map_err(|e| format!("expected a duration such as \"24h\": {e}"))?;
+            if (MIN_TOMBSTONE_TTL..=MAX_TOMBSTONE_TTL).contains(&d) {
+                Ok(d)
+            } else {
+                Err(format!(
+                    "must be between 1m and 365days, got {}",
+                    humantime::format_duration(d)
+                ))
+            }
+        });
         let gc_interval = Self::within(
             s,
             "gc_interval",

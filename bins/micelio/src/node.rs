@@ -446,7 +446,7 @@ impl Node {
         let state_store = open_state_store(config).await?;
         let state = State::spawn(
             identity.clone(),
-            state_config(config, peers.advertise_addr().or(peers.local_addr())),
+            state_config(config, peers.advertise_addr()),
             Box::new(state_store),
             gossip.clone(),
             peers.clone(),

@@ -153,10 +153,19 @@ fn a_value_set_on_one_node_is_read_on_another_and_members_come_and_go() {
     });
 
     // Every node lists every member, alive, with its version and address.
+    // (Heartbeats may arrive before the names, which the next sync brings.)
+    let named = |t: &str, id: &str, name: &str| {
+        serde_json::from_str::<Value>(t).ok().is_some_and(|v| {
+            v.as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|m| m["node_id"] == id && m["name"] == name && m["liveness"] == "alive")
+            })
+        })
+    };
     let nodes = poll(&client, &c, &dirs[2], "/nodes --json", |t, _| {
-        [&a, &b, &c]
-            .iter()
-            .all(|n| liveness_of(t, &n.node_id).as_deref() == Some("alive"))
+        named(t, &a.node_id, "alpha")
+            && named(t, &b.node_id, "beta")
+            && named(t, &c.node_id, "gamma")
     });
     let v: Value = serde_json::from_str(&nodes).unwrap();
     let alpha = v

@@ -323,6 +323,7 @@ pub(crate) fn stats_json(s: &StateStats) -> serde_json::Value {
             "suspect": s.members[1],
             "dead": s.members[2],
             "left": s.members[3],
+            "evicted": s.members_evicted,
         },
     })
 }
@@ -367,14 +368,15 @@ pub(crate) fn stats_text(s: &StateStats) -> String {
         s.page_bytes_received
     ));
     out.push_str(&format!(
-        "\n  not sent: sync {} gossip {}; storage errors {}; members alive {} suspect {} dead {} left {}",
+        "\n  not sent: sync {} gossip {}; storage errors {}; members alive {} suspect {} dead {} left {} (forgotten at the cap {})",
         s.send_dropped,
         s.gossip_refused,
         s.store_errors,
         s.members[0],
         s.members[1],
         s.members[2],
-        s.members[3]
+        s.members[3],
+        s.members_evicted
     ));
     out
 }

@@ -237,6 +237,13 @@ impl StateMap {
             if !previous.is_some_and(|p| p.deleted) {
                 self.tomb_since.insert(slot.1.clone(), now_unix);
                 self.tomb_queue.push_back((now_unix, slot.1.clone()));
+                // Keys deleted, revived and deleted again leave stale
+                // queue entries: dropped once they outnumber the live ones,
+                // so the queue stays within twice the tombstones held.
+                if self.tomb_queue.len() > 2 * self.tomb_since.len() + 1024 {
+                    let since = &self.tomb_since;
+                    self.tomb_queue.retain(|(t, k)| since.get(k) == Some(t));
+                }
             }
         } else if previous.is_some_and(|p| p.deleted) {
             self.tomb_since.remove(key);

@@ -42,7 +42,8 @@ pub const STORE_QUEUE: usize = 256;
 /// Most queued writes taken into one batch.
 const STORE_BATCH: usize = 512;
 /// Longest wait for the final flush on close.
-pub const STORE_CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// (Shorter than the binary's 5 s grace for the whole stop.)
+pub const STORE_CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// One batch of changes: entries to put (each replaces its key), keys to
 /// remove (collected tombstones) and the clock floor.
@@ -270,6 +271,8 @@ enum Command {
 #[derive(Debug, Clone)]
 pub(crate) struct StoreThread {
     tx: mpsc::Sender<Command>,
+    /// Writes and reads the backend failed, counted by the thread.
+    failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Command {
@@ -287,10 +290,23 @@ impl StoreThread {
     /// Starts the thread that owns `store`.
     pub(crate) fn spawn(store: Box<dyn StateStore>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(STORE_QUEUE);
+        let failures = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = failures.clone();
         std::thread::Builder::new()
             .name("micelio-state-store".into())
-            .spawn(move || run(store, rx))?;
-        Ok(Self { tx })
+            .spawn(move || run(store, rx, &counted))?;
+        Ok(Self { tx, failures })
+    }
+
+    /// Backend writes and reads that failed so far.
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resolves when the thread has stopped (its queue is closed): after
+    /// `close`, or because it died.
+    pub(crate) async fn closed(&self) {
+        self.tx.closed().await;
     }
 
     /// Queues a batch; `done` hears once it is written (and flushed when
@@ -350,7 +366,11 @@ impl StoreThread {
 
 /// The storage thread: takes queued writes in batches, writes them, flushes
 /// when one of them is durable, then answers them all.
-fn run(mut store: Box<dyn StateStore>, mut rx: mpsc::Receiver<Command>) {
+fn run(
+    mut store: Box<dyn StateStore>,
+    mut rx: mpsc::Receiver<Command>,
+    counted: &std::sync::atomic::AtomicU64,
+) {
     let mut failures = 0u64;
     let mut next = rx.blocking_recv();
     while let Some(cmd) = next.take() {
@@ -392,6 +412,7 @@ fn run(mut store: Box<dyn StateStore>, mut rx: mpsc::Receiver<Command>) {
                     .and_then(|()| if durable { store.flush() } else { Ok(()) });
                 if let Err(e) = &result {
                     failures += 1;
+                    counted.store(failures, std::sync::atomic::Ordering::Relaxed);
                     if failures == 1 || failures.is_power_of_two() {
                         warn!(error = %e, failures, "state storage failed");
                     }
@@ -412,6 +433,7 @@ fn run(mut store: Box<dyn StateStore>, mut rx: mpsc::Receiver<Command>) {
                         Ok(None) => {}
                         Err(e) => {
                             failures += 1;
+                            counted.store(failures, std::sync::atomic::Ordering::Relaxed);
                             if failures == 1 || failures.is_power_of_two() {
                                 warn!(error = %e, failures, "state storage read failed");
                             }

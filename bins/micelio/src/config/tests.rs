@@ -535,6 +535,14 @@ fn state_settings() {
     toml("[state]\nsync_interval = \"100ms\"")
         .fails("state.sync_interval", "between 1s and 1h, got 100ms");
     toml("[state]\ntombstone_ttl = \"10s\"").fails("state.tombstone_ttl", "between 1m and");
+    toml("[state]\ntombstone_ttl = \"400days\"").fails("state.tombstone_ttl", "365days");
+    assert_eq!(
+        toml("[state]\ntombstone_ttl = \"30days\"")
+            .ok()
+            .state
+            .tombstone_ttl,
+        Duration::from_secs(30 * 86_400)
+    );
     toml("[state]\nheartbeat_interval = \"10s\"").fails(
         "state.suspect_after",
         "at least twice state.heartbeat_interval (10s), got 15s",

@@ -225,6 +225,10 @@ pub struct StateStats {
     pub store_errors: u64,
     /// Members by liveness: alive, suspect, dead, left.
     pub members: [u64; 4],
+    /// Members forgotten because the table held
+    /// [`MAX_MEMBERS`](crate::members::MAX_MEMBERS) (the longest silent
+    /// first).
+    pub members_evicted: u64,
 }
 
 /// Counters shared with the intake and outbound tasks.

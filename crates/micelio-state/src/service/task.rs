@@ -225,6 +225,8 @@ impl StateTask {
                 .max(Duration::from_millis(10)),
         );
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // publish_self just wrote one.
+        beat.reset();
         let mut sync =
             tokio::time::interval(self.config.sync_interval.max(Duration::from_millis(10)));
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -237,10 +239,19 @@ impl StateTask {
         let mut gc = tokio::time::interval(gc_every);
         gc.reset();
         let mut pump = tokio::time::interval(PUMP_EVERY);
+        // The storage thread is watched: if it dies, this task ends, and
+        // `State::closed` reports the service failed.
+        let store = self.store.clone();
+        let store_gone = store.closed();
+        tokio::pin!(store_gone);
         loop {
             let answering = !self.answers.is_empty();
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                () = &mut store_gone => {
+                    tracing::error!("the state storage thread stopped; stopping the state service");
+                    return;
+                }
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.command(cmd).await,
                     None => break,
@@ -329,6 +340,7 @@ impl StateTask {
                 s.page_bytes_received = sh.page_bytes_received.load(Ordering::Relaxed);
                 s.send_dropped += sh.send_dropped.load(Ordering::Relaxed);
                 s.gossip_refused = sh.gossip_refused.load(Ordering::Relaxed);
+                s.store_errors += self.store.failures();
                 for (label, n) in crate::Reject::LABELS.iter().zip(&sh.relay_rejected) {
                     let n = n.load(Ordering::Relaxed);
                     if n > 0 {
@@ -336,6 +348,7 @@ impl StateTask {
                     }
                 }
                 s.members = self.members.counts(Instant::now().into_std());
+                s.members_evicted = self.members.evicted();
                 let store = self.store.clone();
                 tokio::spawn(async move {
                     s.disk_bytes = store.disk_bytes().await;
