@@ -241,7 +241,7 @@ mod tcp;
 mod throughput;
 pub(crate) mod topology;
 
-pub(crate) use tcp::{Children, build_binary, node_command};
+pub(crate) use tcp::{Children, build_binary, node_command, parse_rfc3339};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

@@ -2,8 +2,8 @@
 //! converges, each figure beside the raw limit measured in the same run.
 //!
 //! ```text
-//! cargo xtask state [--mode latency,heal,catchup,heartbeat,rss]
-//!                   [--nodes N[,N…]] [--writes M] [--entries E[,E…]]
+//! cargo xtask state [--mode latency,heal,catchup,heartbeat,rss,procs]
+//!                   [--nodes N[,N…]] [--procs N] [--writes M] [--entries E[,E…]]
 //!                   [--heartbeat-secs S] [--seed S] [--json-only]
 //! ```
 //!
@@ -46,6 +46,14 @@
 //!   10 s): bytes sent per node per second on the whole network, and
 //!   gossip data bytes alone; entries and tombstones before and after
 //!   (heartbeats overwrite one key per node: the map does not grow).
+//! - `procs`: N real `micelio` processes (release build, N = 50 unless
+//!   `--procs` says otherwise) on 127.0.0.1, each bootstrapping from up to
+//!   three earlier ones, logging JSON with `micelio_state=debug`. M writes
+//!   (`--writes`, at most 50 here) of 100-byte values go in by `ssh … /set`
+//!   on random nodes, one at a time. *Write → visible* is from the origin's
+//!   `state write acknowledged` log line to the last other process's
+//!   `state entry accepted` line for that key (one machine, one clock: the
+//!   log timestamps), so ssh's own time is not counted.
 //! - `rss`: a child process (`xtask state rss-fill`) writes E entries
 //!   (largest `--entries`; 100-byte values, 1,000 authors) into a sled state
 //!   store; a second (`xtask state rss-load`) starts a node on it (sled
@@ -82,8 +90,8 @@ use serde_json::json;
 
 use crate::mesh::{percentile, round};
 
-const USAGE: &str = "usage: cargo xtask state [--mode latency,heal,catchup,heartbeat,rss] \
-[--nodes N[,N…]] [--writes M] [--entries E[,E…]] [--heartbeat-secs S] [--seed S] [--json-only]";
+const USAGE: &str = "usage: cargo xtask state [--mode latency,heal,catchup,heartbeat,rss,procs] \
+[--nodes N[,N…]] [--procs N] [--writes M] [--entries E[,E…]] [--heartbeat-secs S] [--seed S] [--json-only]";
 
 /// Set to run the dev build as it is.
 const DEV_PROFILE_ENV: &str = "XTASK_STATE_DEV";
@@ -96,6 +104,7 @@ const VALUE: usize = 100;
 struct Args {
     modes: Vec<String>,
     nodes: Vec<usize>,
+    procs: usize,
     writes: usize,
     entries: Vec<usize>,
     heartbeat_secs: u64,
@@ -105,10 +114,11 @@ struct Args {
 
 fn parse(raw: &[&str]) -> anyhow::Result<Option<Args>> {
     let mut a = Args {
-        modes: ["latency", "heal", "catchup", "heartbeat", "rss"]
+        modes: ["latency", "heal", "catchup", "heartbeat", "rss", "procs"]
             .map(str::to_owned)
             .to_vec(),
         nodes: vec![10, 50, 100],
+        procs: 50,
         writes: 100,
         entries: vec![100_000],
         heartbeat_secs: 30,
@@ -136,6 +146,7 @@ fn parse(raw: &[&str]) -> anyhow::Result<Option<Args>> {
             "--help" | "-h" => return Ok(None),
             "--mode" => a.modes = value()?.split(',').map(str::to_owned).collect(),
             "--nodes" => a.nodes = list(&value()?)?,
+            "--procs" => a.procs = value()?.parse()?,
             "--writes" => a.writes = value()?.parse()?,
             "--entries" => a.entries = list(&value()?)?,
             "--heartbeat-secs" => a.heartbeat_secs = value()?.parse()?,
@@ -145,7 +156,7 @@ fn parse(raw: &[&str]) -> anyhow::Result<Option<Args>> {
         }
     }
     for m in &a.modes {
-        if !["latency", "heal", "catchup", "heartbeat", "rss"].contains(&m.as_str()) {
+        if !["latency", "heal", "catchup", "heartbeat", "rss", "procs"].contains(&m.as_str()) {
             bail!("unknown mode {m}\n{USAGE}");
         }
     }
@@ -216,6 +227,7 @@ pub(crate) fn run(root: &Path, raw: &[&str]) -> anyhow::Result<()> {
                 runtime.block_on(heartbeat(&args, n))?;
             }
             "rss" => rss(&args)?,
+            "procs" => procs(root, &args)?,
             _ => unreachable!("checked by parse"),
         }
     }
@@ -895,6 +907,245 @@ async fn heartbeat(args: &Args, n: usize) -> anyhow::Result<()> {
         before.0 / n as u64,
         after.0 / n as u64,
         after.1
+    );
+    emit(args, &row, &table);
+    Ok(())
+}
+
+// ---- real processes ----
+
+/// One log event of a process: (process, message, key, when).
+type Logged = (usize, String, String, std::time::SystemTime);
+
+/// A `state …` debug line of a JSON log: its message, key and timestamp.
+fn parse_state_line(line: &str) -> Option<(String, String, std::time::SystemTime)> {
+    if !line.contains("\"state ") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = v.get("fields")?;
+    let message = fields.get("message")?.as_str()?;
+    if message != "state write acknowledged" && message != "state entry accepted" {
+        return None;
+    }
+    let key = fields.get("key")?.as_str()?.to_owned();
+    let at = crate::mesh::parse_rfc3339(v.get("timestamp")?.as_str()?)?;
+    Some((message.to_owned(), key, at))
+}
+
+fn procs(root: &Path, args: &Args) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let n = args.procs.max(2);
+    progress(args, "procs: building the release micelio binary");
+    let bin = crate::mesh::build_binary(root, args.json_only)?;
+    let dir = tempfile::tempdir()?;
+    let key_file = dir.path().join("bench_key");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f"])
+        .arg(&key_file)
+        .status()
+        .context("ssh-keygen")?;
+    if !st.success() {
+        bail!("ssh-keygen failed");
+    }
+    let public = std::fs::read_to_string(key_file.with_extension("pub"))?;
+    let mut children = crate::mesh::Children(Vec::new());
+    let (tx, rx) = std::sync::mpsc::channel::<Logged>();
+    let mut peers: Vec<String> = Vec::new();
+    let mut sshs: Vec<String> = Vec::new();
+    let mut rng = SmallRng::seed_from_u64(args.seed);
+    for i in 0..n {
+        let data = dir.path().join(format!("node-{i}"));
+        std::fs::create_dir_all(&data)?;
+        std::fs::write(data.join("authorized_keys"), &public)?;
+        let mut cmd = micelio_testkit::micelio::command(&bin, dir.path(), &[]);
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .args(["--name", &format!("bench-{i}")])
+            .args(["--listen", "127.0.0.1:0", "--ssh-listen", "127.0.0.1:0"])
+            .args([
+                "--log-format",
+                "json",
+                "--log-level",
+                "info,micelio_state=debug",
+            ])
+            .env("MICELIO_NETWORK__EXCHANGE_INTERVAL", "1s")
+            .env("MICELIO_NETWORK__DISCOVERY_INTERVAL", "1s")
+            .env("MICELIO_NETWORK__MAX_PEERS", "8");
+        if i > 0 {
+            let boot: Vec<String> = (0..3.min(i))
+                .map(|_| peers[rng.random_range(0..i)].clone())
+                .collect();
+            cmd.arg("--bootstrap").arg(boot.join(","));
+        }
+        let (stdout, stderr) = children.spawn_piped(cmd, &format!("process {i}"))?;
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut peer, mut ssh) = (None, None);
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut words = line.split_whitespace();
+                match (words.next(), words.next()) {
+                    (Some("peers"), Some(a)) => peer = Some(a.to_owned()),
+                    (Some("ssh"), Some(a)) => ssh = Some(a.to_owned()),
+                    _ => {}
+                }
+                if let (Some(p), Some(s)) = (&peer, &ssh) {
+                    let _ = addr_tx.send((p.clone(), s.clone()));
+                    peer = None;
+                    ssh = None;
+                }
+            }
+        });
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some((message, key, at)) = parse_state_line(&line)
+                    && tx.send((i, message, key, at)).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let (peer, ssh) = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .with_context(|| format!("process {i} printed no addresses"))?;
+        peers.push(peer);
+        sshs.push(ssh);
+    }
+    progress(
+        args,
+        &format!("procs: {n} processes started; waiting for the mesh"),
+    );
+    // key → (origin ack time, process → accepted time).
+    let mut seen: HashMap<
+        String,
+        (
+            Option<std::time::SystemTime>,
+            HashMap<usize, std::time::SystemTime>,
+        ),
+    > = HashMap::new();
+    let mut drain = |seen: &mut HashMap<_, _>| {
+        while let Ok((i, message, key, at)) = rx.try_recv() {
+            let slot: &mut (
+                Option<std::time::SystemTime>,
+                HashMap<usize, std::time::SystemTime>,
+            ) = seen.entry(key).or_default();
+            if message == "state write acknowledged" {
+                slot.0 = Some(at);
+            } else {
+                slot.1.entry(i).or_insert(at);
+            }
+        }
+    };
+    let set = |i: usize, key: &str, value: &str| -> anyhow::Result<()> {
+        let (host, port) = sshs[i].rsplit_once(':').context("ssh address")?;
+        let out = std::process::Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "LogLevel=ERROR", "-i"])
+            .arg(&key_file)
+            .args(["-p", port])
+            .arg(format!("bench@{host}"))
+            .arg(format!("/set {key} {value}"))
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "ssh /set on process {i}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(())
+    };
+    // Wait until a first write reaches every process: the mesh is up.
+    let start = Instant::now();
+    let mut warm = 0;
+    loop {
+        let k = format!("warmup/{warm}");
+        set(0, &k, "x")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut everyone = false;
+        while Instant::now() < deadline {
+            drain(&mut seen);
+            if seen
+                .iter()
+                .find(|(key, _)| key.ends_with(&k))
+                .is_some_and(|(_, (_, got))| got.len() >= n - 1)
+            {
+                everyone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if everyone {
+            break;
+        }
+        warm += 1;
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("the {n} processes did not mesh within 120 s");
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let writes = args.writes.min(50);
+    let mut lat = Vec::new();
+    let mut missing = 0;
+    for k in 0..writes {
+        let i = rng.random_range(0..n);
+        let sub = format!("bench/{k}");
+        let value = String::from_utf8_lossy(&value(k)).into_owned();
+        set(i, &sub, &value)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut done = None;
+        while Instant::now() < deadline {
+            drain(&mut seen);
+            if let Some((_, (Some(acked), got))) = seen
+                .iter()
+                .find(|(key, _)| key.ends_with(&format!("/{sub}")))
+                && got.len() >= n - 1
+            {
+                let last = got.values().max().copied().unwrap_or(*acked);
+                done = Some(last.duration_since(*acked).unwrap_or_default());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match done {
+            Some(d) => lat.push(ms(d)),
+            None => missing += 1,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(children);
+    let (p50, p90, p99) = pcts(lat.clone());
+    let row = json!({
+        "bench": "state_latency", "transport": "tcp", "processes": n, "writes": writes,
+        "visible_everywhere": lat.len(), "missing": missing,
+        "p50_ms": p50, "p90_ms": p90, "p99_ms": p99,
+    });
+    let table = format!(
+        "state write → visible on all {n} processes (TCP, Noise): p50 {} p90 {} p99 {} ms ({} of {writes} everywhere)\n",
+        cell(p50),
+        cell(p90),
+        cell(p99),
+        lat.len()
     );
     emit(args, &row, &table);
     Ok(())

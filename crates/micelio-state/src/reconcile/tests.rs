@@ -1,3 +1,7 @@
+//! Tests of the reconciliation: sessions between two simulated maps (the
+//! version-vector gap, a fresh node, a cut catch-up, both sides newer), and
+//! the bounds of every message and answer.
+
 use std::collections::HashMap;
 
 use bytes::Bytes;

@@ -426,6 +426,7 @@ impl StateTask {
                 Ok(Err(e)) => return Err(StateError::Store(e)),
                 Err(_) => return Err(StateError::Stopped),
             }
+            debug!(key = %entry.key, ts = entry.lamport_ts, "state write acknowledged");
             let out = Entry::from_wire(&entry, me);
             let payload = StateUpdate { entry: Some(entry) }.encode_bytes();
             if gossip.try_originate(MsgType::StateUpdate, payload).is_err() {
@@ -504,6 +505,9 @@ impl StateTask {
     // ---- what arrives ----
 
     fn observe(&mut self, e: &StateEntry, author: NodeId, origin: Origin) {
+        if origin != Origin::Local {
+            debug!(key = %e.key, ts = e.lamport_ts, origin = ?origin, "state entry accepted");
+        }
         if let Some(sub) = sub_key(&e.key) {
             self.members.observe(
                 author,
