@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo xtask state [--mode latency,heal,catchup,heartbeat,rss,procs]
-//!                   [--nodes N[,N…]] [--procs N] [--writes M] [--entries E[,E…]]
+//!                   [--nodes N[,N…]] [--procs N] [--writes M] [--quiet] [--entries E[,E…]]
 //!                   [--heartbeat-secs S] [--seed S] [--json-only]
 //! ```
 //!
@@ -18,13 +18,18 @@
 //!
 //! - `latency`: N nodes (`GossipNode` + `State`, in-memory stores) on a
 //!   random topology (each node dials 3, at most 8 peers), meshed and
-//!   settled. M writes of 100-byte values (`bench/<k>`), one every 50 ms,
-//!   each from a random node: *write → visible* is the time from the
+//!   settled, then one unmeasured write from every node, each seen
+//!   everywhere. M writes of 100-byte values (`bench/<k>`), each from a
+//!   random node, alternating with M raw gossip messages, 25 ms apart:
+//!   *write → visible* is the time from the
 //!   `State::set` call until the last other node's change stream reports
 //!   the entry (the origin's `set` returns after its store flushed; the
-//!   memory store's flush is free). Beside it, the raw limit: M gossip
+//!   memory store's flush is free). Beside it, the raw limit: the gossip
 //!   messages (type 3, 100 bytes) from random nodes of the same mesh, time
-//!   until the last node delivers. p50/p90/p99 (nearest rank) of both. A
+//!   until the last node delivers. p50/p90/p99 (nearest rank) of both; the
+//!   three slowest writes are listed on stderr. `--quiet` turns the state
+//!   layer's own traffic off in this mode (heartbeats and sync rounds once
+//!   an hour), to tell its cost apart. A
 //!   second figure, `ack`, is the `set` latency of one node on a sled
 //!   store (written and fsynced) beside a bare sled `insert` + `flush` of
 //!   the same bytes.
@@ -48,7 +53,8 @@
 //!   (heartbeats overwrite one key per node: the map does not grow).
 //! - `procs`: N real `micelio` processes (release build, N = 50 unless
 //!   `--procs` says otherwise) on 127.0.0.1, each bootstrapping from up to
-//!   three earlier ones, logging JSON with `micelio_state=debug`. M writes
+//!   three earlier ones, one runtime thread each (as `cargo xtask mesh
+//!   --transport tcp --threads 1`), logging JSON with `micelio_state=debug`. M writes
 //!   (`--writes`, at most 50 here) of 100-byte values go in by `ssh … /set`
 //!   on random nodes, one at a time. *Write → visible* is from the origin's
 //!   `state write acknowledged` log line to the last other process's
@@ -91,7 +97,7 @@ use serde_json::json;
 use crate::mesh::{percentile, round};
 
 const USAGE: &str = "usage: cargo xtask state [--mode latency,heal,catchup,heartbeat,rss,procs] \
-[--nodes N[,N…]] [--procs N] [--writes M] [--entries E[,E…]] [--heartbeat-secs S] [--seed S] [--json-only]";
+[--nodes N[,N…]] [--procs N] [--writes M] [--quiet] [--entries E[,E…]] [--heartbeat-secs S] [--seed S] [--json-only]";
 
 /// Set to run the dev build as it is.
 const DEV_PROFILE_ENV: &str = "XTASK_STATE_DEV";
@@ -108,6 +114,9 @@ struct Args {
     writes: usize,
     entries: Vec<usize>,
     heartbeat_secs: u64,
+    /// `latency` with heartbeats and sync rounds once an hour: the state
+    /// layer's own background traffic off.
+    quiet: bool,
     seed: u64,
     json_only: bool,
 }
@@ -122,6 +131,7 @@ fn parse(raw: &[&str]) -> anyhow::Result<Option<Args>> {
         writes: 100,
         entries: vec![100_000],
         heartbeat_secs: 30,
+        quiet: false,
         seed: 1,
         json_only: false,
     };
@@ -152,6 +162,7 @@ fn parse(raw: &[&str]) -> anyhow::Result<Option<Args>> {
             "--heartbeat-secs" => a.heartbeat_secs = value()?.parse()?,
             "--seed" => a.seed = value()?.parse()?,
             "--json-only" => a.json_only = true,
+            "--quiet" => a.quiet = true,
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
@@ -336,13 +347,20 @@ async fn latency(args: &Args, n: usize) -> anyhow::Result<()> {
     let mesh = MemoryMesh::new();
     let mut rng = SmallRng::seed_from_u64(args.seed ^ n as u64);
     let mut nodes = Vec::with_capacity(n);
+    let mut config = StateConfig::default();
+    if args.quiet {
+        config.liveness.heartbeat_interval = Duration::from_secs(3600);
+        config.liveness.suspect_after = Duration::from_secs(7200);
+        config.liveness.dead_after = Duration::from_secs(10_800);
+        config.sync_interval = Duration::from_secs(3600);
+    }
     for i in 0..n {
         let node = spawn_node(
             &mesh,
             identity(args.seed, i),
             i,
             Box::new(MemoryStateStore::new()),
-            StateConfig::default(),
+            config.clone(),
         )
         .await?;
         nodes.push(node);
@@ -386,8 +404,32 @@ async fn latency(args: &Args, n: usize) -> anyhow::Result<()> {
             }
         });
     }
-    // Settle: the first heartbeats and sync rounds after the links.
+    // Settle: the first heartbeats and sync rounds after the links; then
+    // one unmeasured write from every node, each seen everywhere.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let warm_start = Instant::now();
+    for (i, node) in nodes.iter().enumerate() {
+        node.state
+            .set(&format!("bench/warmup-{i}"), value(i))
+            .await?;
+    }
+    loop {
+        let done = seen.lock().is_ok_and(|s| {
+            s.iter()
+                .filter(|(k, _)| k.contains("/bench/warmup-"))
+                .filter(|(_, v)| v.len() >= n)
+                .count()
+                >= n
+        });
+        if done {
+            break;
+        }
+        if warm_start.elapsed() > Duration::from_secs(30) {
+            bail!("the warm-up writes did not reach every node within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // State writes and raw gossip messages alternate, so that both see
     // the same mesh (its broadcast tree settles during the first ones).
     let mut writes = Vec::new();
@@ -467,6 +509,7 @@ async fn latency(args: &Args, n: usize) -> anyhow::Result<()> {
     let (g50, g90, g99) = pcts(chats.clone());
     let row = json!({
         "bench": "state_latency", "transport": "memory", "nodes": n, "writes": args.writes,
+        "background": if args.quiet { "off" } else { "default" },
         "visible_everywhere": writes.len(), "lost": lost,
         "p50_ms": p50, "p90_ms": p90, "p99_ms": p99,
         "gossip_p50_ms": g50, "gossip_p90_ms": g90, "gossip_p99_ms": g99,
@@ -971,11 +1014,16 @@ fn procs(root: &Path, args: &Args) -> anyhow::Result<()> {
             ])
             .env("MICELIO_NETWORK__EXCHANGE_INTERVAL", "1s")
             .env("MICELIO_NETWORK__DISCOVERY_INTERVAL", "1s")
-            .env("MICELIO_NETWORK__MAX_PEERS", "8");
+            .env("MICELIO_NETWORK__MAX_PEERS", "8")
+            // One runtime thread each, as `mesh --transport tcp --threads 1`
+            // measures chat: 50 processes share 2 cores.
+            .env("MICELIO_NODE__WORKER_THREADS", "1");
         if i > 0 {
-            let boot: Vec<String> = (0..3.min(i))
+            let mut boot: Vec<String> = (0..3.min(i))
                 .map(|_| peers[rng.random_range(0..i)].clone())
                 .collect();
+            boot.sort();
+            boot.dedup();
             cmd.arg("--bootstrap").arg(boot.join(","));
         }
         let (stdout, stderr) = children.spawn_piped(cmd, &format!("process {i}"))?;
@@ -1000,21 +1048,34 @@ fn procs(root: &Path, args: &Args) -> anyhow::Result<()> {
             }
         });
         let tx = tx.clone();
+        let tail: Arc<Mutex<Vec<String>>> = Arc::default();
+        let last_words = tail.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
             {
-                if let Some((message, key, at)) = parse_state_line(&line)
-                    && tx.send((i, message, key, at)).is_err()
-                {
-                    break;
+                match parse_state_line(&line) {
+                    Some((message, key, at)) => {
+                        if tx.send((i, message, key, at)).is_err() {
+                            break;
+                        }
+                    }
+                    None => {
+                        if let Ok(mut t) = last_words.lock()
+                            && t.len() < 20
+                        {
+                            t.push(line);
+                        }
+                    }
                 }
             }
         });
-        let (peer, ssh) = addr_rx
-            .recv_timeout(Duration::from_secs(30))
-            .with_context(|| format!("process {i} printed no addresses"))?;
+        let Ok((peer, ssh)) = addr_rx.recv_timeout(Duration::from_secs(30)) else {
+            std::thread::sleep(Duration::from_millis(300));
+            let said = tail.lock().map(|t| t.join("\n")).unwrap_or_default();
+            bail!("process {i} printed no addresses; its first log lines:\n{said}");
+        };
         peers.push(peer);
         sshs.push(ssh);
     }
@@ -1030,7 +1091,7 @@ fn procs(root: &Path, args: &Args) -> anyhow::Result<()> {
             HashMap<usize, std::time::SystemTime>,
         ),
     > = HashMap::new();
-    let mut drain = |seen: &mut HashMap<_, _>| {
+    let drain = |seen: &mut HashMap<_, _>| {
         while let Ok((i, message, key, at)) = rx.try_recv() {
             let slot: &mut (
                 Option<std::time::SystemTime>,

@@ -57,11 +57,12 @@ pub struct Batch {
     pub clock: u64,
 }
 
-/// What a store holds, read back on start.
-#[derive(Debug, Default)]
+/// What reading a store back found, besides the entries themselves (which
+/// [`StateStore::load`] hands over one at a time).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Loaded {
-    /// Every entry, in key order.
-    pub entries: Vec<StateEntry>,
+    /// Entries handed over.
+    pub entries: u64,
     /// The clock floor written last.
     pub clock: u64,
     /// Records that did not decode (skipped and counted).
@@ -71,11 +72,13 @@ pub struct Loaded {
 /// Storage of the state map. Implementations may block: the service calls
 /// them on its storage thread only.
 pub trait StateStore: Send + 'static {
-    /// Reads everything back.
+    /// Reads everything back, handing each entry to `each` in key order
+    /// (one at a time, so that a million entries are never all in memory
+    /// at once).
     ///
     /// # Errors
     /// The backend failed.
-    fn load(&mut self) -> Result<Loaded, StoreError>;
+    fn load(&mut self, each: &mut dyn FnMut(StateEntry)) -> Result<Loaded, StoreError>;
     /// Writes a batch (not necessarily durable until [`StateStore::flush`]).
     ///
     /// # Errors
@@ -122,9 +125,12 @@ impl MemoryStateStore {
 }
 
 impl StateStore for MemoryStateStore {
-    fn load(&mut self) -> Result<Loaded, StoreError> {
+    fn load(&mut self, each: &mut dyn FnMut(StateEntry)) -> Result<Loaded, StoreError> {
+        for e in self.entries.values() {
+            each(e.clone());
+        }
         Ok(Loaded {
-            entries: self.entries.values().cloned().collect(),
+            entries: self.entries.len() as u64,
             clock: self.clock,
             undecodable: 0,
         })
@@ -190,12 +196,15 @@ impl SledStateStore {
 }
 
 impl StateStore for SledStateStore {
-    fn load(&mut self) -> Result<Loaded, StoreError> {
+    fn load(&mut self, each: &mut dyn FnMut(StateEntry)) -> Result<Loaded, StoreError> {
         let mut out = Loaded::default();
         for item in self.entries.iter() {
             let (_, v) = item.map_err(|e| StoreError::backend("reading the state", e))?;
             match StateEntry::decode_wire(&v[..]) {
-                Ok(e) => out.entries.push(e),
+                Ok(e) => {
+                    out.entries += 1;
+                    each(e);
+                }
                 Err(_) => out.undecodable += 1,
             }
         }
@@ -500,8 +509,10 @@ mod tests {
         assert_eq!(store.get(&b.key).unwrap(), Some(b.clone()));
         assert_eq!(store.get(&a.key).unwrap(), None);
         drop(store);
-        let loaded = reopen().load().unwrap();
-        assert_eq!(loaded.entries, vec![b]);
+        let mut got = Vec::new();
+        let loaded = reopen().load(&mut |e| got.push(e)).unwrap();
+        assert_eq!(got, vec![b]);
+        assert_eq!(loaded.entries, 1);
         assert_eq!(loaded.clock, 7, "the floor written last");
     }
 
@@ -510,8 +521,8 @@ mod tests {
         let shared = std::sync::Arc::new(std::sync::Mutex::new(MemoryStateStore::new()));
         struct Shared(std::sync::Arc<std::sync::Mutex<MemoryStateStore>>);
         impl StateStore for Shared {
-            fn load(&mut self) -> Result<Loaded, StoreError> {
-                self.0.lock().unwrap().load()
+            fn load(&mut self, each: &mut dyn FnMut(StateEntry)) -> Result<Loaded, StoreError> {
+                self.0.lock().unwrap().load(each)
             }
             fn apply(&mut self, b: &Batch) -> Result<(), StoreError> {
                 self.0.lock().unwrap().apply(b)

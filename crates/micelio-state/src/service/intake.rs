@@ -134,23 +134,22 @@ pub(crate) async fn run(
 impl Intake {
     async fn handle(&mut self, d: Delivered) -> Option<Inbound> {
         if d.msg_type == MsgType::StateUpdate {
-            // Gossip verified the envelope; the entry is checked here.
+            // Gossip delivers a type 6 only once the validator this service
+            // installed (`validator`: decode, every check of
+            // `verify_entry`) accepted it: it is not checked twice.
             let entry = match StateUpdate::decode_wire(d.envelope.payload.clone()) {
                 Ok(StateUpdate { entry: Some(e) }) => e,
                 Ok(_) => return Some(bad_entry("type 6 without an entry")),
                 Err(_) => return Some(bad_entry("type 6 does not decode")),
             };
-            return Some(match verify_entry(&entry, &self.limits) {
-                Ok(v) => Inbound::Entries {
-                    source: super::Origin::Gossip,
-                    entries: vec![(entry, v)],
-                    rejected: vec![],
-                },
-                Err(r) => Inbound::Entries {
-                    source: super::Origin::Gossip,
-                    entries: vec![],
-                    rejected: vec![r],
-                },
+            let Ok(author) = entry.node_id.parse::<NodeId>() else {
+                return Some(bad_entry("type 6 with a bad node_id"));
+            };
+            let version = Version::of(&entry, author);
+            return Some(Inbound::Entries {
+                source: super::Origin::Gossip,
+                entries: vec![(entry, version)],
+                rejected: vec![],
             });
         }
         let peer = d.from_peer;

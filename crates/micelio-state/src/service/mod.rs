@@ -330,10 +330,14 @@ impl State {
         gossip: Gossip,
         peers: PeerManager,
     ) -> Result<State, StateError> {
-        let (loaded, store) = tokio::task::spawn_blocking(move || (store.load(), store))
-            .await
-            .map_err(|_| StoreError::Stopped)?;
-        let loaded = loaded?;
+        let me = *identity.node_id();
+        let restore_config = config.clone();
+        let (restored, store) = tokio::task::spawn_blocking(move || {
+            (task::restore(me, &restore_config, &mut *store), store)
+        })
+        .await
+        .map_err(|_| StoreError::Stopped)?;
+        let restored = restored?;
         let store = StoreThread::spawn(store)
             .map_err(|e| StoreError::backend("cannot start the storage thread", e))?;
         let node_id = *identity.node_id();
@@ -386,7 +390,7 @@ impl State {
         let state_task = task::StateTask::new(
             identity,
             config,
-            loaded,
+            restored,
             store,
             gossip,
             peers,

@@ -24,7 +24,7 @@ use crate::error::Reject;
 use crate::map::{Merge, StateMap};
 use crate::members::{Members, keys};
 use crate::reconcile;
-use crate::store::{Batch, Loaded, StoreThread};
+use crate::store::{Batch, StoreThread};
 use crate::version::Version;
 
 /// A session idle this long is forgotten (its messages were lost with a
@@ -126,12 +126,73 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The map and member table rebuilt from the store at start.
+pub(crate) struct Restored {
+    map: StateMap,
+    members: Members,
+    /// This node's last heartbeat counter.
+    heartbeat: u64,
+}
+
+/// Reads `store` back into a new map and member table, one entry at a
+/// time (blocking: called on a blocking thread). Entries on this node's
+/// own disk were verified when they arrived.
+///
+/// # Errors
+/// The store could not be read.
+pub(crate) fn restore(
+    me: NodeId,
+    config: &StateConfig,
+    store: &mut dyn crate::store::StateStore,
+) -> Result<Restored, micelio_transport::StoreError> {
+    let mut map = StateMap::new(me, config.limits);
+    let mut members = Members::new(me, config.liveness, Instant::now().into_std());
+    let unix = unix_now();
+    let mut heartbeat = 0;
+    let mut refused = 0u64;
+    let loaded = store.load(&mut |e| {
+        let Ok(author) = e.node_id.parse::<NodeId>() else {
+            refused += 1;
+            return;
+        };
+        let version = Version::of(&e, author);
+        if map
+            .merge(&e.key, version, e.deleted, e.value.len(), unix)
+            .is_err()
+        {
+            refused += 1;
+            return;
+        }
+        if let Some(sub) = sub_key(&e.key) {
+            members.observe(author, sub, &e.value, e.lamport_ts, e.deleted, None);
+            if author == me && sub == keys::HEARTBEAT {
+                heartbeat = parse_counter(&e.value);
+            }
+        }
+    })?;
+    map.raise_clock(loaded.clock);
+    if loaded.entries > 0 || loaded.undecodable > 0 {
+        info!(
+            entries = map.len(),
+            clock = map.clock().now(),
+            undecodable = loaded.undecodable,
+            refused,
+            "state loaded"
+        );
+    }
+    Ok(Restored {
+        map,
+        members,
+        heartbeat,
+    })
+}
+
 impl StateTask {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         identity: Arc<Identity>,
         config: StateConfig,
-        loaded: Loaded,
+        restored: Restored,
         store: StoreThread,
         gossip: Gossip,
         peers: PeerManager,
@@ -140,43 +201,12 @@ impl StateTask {
         changes: broadcast::Sender<Change>,
     ) -> Self {
         let me = *identity.node_id();
-        let now = Instant::now();
-        let mut map = StateMap::new(me, config.limits);
-        let mut members = Members::new(me, config.liveness, now.into_std());
         let unix = unix_now();
-        let mut heartbeat = 0;
-        let mut undecodable = loaded.undecodable;
-        let total = loaded.entries.len();
-        for e in loaded.entries {
-            // Entries on our own disk were verified when they arrived.
-            let Ok(author) = e.node_id.parse::<NodeId>() else {
-                undecodable += 1;
-                continue;
-            };
-            let version = Version::of(&e, author);
-            if map
-                .merge(&e.key, version, e.deleted, e.value.len(), unix)
-                .is_err()
-            {
-                undecodable += 1;
-                continue;
-            }
-            if let Some(sub) = sub_key(&e.key) {
-                members.observe(author, sub, &e.value, e.lamport_ts, e.deleted, None);
-                if author == me && sub == keys::HEARTBEAT {
-                    heartbeat = parse_counter(&e.value);
-                }
-            }
-        }
-        map.raise_clock(loaded.clock);
-        if total > 0 || undecodable > 0 {
-            info!(
-                entries = map.len(),
-                clock = map.clock().now(),
-                undecodable,
-                "state loaded"
-            );
-        }
+        let Restored {
+            map,
+            members,
+            heartbeat,
+        } = restored;
         let complete = peers
             .config()
             .features
