@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo xtask state [--mode latency,heal,catchup,heartbeat,rss,procs]
-//!                   [--nodes N[,N…]] [--procs N] [--writes M] [--quiet] [--entries E[,E…]]
+//!                   [--nodes N[,N…]] [--procs N] [--writes M] [--quiet] [--memory-store] [--entries E[,E…]]
 //!                   [--heartbeat-secs S] [--seed S] [--json-only]
 //! ```
 //!
@@ -46,6 +46,8 @@
 //!   (`ed25519_dalek::verify_batch`, 64 per batch). Then the same again
 //!   with the link cut once the fresh node holds half: total bytes ÷ raw,
 //!   which shows the catch-up resumes rather than starting over.
+//!   `--memory-store` gives the fresh node a memory store instead, to tell
+//!   sled's share apart.
 //! - `heartbeat`: 100 nodes (or the largest `--nodes`) idle for S seconds
 //!   with the default liveness timers (heartbeat every 5 s, sync round every
 //!   10 s): bytes sent per node per second on the whole network, and
@@ -97,7 +99,7 @@ use serde_json::json;
 use crate::mesh::{percentile, round};
 
 const USAGE: &str = "usage: cargo xtask state [--mode latency,heal,catchup,heartbeat,rss,procs] \
-[--nodes N[,N…]] [--procs N] [--writes M] [--quiet] [--entries E[,E…]] [--heartbeat-secs S] [--seed S] [--json-only]";
+[--nodes N[,N…]] [--procs N] [--writes M] [--quiet] [--memory-store] [--entries E[,E…]] [--heartbeat-secs S] [--seed S] [--json-only]";
 
 /// Set to run the dev build as it is.
 const DEV_PROFILE_ENV: &str = "XTASK_STATE_DEV";
@@ -117,6 +119,8 @@ struct Args {
     /// `latency` with heartbeats and sync rounds once an hour: the state
     /// layer's own background traffic off.
     quiet: bool,
+    /// `catchup` into a memory store instead of sled.
+    memory_store: bool,
     seed: u64,
     json_only: bool,
 }
@@ -132,6 +136,7 @@ fn parse(raw: &[&str]) -> anyhow::Result<Option<Args>> {
         entries: vec![100_000],
         heartbeat_secs: 30,
         quiet: false,
+        memory_store: false,
         seed: 1,
         json_only: false,
     };
@@ -163,6 +168,7 @@ fn parse(raw: &[&str]) -> anyhow::Result<Option<Args>> {
             "--seed" => a.seed = value()?.parse()?,
             "--json-only" => a.json_only = true,
             "--quiet" => a.quiet = true,
+            "--memory-store" => a.memory_store = true,
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
@@ -434,12 +440,13 @@ async fn latency(args: &Args, n: usize) -> anyhow::Result<()> {
     // the same mesh (its broadcast tree settles during the first ones).
     let mut writes = Vec::new();
     let mut chats = Vec::new();
-    let mut slowest: Vec<(f64, usize, usize)> = Vec::new();
+    let mut slowest: Vec<(f64, usize, usize, f64)> = Vec::new();
     let mut lost = 0;
     for k in 0..args.writes {
         let i = rng.random_range(0..n);
         let start = Instant::now();
         let e = nodes[i].state.set(&format!("bench/{k}"), value(k)).await?;
+        let acked = ms(start.elapsed());
         let deadline = start + Duration::from_secs(10);
         let done = loop {
             let count = seen
@@ -461,7 +468,7 @@ async fn latency(args: &Args, n: usize) -> anyhow::Result<()> {
         match done {
             Some(t) => {
                 writes.push(ms(t - start));
-                slowest.push((ms(t - start), k, i));
+                slowest.push((ms(t - start), k, i, acked));
             }
             None => lost += 1,
         }
@@ -497,10 +504,10 @@ async fn latency(args: &Args, n: usize) -> anyhow::Result<()> {
     progress(
         args,
         &format!(
-            "latency: slowest writes (ms, write, origin): {:?}",
+            "latency: slowest writes (ms, write, origin, ms until the origin's ack): {:?}",
             slowest
                 .iter()
-                .map(|(t, k, i)| (round(*t, 1), *k, *i))
+                .map(|(t, k, i, a)| (round(*t, 1), *k, *i, round(*a, 1)))
                 .collect::<Vec<_>>()
         ),
     );
@@ -808,13 +815,19 @@ async fn catchup(args: &Args, count: usize) -> anyhow::Result<()> {
         )
         .await?;
         let path = dir.path().join("state");
-        let store =
-            tokio::task::spawn_blocking(move || SledStateStore::open(&path, 32 << 20)).await??;
+        let store: Box<dyn StateStore> = if args.memory_store {
+            Box::new(MemoryStateStore::new())
+        } else {
+            Box::new(
+                tokio::task::spawn_blocking(move || SledStateStore::open(&path, 32 << 20))
+                    .await??,
+            )
+        };
         let b = spawn_node(
             &mesh,
             identity(args.seed, 2),
             1,
-            Box::new(store),
+            store,
             StateConfig::default(),
         )
         .await?;
@@ -861,6 +874,7 @@ async fn catchup(args: &Args, count: usize) -> anyhow::Result<()> {
         let rate = count as f64 / elapsed.as_secs_f64();
         let row = json!({
             "bench": "state_catchup", "entries": count, "cut_midway": cut_midway,
+            "fresh_store": if args.memory_store { "memory" } else { "sled" },
             "secs": round(elapsed.as_secs_f64(), 2), "entries_per_s": round(rate, 0),
             "single_verify_per_s": round(single, 0), "batch_verify_per_s": round(batch, 0),
             "vs_batch_rate": round(rate / batch, 2),
@@ -908,8 +922,30 @@ async fn heartbeat(args: &Args, n: usize) -> anyhow::Result<()> {
     for &(a, b) in &edges {
         link(&nodes, a, b).await?;
     }
-    progress(args, &format!("heartbeat: {n} nodes meshed; settling 15 s"));
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    progress(
+        args,
+        &format!("heartbeat: {n} nodes meshed; waiting until every node knows every member"),
+    );
+    // Settled: every node holds the five membership keys of every member.
+    let settle = Instant::now();
+    loop {
+        let mut all = true;
+        for node in &nodes {
+            if node.state.stats().await?.entries < 5 * n as u64 {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            break;
+        }
+        if settle.elapsed() > Duration::from_secs(120) {
+            bail!("membership did not spread to every node within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let membership_secs = settle.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let totals = |nodes: &[Node]| {
         let nodes: Vec<(State, micelio_gossip::Gossip)> = nodes
             .iter()
@@ -937,6 +973,7 @@ async fn heartbeat(args: &Args, n: usize) -> anyhow::Result<()> {
     let per = |x: u64| round(x as f64 / n as f64 / args.heartbeat_secs as f64, 1);
     let row = json!({
         "bench": "state_heartbeat", "nodes": n, "secs": args.heartbeat_secs,
+        "membership_everywhere_after_s": round(membership_secs, 1),
         "bytes_per_node_per_s": per(bytes), "frames_per_node_per_s": per(frames),
         "gossip_data_bytes_per_node_per_s": per(after.2 - before.2),
         "entries_per_node_before": before.0 / n as u64, "entries_per_node_after": after.0 / n as u64,

@@ -276,11 +276,25 @@ impl PeerStore for SledPeerStore {
 /// # Errors
 /// [`StoreError::Backend`] naming the path if it cannot be opened.
 pub fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    open_sled_in(path, cache_bytes, sled::Mode::LowSpace)
+}
+
+/// [`open_sled`] in sled's `mode`: `LowSpace` (sled's default, compacts
+/// eagerly) or `HighThroughput` (writes faster, uses more disk).
+///
+/// # Errors
+/// As [`open_sled`].
+pub fn open_sled_in(
+    path: &Path,
+    cache_bytes: u64,
+    mode: sled::Mode,
+) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
     loop {
         let opened = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
+            .mode(mode)
             .open();
         match opened {
             Ok(db) => return Ok(db),

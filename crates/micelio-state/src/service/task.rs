@@ -257,10 +257,11 @@ impl StateTask {
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // publish_self just wrote one.
         beat.reset();
-        let mut sync =
-            tokio::time::interval(self.config.sync_interval.max(Duration::from_millis(10)));
-        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        sync.reset();
+        // Rounds are spread: each waits `sync_interval` × 0.5–1.5, so that
+        // nodes started together (a fleet restarted at once) do not all
+        // reconcile in the same instant.
+        let sync = tokio::time::sleep(self.sync_delay());
+        tokio::pin!(sync);
         let gc_every = if self.config.gc_interval.is_zero() {
             Duration::from_secs(86_400 * 365)
         } else {
@@ -295,7 +296,11 @@ impl StateTask {
                     None => break,
                 },
                 _ = beat.tick(), if !self.stopping => self.beat().await,
-                _ = sync.tick(), if !self.stopping => self.sync_round(),
+                () = &mut sync, if !self.stopping => {
+                    self.sync_round();
+                    let next = tokio::time::Instant::now() + self.sync_delay();
+                    sync.as_mut().reset(next);
+                }
                 _ = gc.tick() => self.collect().await,
                 _ = pump.tick(), if answering => self.pump(),
             }
@@ -648,6 +653,14 @@ impl StateTask {
         x ^= x >> 27;
         self.rng = x;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// The wait before the next anti-entropy round: `sync_interval` times a
+    /// random factor in 0.5–1.5 (at least 10 ms).
+    fn sync_delay(&mut self) -> Duration {
+        let every = self.config.sync_interval.max(Duration::from_millis(10));
+        let permille = 500 + self.random() % 1001;
+        every * u32::try_from(permille).unwrap_or(1000) / 1000
     }
 
     /// One round: a random connected peer (the peer table is refreshed from
