@@ -115,6 +115,9 @@ pub(crate) struct StateTask {
     next_session: u64,
     rng: u64,
     stopping: bool,
+    /// Whether this node's membership entries were gossiped since it last
+    /// had no peer (see [`StateTask::announce`]).
+    announced: bool,
     /// Whether this node's own hello offers reconciliation
     /// ([`FEATURE_STATE_V1`]); without it, it syncs as a reference node.
     complete: bool,
@@ -236,6 +239,7 @@ impl StateTask {
             next_session: rng,
             rng,
             stopping: false,
+            announced: false,
             complete,
         }
     }
@@ -292,7 +296,7 @@ impl StateTask {
                     None => break,
                 },
                 ev = peer_events.recv(), if !self.stopping => match ev {
-                    Some(ev) => self.peer_event(ev),
+                    Some(ev) => self.peer_event(ev).await,
                     None => break,
                 },
                 _ = beat.tick(), if !self.stopping => self.beat().await,
@@ -472,6 +476,34 @@ impl StateTask {
         })
     }
 
+    /// Gossips this node's membership entries (`node/name`, `node/tags`,
+    /// `node/addr`, `node/version`) again, as they are, when it gets a peer
+    /// after having none: written at start, before any link, they reached
+    /// nobody, and anti-entropy alone would carry them one hop per round.
+    async fn announce(&mut self) {
+        let keys: Vec<Box<str>> = [keys::NAME, keys::TAGS, keys::ADDR, keys::VERSION]
+            .iter()
+            .map(|sub| self.own_key(sub).into_boxed_str())
+            .collect();
+        let Ok(rx) = self.store.get(keys).await else {
+            return;
+        };
+        let gossip = self.gossip.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            for entry in rx.await.unwrap_or_default() {
+                let payload = StateUpdate { entry: Some(entry) }.encode_bytes();
+                if gossip.try_originate(MsgType::StateUpdate, payload).is_err() {
+                    Shared::add(&shared.gossip_refused, 1);
+                }
+            }
+        });
+    }
+
+    fn own_key(&self, sub: &str) -> String {
+        format!("{}/{sub}", self.map.me())
+    }
+
     async fn publish_self(&mut self) {
         let node = self.config.node.clone();
         let items = [
@@ -622,10 +654,14 @@ impl StateTask {
         }
     }
 
-    fn peer_event(&mut self, ev: PeerEvent) {
+    async fn peer_event(&mut self, ev: PeerEvent) {
         match ev {
             PeerEvent::Up(p) => {
                 let id = p.node_id;
+                if !self.announced {
+                    self.announced = true;
+                    self.announce().await;
+                }
                 let speaks = p.hello.speaks(FEATURE_STATE_V1);
                 self.sync.entry(id).or_default().speaks_state = speaks;
                 // Between two micelio nodes one session does it both ways:
@@ -638,6 +674,9 @@ impl StateTask {
             PeerEvent::Down { node_id, .. } => {
                 self.sync.remove(&node_id);
                 self.answers.retain(|a| a.peer != node_id);
+                if self.sync.is_empty() {
+                    self.announced = false;
+                }
             }
             _ => {}
         }

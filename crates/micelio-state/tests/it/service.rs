@@ -48,11 +48,22 @@ async fn node_with(
     store: Box<dyn StateStore>,
     cfg: StateConfig,
 ) -> Node {
+    node_gossip(mesh, seed, micelio, store, cfg, GossipConfig::default()).await
+}
+
+async fn node_gossip(
+    mesh: &MemoryMesh,
+    seed: u8,
+    micelio: bool,
+    store: Box<dyn StateStore>,
+    cfg: StateConfig,
+    gossip: GossipConfig,
+) -> Node {
     let net = GossipNode::spawn_with(
         mesh,
         MemoryMesh::identity(seed),
         transport(seed, micelio),
-        GossipConfig::default(),
+        gossip,
     )
     .await
     .unwrap();
@@ -480,6 +491,37 @@ async fn malformed_sync_messages_are_refused_and_counted() {
     })
     .await;
     for n in [a, b] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_nodes_name_reaches_nodes_beyond_its_first_peer_without_a_sync_round() {
+    let mesh = MemoryMesh::new();
+    // No anti-entropy rounds and no gossip repair: what reaches c past b
+    // is gossip only, sent after the link.
+    let mut cfg = config();
+    cfg.sync_interval = Duration::from_secs(3600);
+    let mut quiet = GossipConfig::default();
+    quiet.repair_interval = Duration::ZERO;
+    let store = || Box::new(MemoryStateStore::new());
+    let b = node_gossip(&mesh, 2, true, store(), cfg.clone(), quiet.clone()).await;
+    let c = node_gossip(&mesh, 3, true, store(), cfg.clone(), quiet.clone()).await;
+    b.net.link(&c.net, WITHIN).await.unwrap();
+    // a wrote its membership keys before it had any peer.
+    let a = node_gossip(&mesh, 1, true, store(), cfg, quiet).await;
+    a.net.link(&b.net, WITHIN).await.unwrap();
+    let a_id = a.net.node_id();
+    until_async(WITHIN, "c knows a's name", || async {
+        c.state
+            .members()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.node_id == a_id && m.name == "n1")
+    })
+    .await;
+    for n in [a, b, c] {
         n.stop().await;
     }
 }
