@@ -235,7 +235,7 @@
 //! harness node takes a peer slot of the processes it is connected to.
 
 mod gossipsub;
-mod memory;
+pub(crate) mod memory;
 pub(crate) mod sys;
 mod tcp;
 mod throughput;
@@ -1006,19 +1006,14 @@ pub(crate) fn progress(args: &MeshArgs, text: &str) {
 const DEV_PROFILE_ENV: &str = "XTASK_MESH_DEV";
 
 /// `cargo xtask` builds the dev profile, where signatures and the runtime
-/// are unoptimised and figures meaningless: run the same command again from
-/// a release build of xtask.
-fn rerun_optimised(root: &Path, args: &MeshArgs, raw: &[&str]) -> anyhow::Result<()> {
-    progress(
-        args,
-        &format!(
-            "re-running optimised (cargo run --release -p xtask); set {DEV_PROFILE_ENV}=1 to skip"
-        ),
-    );
+/// are unoptimised and figures meaningless: runs `cargo xtask <command>
+/// <raw…>` again from a release build of xtask. Shared by the benchmark
+/// commands (`mesh`, `state`).
+pub(crate) fn rerun_optimised(root: &Path, command: &str, raw: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = std::process::Command::new(cargo)
         .current_dir(root)
-        .args(["run", "--release", "--quiet", "-p", "xtask", "--", "mesh"])
+        .args(["run", "--release", "--quiet", "-p", "xtask", "--", command])
         .args(raw)
         .status()
         .context("cannot run cargo")?;
@@ -1035,7 +1030,13 @@ pub(crate) fn run(root: &Path, raw: &[&str]) -> anyhow::Result<()> {
         return Ok(());
     };
     if cfg!(debug_assertions) && std::env::var_os(DEV_PROFILE_ENV).is_none() {
-        return rerun_optimised(root, &args, raw);
+        progress(
+            &args,
+            &format!(
+                "re-running optimised (cargo run --release -p xtask); set {DEV_PROFILE_ENV}=1 to skip"
+            ),
+        );
+        return rerun_optimised(root, "mesh", raw);
     }
     let binary = if args.transports.contains(&Kind::Tcp) {
         progress(&args, "building the release micelio binary…");

@@ -208,18 +208,13 @@ pub(crate) fn run(root: &Path, raw: &[&str]) -> anyhow::Result<()> {
         return Ok(());
     };
     if cfg!(debug_assertions) && std::env::var_os(DEV_PROFILE_ENV).is_none() {
-        progress(&args, "re-running optimised (cargo run --release -p xtask)");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .current_dir(root)
-            .args(["run", "--release", "--quiet", "-p", "xtask", "--", "state"])
-            .args(raw)
-            .status()
-            .context("cannot run cargo")?;
-        if !status.success() {
-            bail!("the optimised run failed ({status})");
-        }
-        return Ok(());
+        progress(
+            &args,
+            &format!(
+                "re-running optimised (cargo run --release -p xtask); set {DEV_PROFILE_ENV}=1 to skip"
+            ),
+        );
+        return crate::mesh::rerun_optimised(root, "state", raw);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -273,7 +268,7 @@ async fn spawn_node(
 ) -> anyhow::Result<Node> {
     let seed = (i % 250) as u8 + 1;
     let mut t = transport(seed);
-    t.listen = Some(addr(i));
+    t.listen = Some(crate::mesh::memory::addr(i));
     let net = GossipNode::spawn_with(mesh, Arc::new(identity), t, GossipConfig::default())
         .await
         .with_context(|| format!("starting node {i}"))?;
@@ -289,16 +284,6 @@ async fn spawn_node(
     .await
     .with_context(|| format!("starting the state of node {i}"))?;
     Ok(Node { net, state })
-}
-
-fn addr(i: usize) -> String {
-    let k = i + 1;
-    format!(
-        "127.{}.{}.{}:4000",
-        1 + k / 65_536,
-        (k / 256) % 256,
-        k % 256
-    )
 }
 
 fn identity(seed: u64, i: usize) -> Identity {

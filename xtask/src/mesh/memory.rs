@@ -36,7 +36,7 @@ const DIAL_CONCURRENCY: usize = 32;
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The simulated address of node `i`.
-fn addr(i: usize) -> String {
+pub(crate) fn addr(i: usize) -> String {
     let k = i + 1;
     format!(
         "127.{}.{}.{}:4000",
