@@ -277,12 +277,55 @@ pub(super) async fn writer_task(
             Err(_) => break Some(format!("write timed out after {write_timeout:?}")),
         }
     };
-    if let Some(reason) = reason {
-        debug!("closing connection: {reason}");
-        lock(&close_reason).get_or_insert(reason);
+    match reason {
+        Some(reason) => {
+            debug!("closing connection: {reason}");
+            lock(&close_reason).get_or_insert(reason);
+        }
+        // Closed on purpose (shutdown, eviction, a duplicate): what was
+        // queued before still goes out, within a short grace, so that a
+        // node's last words (its `node/left`, say) reach the peer.
+        None => {
+            drain(
+                &shared,
+                sink.as_mut(),
+                &mut rx,
+                write_timeout.min(CLOSE_DRAIN),
+            )
+            .await
+        }
     }
     cancel.cancel();
     let _ = timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+/// How long a connection closed on purpose keeps writing what its queue
+/// held at that moment.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+
+/// Writes the frames already queued on `rx`, taking nothing new, until the
+/// queue is empty, a write fails or `grace` has passed; what is left is
+/// dropped and logged.
+async fn drain(
+    shared: &Shared,
+    sink: &mut dyn FrameSink,
+    rx: &mut mpsc::Receiver<Bytes>,
+    grace: Duration,
+) {
+    rx.close();
+    let deadline = Instant::now() + grace;
+    while let Ok(frame) = rx.try_recv() {
+        match tokio::time::timeout_at(deadline, sink.send(&frame)).await {
+            Ok(Ok(())) => {
+                shared.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(_)) | Err(_) => {
+                let left = rx.len() + 1;
+                debug!(frames = left, "connection closed with frames still queued");
+                return;
+            }
+        }
+    }
 }
 
 /// What one read from a connection yielded.

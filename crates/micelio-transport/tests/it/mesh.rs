@@ -228,3 +228,34 @@ async fn a_newcomer_joins_through_a_full_bootstrap_peer() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn what_was_queued_before_a_shutdown_still_reaches_the_peer() {
+    for net in Net::both() {
+        bounded(T, async {
+            let a = TestNode::start(&net, 1, cfg(&[])).await;
+            let b = TestNode::start(&net, 2, cfg(&[&a.addr()])).await;
+            full_mesh(&[&a, &b], Duration::from_secs(10)).await;
+            let sent: Vec<_> = (0..100u32)
+                .map(|i| {
+                    micelio_wire::EnvelopeBuilder::gossip(
+                        micelio_wire::MsgType::Plugin(1001),
+                        i.to_be_bytes().to_vec(),
+                    )
+                    .sign(&b.id)
+                })
+                .collect();
+            for env in &sent {
+                b.pm.send(&a.node_id(), env).unwrap();
+            }
+            // Shut down at once: the queue is still full.
+            b.pm.shutdown().await;
+            eventually(Duration::from_secs(5), "every queued message", || {
+                sent.iter().all(|env| a.got(&b, env))
+            })
+            .await;
+            a.pm.shutdown().await;
+        })
+        .await;
+    }
+}
