@@ -17,7 +17,10 @@
 
 mod intake;
 mod outbound;
+mod tags;
 mod task;
+pub use tags::TagSet;
+pub(crate) use task::unix_now;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,8 +66,12 @@ pub struct StateConfig {
     pub tombstone_ttl: Duration,
     /// Period of tombstone collection (zero: never).
     pub gc_interval: Duration,
-    /// What this node publishes about itself under `node/…`.
+    /// What this node publishes about itself under `node/…` (its `tags`
+    /// are the configured ones; runtime changes apply on top).
     pub node: NodeInfo,
+    /// Where runtime tag changes ([`State::add_tag`]) are kept across
+    /// restarts; `None`: they last until the node stops.
+    pub tags_file: Option<std::path::PathBuf>,
 }
 
 impl Default for StateConfig {
@@ -76,6 +83,7 @@ impl Default for StateConfig {
             tombstone_ttl: micelio_wire::limits::DEFAULT_TOMBSTONE_GC_AGE,
             gc_interval: DEFAULT_GC_INTERVAL,
             node: NodeInfo::default(),
+            tags_file: None,
         }
     }
 }
@@ -161,6 +169,12 @@ pub enum StateError {
     /// a restart.
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
+    /// A tag is not valid, or the node would have too many.
+    #[error(transparent)]
+    Tag(#[from] crate::tags::TagError),
+    /// The runtime tags could not be saved (nothing changed).
+    #[error("{0}")]
+    TagsFile(String),
 }
 
 /// Counters of the state service (`/stats`).
@@ -286,6 +300,12 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Entry, StateError>>,
     },
     Stats(oneshot::Sender<StateStats>),
+    Tags(oneshot::Sender<TagSet>),
+    Tag {
+        tag: String,
+        add: bool,
+        reply: oneshot::Sender<Result<Option<TagSet>, StateError>>,
+    },
     Members(oneshot::Sender<Vec<Member>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -332,12 +352,27 @@ impl State {
     ) -> Result<State, StateError> {
         let me = *identity.node_id();
         let restore_config = config.clone();
-        let (restored, store) = tokio::task::spawn_blocking(move || {
-            (task::restore(me, &restore_config, &mut *store), store)
+        let (restored, overrides, store) = tokio::task::spawn_blocking(move || {
+            let overrides = match &restore_config.tags_file {
+                Some(path) => tags::Overrides::load(path).unwrap_or_else(|e| {
+                    tracing::warn!("ignoring the runtime tags: {e}");
+                    tags::Overrides::default()
+                }),
+                None => tags::Overrides::default(),
+            };
+            (
+                task::restore(me, &restore_config, &mut *store),
+                overrides,
+                store,
+            )
         })
         .await
         .map_err(|_| StoreError::Stopped)?;
         let restored = restored?;
+        let configured_tags = config.node.tags.clone();
+        let mut config = config;
+        config.node.tags = overrides.apply(&configured_tags).tags;
+        peers.set_tags(config.node.tags.clone());
         let store = StoreThread::spawn(store)
             .map_err(|e| StoreError::backend("cannot start the storage thread", e))?;
         let node_id = *identity.node_id();
@@ -397,6 +432,7 @@ impl State {
             shared,
             out_tx,
             changes.clone(),
+            (configured_tags, overrides),
         );
         tasks.spawn(
             "the state task",
@@ -513,6 +549,41 @@ impl State {
     /// [`StateError::Stopped`].
     pub async fn members(&self) -> Result<Vec<Member>, StateError> {
         self.call(Command::Members).await
+    }
+
+    /// This node's tags, and which come from the configuration and which
+    /// from runtime changes.
+    ///
+    /// # Errors
+    /// [`StateError::Stopped`].
+    pub async fn tags(&self) -> Result<TagSet, StateError> {
+        self.call(Command::Tags).await
+    }
+
+    /// Adds `tag` to this node at runtime: kept across restarts (in
+    /// [`StateConfig::tags_file`]), published in `node/tags` (durable when
+    /// this returns) and sent in the hello from now on. `Ok(None)` when the
+    /// node already had it.
+    ///
+    /// # Errors
+    /// [`StateError::Tag`] for a bad tag or too many,
+    /// [`StateError::TagsFile`] if it cannot be saved.
+    pub async fn add_tag(&self, tag: &str) -> Result<Option<TagSet>, StateError> {
+        self.tag(tag, true).await
+    }
+
+    /// Removes `tag` from this node at runtime, like [`State::add_tag`];
+    /// `Ok(None)` when the node did not have it.
+    ///
+    /// # Errors
+    /// [`StateError::TagsFile`] if the change cannot be saved.
+    pub async fn remove_tag(&self, tag: &str) -> Result<Option<TagSet>, StateError> {
+        self.tag(tag, false).await
+    }
+
+    async fn tag(&self, tag: &str, add: bool) -> Result<Option<TagSet>, StateError> {
+        let tag = tag.to_owned();
+        self.call(|reply| Command::Tag { tag, add, reply }).await?
     }
 
     /// Resolves once the service's tasks have ended (see

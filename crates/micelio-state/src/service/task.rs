@@ -97,6 +97,10 @@ impl Cooldowns {
 pub(crate) struct StateTask {
     identity: Arc<Identity>,
     config: StateConfig,
+    /// `node.tags` as configured (`config.node.tags` holds those in force).
+    configured_tags: Vec<String>,
+    /// Runtime tag changes.
+    overrides: super::tags::Overrides,
     map: StateMap,
     members: Members,
     store: StoreThread,
@@ -123,7 +127,7 @@ pub(crate) struct StateTask {
     complete: bool,
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -202,6 +206,7 @@ impl StateTask {
         shared: Arc<Shared>,
         outbound: mpsc::Sender<Outgoing>,
         changes: broadcast::Sender<Change>,
+        (configured_tags, overrides): (Vec<String>, super::tags::Overrides),
     ) -> Self {
         let me = *identity.node_id();
         let unix = unix_now();
@@ -221,6 +226,8 @@ impl StateTask {
         Self {
             identity,
             config,
+            configured_tags,
+            overrides,
             map,
             members,
             store,
@@ -394,6 +401,12 @@ impl StateTask {
                     let _ = reply.send(s);
                 });
             }
+            Command::Tags(reply) => {
+                let _ = reply.send(self.overrides.apply(&self.configured_tags));
+            }
+            Command::Tag { tag, add, reply } => {
+                let _ = reply.send(self.change_tag(&tag, add).await);
+            }
             Command::Members(reply) => {
                 let _ = reply.send(self.members.list(Instant::now().into_std()));
             }
@@ -410,6 +423,37 @@ impl StateTask {
                 let _ = reply.send(());
             }
         }
+    }
+
+    /// Adds or removes a runtime tag: saved, then published, then sent in
+    /// the hello.
+    async fn change_tag(
+        &mut self,
+        tag: &str,
+        add: bool,
+    ) -> Result<Option<super::TagSet>, StateError> {
+        if add {
+            crate::tags::check_tag(tag)?;
+        }
+        let Some(next) = self.overrides.change(&self.configured_tags, tag, add) else {
+            return Ok(None);
+        };
+        let set = next.apply(&self.configured_tags);
+        crate::tags::check_tags(&set.tags)?;
+        if let Some(path) = self.config.tags_file.clone() {
+            let saving = next.clone();
+            tokio::task::spawn_blocking(move || saving.save(&path))
+                .await
+                .map_err(|_| StateError::Stopped)?
+                .map_err(StateError::TagsFile)?;
+        }
+        self.overrides = next;
+        self.config.node.tags.clone_from(&set.tags);
+        let value = Bytes::from(crate::tags::join_list(&set.tags));
+        self.write(keys::TAGS, Some(value), true).await?.await?;
+        self.peers.set_tags(set.tags.clone());
+        info!(tags = %crate::tags::join_list(&set.tags), "tags changed");
+        Ok(Some(set))
     }
 
     /// Reads `keys` from storage and hands the entries to `done`, without

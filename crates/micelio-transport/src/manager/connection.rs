@@ -67,9 +67,13 @@ pub(super) async fn authenticate(
     shared: &Arc<Shared>,
     mut link: Link,
 ) -> Result<(Link, PeerHelloInfo), DialError> {
+    let local = hello::LocalHello {
+        tags: lock(&shared.hello_tags).clone(),
+        ..shared.local_hello.clone()
+    };
     let info = tokio::select! {
         _ = shared.cancel.cancelled() => return Err(DialError::ShuttingDown),
-        r = hello::exchange(&mut link, &shared.identity, &shared.local_hello, shared.config.hello_timeout) => r,
+        r = hello::exchange(&mut link, &shared.identity, &local, shared.config.hello_timeout) => r,
     };
     let info = match info {
         Ok(info) => info,

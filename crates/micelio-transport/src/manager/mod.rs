@@ -184,6 +184,9 @@ struct Shared {
     fault: tokio::sync::Notify,
     local_addr: Option<String>,
     local_hello: LocalHello,
+    /// The tags sent in the hello: they change at runtime
+    /// ([`PeerManager::set_tags`]); short critical sections only.
+    hello_tags: Mutex<Vec<String>>,
     bootstrap_addrs: HashSet<String>,
     next_conn: AtomicU64,
     rng: Mutex<SmallRng>,
@@ -258,6 +261,7 @@ impl PeerManager {
                 .unwrap_or([0; 8]),
         ) ^ now_unix();
         let shared = Arc::new(Shared {
+            hello_tags: Mutex::new(config.tags.clone()),
             local_hello: LocalHello {
                 tags: config.tags.clone(),
                 advertise_addr: advertise,
@@ -308,6 +312,18 @@ impl PeerManager {
     /// The address we advertise to peers, if any.
     pub fn advertise_addr(&self) -> Option<&str> {
         self.shared.local_hello.advertise_addr.as_deref()
+    }
+
+    /// The tags this node sends in its hello from now on (connections
+    /// already made keep what they were told; the state map carries the
+    /// change to everyone).
+    pub fn set_tags(&self, tags: Vec<String>) {
+        *lock(&self.shared.hello_tags) = tags;
+    }
+
+    /// The tags this node sends in its hello.
+    pub fn tags(&self) -> Vec<String> {
+        lock(&self.shared.hello_tags).clone()
     }
 
     /// The configuration in force.

@@ -259,3 +259,25 @@ async fn what_was_queued_before_a_shutdown_still_reaches_the_peer() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn tags_changed_at_runtime_go_in_the_next_hellos() {
+    let net = Net::Memory(MemoryNetwork::new());
+    bounded(T, async {
+        let mut ca = cfg(&[]);
+        ca.tags = vec!["old".into()];
+        let a = TestNode::start(&net, 1, ca).await;
+        a.pm.set_tags(vec!["EU".into(), "prod".into()]);
+        assert_eq!(a.pm.tags(), vec!["EU".to_owned(), "prod".to_owned()]);
+        let b = TestNode::start(&net, 2, cfg(&[&a.addr()])).await;
+        full_mesh(&[&a, &b], Duration::from_secs(10)).await;
+        let told =
+            b.pm.peers()
+                .into_iter()
+                .find(|p| p.node_id == a.node_id())
+                .map(|p| p.hello.tags);
+        assert_eq!(told, Some(vec!["EU".to_owned(), "prod".to_owned()]));
+        shutdown_all(&[&a, &b]).await;
+    })
+    .await;
+}
