@@ -41,6 +41,10 @@ pub(crate) struct Config {
     pub(crate) state: StateConfig,
     /// `[logging]`: level and format of the log on stderr.
     pub(crate) logging: LoggingConfig,
+    /// `[desired]`: who may desire state.
+    pub(crate) desired: DesiredConfig,
+    /// `[[reconcile]]`: command reconcilers, one per key prefix.
+    pub(crate) reconcile: Vec<ReconcileConfig>,
 }
 
 impl Config {
@@ -54,6 +58,8 @@ impl Config {
             partyline: PartylineConfig::default(),
             state: StateConfig::default(),
             logging: LoggingConfig::default(),
+            desired: DesiredConfig::default(),
+            reconcile: Vec::new(),
         }
     }
 
@@ -79,6 +85,8 @@ impl Config {
         let partyline = PartylineConfig::check(&mut checker.section("partyline"));
         let state = StateConfig::check(&mut checker.section("state"));
         let logging = LoggingConfig::check(&mut checker.section("logging"));
+        let desired = DesiredConfig::check(&mut checker.section("desired"));
+        let reconcile = ReconcileConfig::check_all(checker);
 
         // Rules that span sections.
         if let (Some(ssh), Some(Some(listen))) = (&ssh, network.as_ref().map(|n| n.listen))
@@ -102,6 +110,8 @@ impl Config {
             partyline: partyline?,
             state: state?,
             logging: logging?,
+            desired: desired?,
+            reconcile: reconcile?,
         })
     }
 
@@ -116,24 +126,15 @@ impl Config {
 pub(crate) const MAX_NAME_LEN: usize = 255;
 /// The most runtime worker threads `node.worker_threads` accepts.
 pub(crate) const MAX_WORKER_THREADS: u64 = 1024;
-/// The most tags a node may carry.
-pub(crate) const MAX_TAGS: usize = 64;
-/// The longest tag, in bytes.
-pub(crate) const MAX_TAG_LEN: usize = 64;
 /// The most bootstrap addresses.
 pub(crate) const MAX_BOOTSTRAP: usize = 1000;
-/// Characters a tag may not contain besides whitespace and control
-/// characters: `,` separates tags in lists, `+`, `*` and `:` have meanings
-/// in desired-state selectors (`tag1+tag2`, `*`, `node:<name>`).
-const TAG_FORBIDDEN: &[char] = &[',', '+', '*', ':'];
-
 /// `[node]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct NodeConfig {
     /// Display name; an empty value in the sources means the host name (or
     /// "micelio" when the machine has none).
     pub(crate) name: String,
-    /// Tags, each non-empty, without whitespace, `,`, `+`, `*` or `:`.
+    /// Tags: letters, digits, `-`, `_`, `.` (see `micelio_state::tags`).
     pub(crate) tags: Vec<String>,
     /// Where the identity, `authorized_keys` and the database live; a
     /// leading `~` is expanded, relative paths are made absolute.
@@ -209,26 +210,7 @@ fn check_name(name: &str, host: &Host) -> Result<String, String> {
 }
 
 fn check_tags(tags: &[String]) -> Result<(), String> {
-    if tags.len() > MAX_TAGS {
-        return Err(format!("at most {MAX_TAGS} tags, got {}", tags.len()));
-    }
-    for (i, tag) in tags.iter().enumerate() {
-        if tag.len() > MAX_TAG_LEN {
-            return Err(format!("{tag:?} is longer than {MAX_TAG_LEN} bytes"));
-        }
-        if tag
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || TAG_FORBIDDEN.contains(&c))
-        {
-            return Err(format!(
-                "{tag:?} may not contain whitespace, control characters, or any of , + * :"
-            ));
-        }
-        if tags[..i].contains(tag) {
-            return Err(format!("{tag:?} is listed twice"));
-        }
-    }
-    Ok(())
+    micelio_state::tags::check_tags(tags).map_err(|e| e.to_string())
 }
 
 /// Expands a leading `~` or `~/` to `home`.
@@ -986,3 +968,143 @@ where
 
 #[cfg(test)]
 mod tests;
+
+/// `[desired]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct DesiredConfig {
+    /// NodeIds whose desired entries count; empty: every member's do.
+    pub(crate) admins: Vec<String>,
+}
+
+impl DesiredConfig {
+    fn check(s: &mut Section<'_, '_>) -> Option<Self> {
+        let admins = s.strings("admins")?;
+        let mut out = Vec::with_capacity(admins.len());
+        for (i, a) in admins.iter().enumerate() {
+            let a = a.to_ascii_lowercase();
+            if a.parse::<micelio_identity::NodeId>().is_err() {
+                s.error(
+                    "admins",
+                    format!(
+                        "item {}: {a:?} is not a NodeId (64 hex digits, `micelio id` prints it)",
+                        i + 1
+                    ),
+                );
+                return None;
+            }
+            out.push(a);
+        }
+        Some(Self { admins: out })
+    }
+
+    /// The admins as a set; `None` when every member is trusted.
+    pub(crate) fn admins(&self) -> Option<std::collections::BTreeSet<micelio_identity::NodeId>> {
+        if self.admins.is_empty() {
+            return None;
+        }
+        Some(self.admins.iter().filter_map(|a| a.parse().ok()).collect())
+    }
+}
+
+/// Shortest `[[reconcile]] timeout`.
+const MIN_RECONCILE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest `[[reconcile]] timeout`.
+const MAX_RECONCILE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Most `[[reconcile]]` tables.
+const MAX_RECONCILERS: usize = 256;
+
+/// One `[[reconcile]]` table: a command reconciler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct ReconcileConfig {
+    /// A name for logs and `/drift` (the prefix when not given).
+    pub(crate) name: String,
+    /// The desired keys it claims: those starting with this prefix.
+    pub(crate) prefix: String,
+    /// The program and its arguments (run directly, not by a shell).
+    pub(crate) command: Vec<String>,
+    /// Time limit of one run.
+    #[serde(serialize_with = "humantime_str")]
+    pub(crate) timeout: Duration,
+}
+
+impl ReconcileConfig {
+    fn check_all(checker: &mut Checker<'_>) -> Option<Vec<Self>> {
+        let n = checker.table_count("reconcile");
+        if n > MAX_RECONCILERS {
+            checker.error_at(
+                "reconcile",
+                format!("at most {MAX_RECONCILERS} reconcilers, got {n}"),
+            );
+            return None;
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut ok = true;
+        for i in 0..n {
+            let Some(mut s) = checker.table("reconcile", i) else {
+                ok = false;
+                continue;
+            };
+            match Self::check(&mut s) {
+                Some(r) => {
+                    if let Some(other) = out.iter().find(|o: &&Self| o.prefix == r.prefix) {
+                        s.error(
+                            "prefix",
+                            format!("{:?} is already claimed by {:?}", r.prefix, other.name),
+                        );
+                        ok = false;
+                    } else {
+                        out.push(r);
+                    }
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn check(s: &mut Section<'_, '_>) -> Option<Self> {
+        s.unknown_keys(&["name", "prefix", "command", "timeout"]);
+        let prefix = s.parsed("prefix", |p| {
+            if p.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                return Err("may not contain whitespace or control characters".to_owned());
+            }
+            if p.len() > micelio_state::desired::MAX_KEY_LEN {
+                return Err(format!(
+                    "longer than {} bytes",
+                    micelio_state::desired::MAX_KEY_LEN
+                ));
+            }
+            Ok(p.to_owned())
+        });
+        let command = s.strings("command").and_then(|c| {
+            if c.is_empty() {
+                s.error("command", "must name a program");
+                None
+            } else {
+                Some(c)
+            }
+        });
+        let timeout = s
+            .optional_duration("timeout", micelio_state::desired::DEFAULT_TIMEOUT)
+            .and_then(|t| {
+                if (MIN_RECONCILE_TIMEOUT..=MAX_RECONCILE_TIMEOUT).contains(&t) {
+                    Some(t)
+                } else {
+                    s.error("timeout", "must be between 1s and 1h");
+                    None
+                }
+            });
+        let prefix = prefix?;
+        let name = s.optional_string("name").unwrap_or_else(|| prefix.clone());
+        Some(Self {
+            name: if name.is_empty() {
+                prefix.clone()
+            } else {
+                name
+            },
+            prefix,
+            command: command?,
+            timeout: timeout?,
+        })
+    }
+}

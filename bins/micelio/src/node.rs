@@ -13,12 +13,15 @@
 //!
 //! 1. stop accepting SSH connections and close the sessions (`SshServer`);
 //! 2. stop the partyline hub (`Partyline`);
-//! 3. stop the state service (`State`): it writes and flushes `node/left`
+//! 3. stop the desired-state task (`Desired`): running reconcilers are
+//!    dropped, a command's process group killed;
+//! 4. stop the state service (`State`): it writes and flushes `node/left`
 //!    and hands it to gossip, which is still running, then flushes its
 //!    database;
-//! 4. stop gossip (`Gossip`);
-//! 5. close the peer connections (`PeerManager`);
-//! 6. flush the known-peers storage.
+//! 5. stop gossip (`Gossip`);
+//! 6. close the peer connections (`PeerManager`), each writing what its
+//!    queue held first (at most 1 s);
+//! 7. flush the known-peers storage.
 //!
 //! While it runs, the node watches every component, none is polled: each
 //! one's `closed()` future (`SshServer::closed` for the accept loop,
@@ -147,6 +150,7 @@ fn state_config(config: &Config, addr: Option<&str>) -> micelio_state::StateConf
     c.sync_interval = st.sync_interval;
     c.tombstone_ttl = st.tombstone_ttl;
     c.gc_interval = st.gc_interval;
+    c.tags_file = Some(config.node.data_dir.join(MICELIO_DIR).join(TAGS_FILE));
     c.node = micelio_state::NodeInfo {
         name: config.node.name.clone(),
         tags: config.node.tags.clone(),
@@ -154,6 +158,30 @@ fn state_config(config: &Config, addr: Option<&str>) -> micelio_state::StateConf
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     c
+}
+
+/// The runtime tag changes, in `<data_dir>/micelio/`.
+const TAGS_FILE: &str = "tags.json";
+
+/// The command reconcilers of `[[reconcile]]`.
+fn reconcilers(
+    config: &Config,
+    me: &micelio_identity::NodeId,
+) -> Vec<Arc<dyn micelio_state::desired::Reconciler>> {
+    config
+        .reconcile
+        .iter()
+        .filter_map(|r| {
+            let c = micelio_state::desired::CommandReconciler::new(
+                r.name.clone(),
+                r.prefix.clone(),
+                r.command.clone(),
+                r.timeout,
+                me.to_hex(),
+            )?;
+            Some(Arc::new(c) as Arc<dyn micelio_state::desired::Reconciler>)
+        })
+        .collect()
 }
 
 /// Opens the state database (`<data_dir>/micelio/state`, created by
@@ -355,6 +383,7 @@ type Ended = Result<(), String>;
 struct Node {
     ssh: Option<SshServer>,
     party: Option<Partyline>,
+    desired: Option<micelio_state::desired::Desired>,
     state: Option<State>,
     gossip: Option<Gossip>,
     peers: Option<PeerManager>,
@@ -389,6 +418,10 @@ impl Node {
         if let Some(party) = &self.party {
             let closed = party.closed();
             self.watch("partyline", async move { Err(exit_reason(closed.await)) });
+        }
+        if let Some(desired) = &self.desired {
+            let closed = desired.closed();
+            self.watch("desired", async move { Err(exit_reason(closed.await)) });
         }
         if let Some(state) = &self.state {
             let closed = state.closed();
@@ -454,6 +487,14 @@ impl Node {
         .await
         .context("cannot start the state service")?;
         let state = self.state.insert(state).clone();
+        let desired = micelio_state::desired::Desired::spawn(
+            state.clone(),
+            micelio_state::desired::DesiredConfig::with_admins(config.desired.admins()),
+            reconcilers(config, identity.node_id()),
+        )
+        .await
+        .context("cannot start the desired-state task")?;
+        let desired = self.desired.insert(desired).clone();
 
         let party = Partyline::spawn(partyline_config(config), gossip.clone(), peers.clone())
             .await
@@ -462,6 +503,9 @@ impl Node {
         party
             .attach_state(state)
             .context("cannot attach the state commands")?;
+        party
+            .attach_desired(desired)
+            .context("cannot attach the desired-state commands")?;
 
         let scfg = ssh_config(config);
         let keys_path = scfg.authorized_keys.clone();
@@ -571,25 +615,29 @@ impl Node {
             party.shutdown().await;
             info!(step = 2, "stopped the partyline");
         }
+        if let Some(desired) = &self.desired {
+            desired.shutdown().await;
+            info!(step = 3, "stopped the reconcilers");
+        }
         if let Some(state) = &self.state {
             state.shutdown().await;
             info!(
-                step = 3,
+                step = 4,
                 "stopped the state service and flushed its database"
             );
         }
         if let Some(gossip) = &self.gossip {
             gossip.shutdown().await;
-            info!(step = 4, "stopped gossip");
+            info!(step = 5, "stopped gossip");
         }
-        // Steps 5 and 6: the peer manager closes its connections, then its
+        // Steps 6 and 7: the peer manager closes its connections, then its
         // storage task writes what is pending and flushes.
         let flushed = match &self.peers {
             Some(peers) => {
                 let flushed = peers.shutdown_and_flush().await.context("flushing storage");
-                info!(step = 5, "closed the peer connections");
+                info!(step = 6, "closed the peer connections");
                 if flushed.is_ok() {
-                    info!(step = 6, "flushed storage");
+                    info!(step = 7, "flushed storage");
                 }
                 flushed
             }
@@ -748,6 +796,7 @@ mod tests {
             addr: "127.0.0.1:4000".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
+        state.tags_file = Some(config.node.data_dir.join(MICELIO_DIR).join(TAGS_FILE));
         assert_eq!(state_config(&config, Some("127.0.0.1:4000")), state);
         assert_eq!(gossip_config(&config), GossipConfig::default());
         assert_eq!(

@@ -74,10 +74,22 @@ pub struct CommandCall {
     pub session: u64,
     /// The calling session's nick.
     pub nick: String,
+    /// Who logged in: the SSH user and key (for audit trails).
+    pub login: Login,
     /// Everything after the command name, `--json` removed, trimmed.
     pub args: String,
     /// Whether `--json` was given.
     pub json: bool,
+}
+
+/// Who opened a session: what the SSH layer proved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Login {
+    /// The SSH user name.
+    pub user: String,
+    /// The fingerprint of the key they logged in with (`SHA256:…`), empty
+    /// when not known.
+    pub key_fingerprint: String,
 }
 
 /// What a command (or a chat line) answers.
@@ -361,6 +373,10 @@ async fn stats(c: CommandCall) -> Reply {
         Some(s) => s.stats().await.ok(),
         None => None,
     };
+    let desired = match c.party.desired() {
+        Some(d) => d.stats().await.ok(),
+        None => None,
+    };
     if c.json {
         let transport: serde_json::Map<String, serde_json::Value> = t
             .entries()
@@ -420,6 +436,7 @@ async fn stats(c: CommandCall) -> Reply {
             "partyline": p,
             "transport": transport,
             "state": state.as_ref().map(crate::state_cmds::stats_json),
+            "desired": desired.as_ref().map(crate::desired_cmds::stats_json),
         }));
     }
     let mut out = format!(
@@ -507,6 +524,9 @@ async fn stats(c: CommandCall) -> Reply {
     }
     if let Some(s) = &state {
         out.push_str(&crate::state_cmds::stats_text(s));
+    }
+    if let Some(d) = &desired {
+        out.push_str(&crate::desired_cmds::stats_text(d));
     }
     Reply::ok(out)
 }

@@ -47,6 +47,7 @@
 
 pub mod chat;
 mod commands;
+mod desired_cmds;
 mod hub;
 mod outbox;
 mod state_cmds;
@@ -68,7 +69,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 pub use commands::{
-    BoxFuture, CommandCall, CommandSpec, Handler, Reply, STATUS_FAILED, STATUS_UNKNOWN,
+    BoxFuture, CommandCall, CommandSpec, Handler, Login, Reply, STATUS_FAILED, STATUS_UNKNOWN,
     STATUS_USAGE,
 };
 pub use hub::{
@@ -151,6 +152,8 @@ struct Inner {
     task: Mutex<Option<JoinHandle<()>>>,
     /// The state service, once attached.
     state: std::sync::OnceLock<micelio_state::State>,
+    /// The desired-state task, once attached.
+    desired: std::sync::OnceLock<micelio_state::desired::Desired>,
 }
 
 /// Handle to the partyline hub. Clones share it.
@@ -235,6 +238,7 @@ impl Partyline {
                 tasks,
                 task: Mutex::new(Some(task)),
                 state: std::sync::OnceLock::new(),
+                desired: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -323,7 +327,28 @@ impl Partyline {
     /// # Errors
     /// [`PartylineError::Stopped`].
     pub async fn join(&self, user: &str) -> Result<Session, PartylineError> {
-        self.open(user, false).await
+        self.join_as(&Login {
+            user: user.to_owned(),
+            key_fingerprint: String::new(),
+        })
+        .await
+    }
+
+    /// Like [`Partyline::join`], for `login` (its key fingerprint goes into
+    /// the audit trail of what the session desires).
+    ///
+    /// # Errors
+    /// [`PartylineError::Stopped`].
+    pub async fn join_as(&self, login: &Login) -> Result<Session, PartylineError> {
+        self.open(login, false).await
+    }
+
+    /// Like [`Partyline::join_quiet`], for `login`.
+    ///
+    /// # Errors
+    /// [`PartylineError::Stopped`].
+    pub async fn join_quiet_as(&self, login: &Login) -> Result<Session, PartylineError> {
+        self.open(login, true).await
     }
 
     /// Opens a session for one command (an SSH exec request): it is not
@@ -332,17 +357,22 @@ impl Partyline {
     /// # Errors
     /// [`PartylineError::Stopped`].
     pub async fn join_quiet(&self, user: &str) -> Result<Session, PartylineError> {
-        self.open(user, true).await
+        self.join_quiet_as(&Login {
+            user: user.to_owned(),
+            key_fingerprint: String::new(),
+        })
+        .await
     }
 
-    async fn open(&self, user: &str, quiet: bool) -> Result<Session, PartylineError> {
-        let user = user.to_owned();
+    async fn open(&self, login: &Login, quiet: bool) -> Result<Session, PartylineError> {
+        let user = login.user.clone();
         let (id, nick, out) = self
             .ask(|reply| HubMsg::Join { user, quiet, reply })
             .await?;
         Ok(Session {
             id,
             nick,
+            login: login.clone(),
             party: self.clone(),
             out,
         })
@@ -471,6 +501,7 @@ impl Partyline {
 pub struct Session {
     id: u64,
     nick: String,
+    login: Login,
     party: Partyline,
     out: mpsc::Receiver<Output>,
 }
@@ -523,6 +554,7 @@ impl Session {
             party: self.party.clone(),
             session: self.id,
             nick: self.nick.clone(),
+            login: self.login.clone(),
             args,
             json,
         };

@@ -1,4 +1,5 @@
-//! The state commands (`/state`, `/get`, `/set`, `/del`, `/nodes`) and the
+//! The state commands (`/state`, `/get`, `/set`, `/del`, `/nodes`, `/tags`,
+//! `/tag`) and the
 //! state section of `/stats`, registered by [`Partyline::attach_state`].
 //!
 //! Keys: a key whose first segment is a NodeId (64 hex characters) is a
@@ -60,16 +61,36 @@ pub(crate) fn commands(state: &State) -> Vec<CommandSpec> {
         },
     );
     let s = state.clone();
+    let tags = CommandSpec::new(
+        "tags",
+        "/tags [--json]",
+        "this node's tags, configured and changed at runtime",
+        move |c| {
+            let s = s.clone();
+            async move { tags(&s, &c).await }
+        },
+    );
+    let s = state.clone();
+    let tag = CommandSpec::new(
+        "tag",
+        "/tag add|del <tag>",
+        "add or remove a tag of this node (kept across restarts)",
+        move |c| {
+            let s = s.clone();
+            async move { tag(&s, &c).await }
+        },
+    );
+    let s = state.clone();
     let nodes = CommandSpec::new(
         "nodes",
-        "/nodes [--json]",
-        "the mesh's members: liveness, last heartbeat, address, version, tags",
+        "/nodes [selector] [--json]",
+        "the mesh's members (those a selector matches): liveness, last heartbeat, address, version, tags",
         move |c| {
             let s = s.clone();
             async move { nodes(&s, &c).await }
         },
     );
-    vec![list, get, set, del, nodes]
+    vec![list, get, set, del, nodes, tags, tag]
 }
 
 /// Whether `segment` is a NodeId in hex.
@@ -229,11 +250,99 @@ fn ago(m: &Member) -> String {
     }
 }
 
+async fn tags(state: &State, c: &CommandCall) -> Reply {
+    let set = match state.tags().await {
+        Ok(t) => t,
+        Err(e) => return failed(&e),
+    };
+    if c.json {
+        return Reply::json(&json!(set));
+    }
+    let list = |t: &[String]| {
+        if t.is_empty() {
+            "none".to_owned()
+        } else {
+            t.join(", ")
+        }
+    };
+    let mut out = format!("tags: {}", list(&set.tags));
+    out.push_str(&format!(
+        "
+  configured (node.tags): {}",
+        list(&set.configured)
+    ));
+    if !set.added.is_empty() {
+        out.push_str(&format!(
+            "
+  added at runtime: {}",
+            list(&set.added)
+        ));
+    }
+    if !set.removed.is_empty() {
+        out.push_str(&format!(
+            "
+  removed at runtime: {}",
+            list(&set.removed)
+        ));
+    }
+    Reply::ok(out)
+}
+
+async fn tag(state: &State, c: &CommandCall) -> Reply {
+    const USAGE: &str = "/tag add|del <tag>";
+    let parts: Vec<&str> = c.args.split_whitespace().collect();
+    let (add, name) = match parts.as_slice() {
+        ["add", t] => (true, *t),
+        ["del", t] => (false, *t),
+        _ => return Reply::usage(USAGE),
+    };
+    let r = if add {
+        state.add_tag(name).await
+    } else {
+        state.remove_tag(name).await
+    };
+    match r {
+        Ok(Some(set)) => Reply::ok(format!(
+            "{} tag {name}: tags now {}",
+            if add { "added" } else { "removed" },
+            if set.tags.is_empty() {
+                "none".to_owned()
+            } else {
+                set.tags.join(", ")
+            }
+        )),
+        Ok(None) if add => Reply::ok(format!("this node already has the tag {name}")),
+        Ok(None) => Reply::fail(format!("this node has no tag {}", sanitize(name))),
+        Err(e) => failed(&e),
+    }
+}
+
 async fn nodes(state: &State, c: &CommandCall) -> Reply {
+    let filter = if c.args.is_empty() {
+        None
+    } else {
+        match crate::desired_cmds::selector_arg(&c.args) {
+            Ok(s) => Some(s),
+            Err(r) => return r,
+        }
+    };
     let members = match state.members().await {
         Ok(m) => m,
         Err(e) => return failed(&e),
     };
+    let members: Vec<Member> = members
+        .into_iter()
+        .filter(|m| {
+            filter.as_ref().is_none_or(|f| {
+                let hex = m.node_id.to_hex();
+                f.matches(&micelio_state::selector::Target {
+                    node_id: &hex,
+                    name: &m.name,
+                    tags: &m.tags,
+                })
+            })
+        })
+        .collect();
     if c.json {
         let list: Vec<_> = members
             .iter()

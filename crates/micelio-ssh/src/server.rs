@@ -342,6 +342,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             shared: shared.clone(),
             peer,
             user: None,
+            key_fingerprint: String::new(),
             permissions: None,
             channels: HashMap::new(),
         };
@@ -381,6 +382,8 @@ struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
     user: Option<String>,
+    /// The fingerprint of the key the client logged in with.
+    key_fingerprint: String,
     /// What the key the client logged in with allows.
     permissions: Option<KeyPermissions>,
     channels: HashMap<ChannelId, ChannelState>,
@@ -414,7 +417,10 @@ impl Conn {
         }
         let (tx, rx) = mpsc::channel(CHANNEL_INPUT_QUEUE);
         state.input = Some(tx);
-        let user = self.user.clone().unwrap_or_else(|| "user".into());
+        let user = micelio_partyline::Login {
+            user: self.user.clone().unwrap_or_else(|| "user".into()),
+            key_fingerprint: self.key_fingerprint.clone(),
+        };
         let shared = self.shared.clone();
         let width = state.pty_width;
         let task = async move {
@@ -459,6 +465,7 @@ impl russh::server::Handler for Conn {
                 self.shared.counters.logins.fetch_add(1, Ordering::Relaxed);
                 info!(peer = %self.peer, user, pty_allowed = permissions.pty, "ssh login");
                 self.user = Some(user.to_owned());
+                self.key_fingerprint = key.public_key.fingerprint(Default::default()).to_string();
                 self.permissions = Some(permissions);
                 Ok(Auth::Accept)
             }

@@ -94,12 +94,12 @@ pub(crate) async fn run_interactive(
     shared: &Shared,
     handle: Handle,
     channel: ChannelId,
-    user: &str,
+    user: &micelio_partyline::Login,
     width: u16,
     mut input: mpsc::Receiver<ChanInput>,
 ) {
     let mut out = Out::new(shared, handle, channel);
-    let Ok(mut session) = shared.party.join(user).await else {
+    let Ok(mut session) = shared.party.join_as(user).await else {
         out.write(crlf("the partyline is not available")).await;
         out.finish(1).await;
         return;
@@ -200,11 +200,11 @@ pub(crate) async fn run_plain(
     shared: &Shared,
     handle: Handle,
     channel: ChannelId,
-    user: &str,
+    user: &micelio_partyline::Login,
     mut input: mpsc::Receiver<ChanInput>,
 ) {
     let mut out = Out::new(shared, handle, channel);
-    let Ok(mut session) = shared.party.join(user).await else {
+    let Ok(mut session) = shared.party.join_as(user).await else {
         out.write(plain("the partyline is not available")).await;
         out.finish(1).await;
         return;
@@ -271,11 +271,11 @@ pub(crate) async fn run_exec(
     shared: &Shared,
     handle: Handle,
     channel: ChannelId,
-    user: &str,
+    user: &micelio_partyline::Login,
     command: &str,
 ) {
     let mut out = Out::new(shared, handle, channel);
-    let status = match shared.party.join_quiet(user).await {
+    let status = match shared.party.join_quiet_as(user).await {
         Ok(mut session) => {
             let reply = session.input(command.trim()).await;
             write_reply(&mut out, &reply).await;

@@ -49,7 +49,7 @@ const ID_HEX_LEN: usize = 64;
 /// The prefix of a one-node selector.
 const NODE_PREFIX: &str = "node:";
 
-/// A parsed selector ([module docs](self) for the grammar).
+/// A parsed selector ([module docs](crate::selector) for the grammar).
 ///
 /// Values from [`Selector::parse`] keep `with` and `without` sorted and
 /// free of duplicates, so equal selectors compare equal; values built by
@@ -202,7 +202,7 @@ pub enum SelectorErrorKind {
 type Fault = (usize, SelectorErrorKind);
 
 impl Selector {
-    /// Parses a selector ([module docs](self) for the grammar). The
+    /// Parses a selector ([module docs](crate::selector) for the grammar). The
     /// error's offset points at the first bad character or term, from the
     /// left.
     pub fn parse(s: &str) -> Result<Selector, SelectorError> {

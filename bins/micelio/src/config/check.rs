@@ -130,9 +130,54 @@ impl<'a> Checker<'a> {
         };
         Section {
             checker: self,
-            name,
+            name: name.into(),
             dict,
         }
+    }
+
+    /// How many tables the array of tables `name` (`[[name]]`) holds; a
+    /// value that is not an array of tables is reported (and counts 0).
+    pub(crate) fn table_count(&mut self, name: &'static str) -> usize {
+        let root = self.root;
+        match root.get(name) {
+            None => 0,
+            Some(Value::Array(_, values)) => {
+                for (i, v) in values.iter().enumerate() {
+                    if !matches!(v, Value::Dict(..)) {
+                        let message =
+                            format!("item {}: expected a table, got {}", i + 1, describe(v));
+                        self.push(name, v.tag(), message);
+                    }
+                }
+                values.len()
+            }
+            Some(other) => {
+                let message = format!(
+                    "expected an array of tables ([[{name}]]), got {}",
+                    describe(other)
+                );
+                self.push(name, other.tag(), message);
+                0
+            }
+        }
+    }
+
+    /// Table `i` (0-based) of the array of tables `name`, read as a section
+    /// named `name[i+1]`; `None` when it is not a table (already reported
+    /// by [`Checker::table_count`]).
+    pub(crate) fn table(&mut self, name: &'static str, i: usize) -> Option<Section<'_, 'a>> {
+        let root = self.root;
+        let Some(Value::Array(_, values)) = root.get(name) else {
+            return None;
+        };
+        let Some(Value::Dict(_, dict)) = values.get(i) else {
+            return None;
+        };
+        Some(Section {
+            checker: self,
+            name: format!("{name}[{}]", i + 1).into(),
+            dict: Some(dict),
+        })
     }
 
     /// Records an error about the field at the dotted `path` (used for rules
@@ -172,7 +217,7 @@ fn find<'v>(root: &'v Dict, path: &str) -> Option<&'v Value> {
 /// `None` when the value cannot be used.
 pub(crate) struct Section<'c, 'a> {
     checker: &'c mut Checker<'a>,
-    name: &'static str,
+    name: std::borrow::Cow<'static, str>,
     dict: Option<&'a Dict>,
 }
 
@@ -294,6 +339,48 @@ impl<'a> Section<'_, 'a> {
             Err(message) => {
                 self.error(key, message);
                 None
+            }
+        }
+    }
+
+    /// Whether the section has `key`.
+    fn has(&self, key: &str) -> bool {
+        self.dict.is_some_and(|d| d.contains_key(key))
+    }
+
+    /// A string that may be absent (`None`, no error).
+    pub(crate) fn optional_string(&mut self, key: &str) -> Option<String> {
+        if self.has(key) {
+            self.string(key)
+        } else {
+            None
+        }
+    }
+
+    /// A duration that may be absent (then `default`).
+    pub(crate) fn optional_duration(&mut self, key: &str, default: Duration) -> Option<Duration> {
+        if self.has(key) {
+            self.duration(key)
+        } else {
+            Some(default)
+        }
+    }
+
+    /// Reports every key of this section not in `known` (for tables that
+    /// have no defaults to serve as their schema).
+    pub(crate) fn unknown_keys(&mut self, known: &[&str]) {
+        let Some(dict) = self.dict else { return };
+        for key in dict.keys() {
+            if !known.contains(&key.as_str()) {
+                let hint = did_you_mean(
+                    key,
+                    known
+                        .iter()
+                        .map(|k| (*k).to_owned())
+                        .collect::<Vec<_>>()
+                        .iter(),
+                );
+                self.error(key, format!("unknown key{hint}"));
             }
         }
     }

@@ -211,15 +211,17 @@ fn names_are_bounded_and_printable() {
 fn tags_rules() {
     let config = toml("[node]\ntags = [\"eu-west\", \"gpu\"]").ok();
     assert_eq!(config.node.tags, ["eu-west", "gpu"]);
-    toml("[node]\ntags = [\"a b\"]").fails("node.tags", "whitespace");
-    toml("[node]\ntags = [\"a,b\"]").fails("node.tags", ",");
-    toml("[node]\ntags = [\"a+b\"]").fails("node.tags", "+");
+    toml("[node]\ntags = [\"a b\"]").fails("node.tags", "' ' at byte 1");
+    toml("[node]\ntags = [\"a,b\"]").fails("node.tags", "','");
+    toml("[node]\ntags = [\"a+b\"]").fails("node.tags", "'+' at byte 1");
+    toml("[node]\ntags = [\"-a\"]").fails("node.tags", "start");
     toml("[node]\ntags = [\"\"]").fails("node.tags", "item 1 is empty");
-    toml("[node]\ntags = [\"x\", \"x\"]").fails("node.tags", "twice");
+    toml("[node]\ntags = [\"x\", \"x\"]").fails("node.tags", "x");
     toml("[node]\ntags = \"gpu\"").ok();
     toml("[node]\ntags = [1]").fails("node.tags", "expected a string");
     let many: Vec<String> = (0..65).map(|i| format!("\"t{i}\"")).collect();
-    toml(&format!("[node]\ntags = [{}]", many.join(","))).fails("node.tags", "at most 64");
+    toml(&format!("[node]\ntags = [{}]", many.join(",")))
+        .fails("node.tags", "over the limit of 64");
 }
 
 #[test]
@@ -782,4 +784,36 @@ fn the_example_file_lists_every_key() {
             );
         }
     }
+}
+
+#[test]
+fn desired_admins_are_node_ids() {
+    let id = "ab".repeat(32);
+    let config = toml(&format!("[desired]\nadmins = [\"{}\"]", id.to_uppercase())).ok();
+    assert_eq!(config.desired.admins, [id.clone()]);
+    assert_eq!(config.desired.admins().map(|a| a.len()), Some(1));
+    assert_eq!(toml("").ok().desired.admins(), None);
+    toml("[desired]\nadmins = [\"bob\"]").fails("desired.admins", "not a NodeId");
+}
+
+#[test]
+fn reconcilers_are_checked_one_table_at_a_time() {
+    let config = toml(
+        "[[reconcile]]\nprefix = \"files/\"\ncommand = [\"/bin/true\", \"x\"]\n\
+         [[reconcile]]\nname = \"pkg\"\nprefix = \"pkg/\"\ncommand = [\"apt\"]\ntimeout = \"5m\"",
+    )
+    .ok();
+    assert_eq!(config.reconcile.len(), 2);
+    assert_eq!(config.reconcile[0].name, "files/");
+    assert_eq!(config.reconcile[0].timeout, Duration::from_secs(30));
+    assert_eq!(config.reconcile[1].timeout, Duration::from_secs(300));
+    toml("[[reconcile]]\nprefix = \"a\"\ncommand = []").fails("reconcile[1].command", "program");
+    toml("[[reconcile]]\ncommand = [\"x\"]").fails("reconcile[1].prefix", "missing");
+    toml("[[reconcile]]\nprefix = \"a\"\ncommand = [\"x\"]\ntimeout = \"2h\"")
+        .fails("reconcile[1].timeout", "between");
+    toml("[[reconcile]]\nprefix = \"a\"\ncommand = [\"x\"]\ncomand = 1")
+        .fails("reconcile[1].comand", "unknown key");
+    toml("[[reconcile]]\nprefix = \"a\"\ncommand = [\"x\"]\n[[reconcile]]\nprefix = \"a\"\ncommand = [\"y\"]")
+        .fails("reconcile[2].prefix", "already claimed");
+    toml("reconcile = 3").fails("reconcile", "array of tables");
 }

@@ -254,9 +254,15 @@ impl Desired {
         rx.await.map_err(|_| DesiredError::Stopped)
     }
 
-    fn author(&self, mut by: Author) -> Author {
+    /// `by` with its time and this node's name filled in where empty.
+    async fn author(&self, mut by: Author) -> Author {
         if by.at == 0 {
             by.at = crate::service::unix_now();
+        }
+        if by.node_name.is_empty()
+            && let Ok(Some(e)) = self.state.get(&self.state.own_key("node/name")).await
+        {
+            by.node_name = String::from_utf8_lossy(&e.value).into_owned();
         }
         by
     }
@@ -305,7 +311,7 @@ impl Desired {
         if value.contains('\0') {
             return Err(RecordError::Nul.into());
         }
-        let by = self.author(by);
+        let by = self.author(by).await;
         self.write(selector, key, &DesiredRecord::set(value, by))
             .await
     }
@@ -338,7 +344,7 @@ impl Desired {
                 key: key.to_owned(),
             });
         }
-        let by = self.author(by);
+        let by = self.author(by).await;
         self.write(selector, key, &DesiredRecord::removal(by)).await
     }
 

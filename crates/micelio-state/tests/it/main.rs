@@ -1,5 +1,6 @@
 //! Integration tests of micelio-state's core.
 
+mod desired;
 mod merge;
 mod service;
 mod sim;
