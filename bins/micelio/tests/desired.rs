@@ -150,7 +150,7 @@ fn a_desired_value_reaches_its_tag_fails_visibly_follows_retags_and_is_removed()
     let f = Fleet::new();
     let a = f.start("alpha", &["EU", "prod"], "", None);
     let b = f.start("beta", &["EU"], "", Some(&a.addr));
-    let mut c = f.start("gamma", &["US"], "", Some(&a.addr));
+    let c = f.start("gamma", &["US"], "", Some(&a.addr));
     for (n, name) in [(&a, "alpha"), (&b, "beta"), (&c, "gamma")] {
         f.poll(n, name, "/nodes --json", |t| {
             serde_json::from_str::<Value>(t)

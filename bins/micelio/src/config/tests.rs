@@ -790,7 +790,7 @@ fn the_example_file_lists_every_key() {
 fn desired_admins_are_node_ids() {
     let id = "ab".repeat(32);
     let config = toml(&format!("[desired]\nadmins = [\"{}\"]", id.to_uppercase())).ok();
-    assert_eq!(config.desired.admins, [id.clone()]);
+    assert_eq!(config.desired.admins, [id]);
     assert_eq!(config.desired.admins().map(|a| a.len()), Some(1));
     assert_eq!(toml("").ok().desired.admins(), None);
     toml("[desired]\nadmins = [\"bob\"]").fails("desired.admins", "not a NodeId");
