@@ -157,15 +157,19 @@ fn a_desired_value_reaches_its_tag_fails_visibly_follows_retags_and_is_removed()
                 .is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 3))
         });
     }
-    let (eu, _) = f.exec(&c, "gamma", "/nodes EU --json");
-    let names: Vec<String> = serde_json::from_str::<Value>(&eu)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(names.len(), 2, "{eu}");
+    // Members are listed from their first heartbeat; their tags may come a
+    // moment later.
+    let names_of = |json: &str| -> Vec<String> {
+        serde_json::from_str::<Value>(json)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| m["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let eu = f.poll(&c, "gamma", "/nodes EU --json", |t| names_of(t).len() == 2);
+    let names = names_of(&eu);
     assert!(names.contains(&"alpha".to_owned()) && names.contains(&"beta".to_owned()));
     let (bad, st) = f.exec(&c, "gamma", "/nodes EU+pr od");
     assert_eq!(st, 2, "{bad}");
