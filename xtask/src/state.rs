@@ -2,8 +2,8 @@
 //! converges, each figure beside the raw limit measured in the same run.
 //!
 //! ```text
-//! cargo xtask state [--mode latency,heal,catchup,heartbeat,rss,procs]
-//!                   [--nodes N[,N…]] [--procs N] [--writes M] [--quiet] [--memory-store] [--entries E[,E…]]
+//! cargo xtask state [--mode latency,heal,catchup,heartbeat,rss,procs,desired]
+//!                   [--nodes N[,N…]] [--procs N] [--desired-procs N] [--writes M] [--quiet] [--memory-store] [--no-tree] [--entries E[,E…]]
 //!                   [--heartbeat-secs S] [--seed S] [--json-only]
 //! ```
 //!
@@ -12,7 +12,8 @@
 //! itself from a release build of xtask (set `XTASK_STATE_DEV=1` to skip).
 //! Every mode runs in this process over the in-memory transport (real
 //! frame codec, no sockets, no Noise), except `rss`, which measures a child
-//! process of its own.
+//! process of its own, and `procs` and the second half of `desired`, which
+//! start real `micelio` processes.
 //!
 //! # Modes
 //!
@@ -68,6 +69,13 @@
 //!   cache 32 MiB, the default) and reports its resident memory once loaded,
 //!   beside its resident memory before opening the store, and the store's
 //!   bytes on disk per entry.
+//! - `desired`: desired state from `/desire` to a converged fleet, for
+//!   each `--nodes` N in process (memory transport, a reconciler that
+//!   applies at once) and for `--desired-procs` real processes (10 unless
+//!   told, 0 for none; command reconcilers), each round beside a plain state write of
+//!   the same mesh; `--writes` rounds (at most 30 with processes);
+//!   `--no-tree` turns the broadcast tree off in process. See
+//!   [`desired`] for what exactly is timed.
 //!
 //! Output: a table per mode on stderr, and one JSON line per figure on
 //! stdout (`"bench": "state_<mode>"`). Figures vary with the machine:
@@ -98,8 +106,22 @@ use serde_json::json;
 
 use crate::mesh::{percentile, round};
 
-const USAGE: &str = "usage: cargo xtask state [--mode latency,heal,catchup,heartbeat,rss,procs] \
-[--nodes N[,N…]] [--procs N] [--writes M] [--quiet] [--memory-store] [--entries E[,E…]] [--heartbeat-secs S] [--seed S] [--json-only]";
+mod desired;
+mod procs;
+
+/// Every mode, in the order they run by default.
+const MODES: [&str; 7] = [
+    "latency",
+    "heal",
+    "catchup",
+    "heartbeat",
+    "rss",
+    "procs",
+    "desired",
+];
+
+const USAGE: &str = "usage: cargo xtask state [--mode latency,heal,catchup,heartbeat,rss,procs,desired] \
+[--nodes N[,N…]] [--procs N] [--desired-procs N] [--writes M] [--quiet] [--memory-store] [--no-tree] [--entries E[,E…]] [--heartbeat-secs S] [--seed S] [--json-only]";
 
 /// Set to run the dev build as it is.
 const DEV_PROFILE_ENV: &str = "XTASK_STATE_DEV";
@@ -113,6 +135,8 @@ struct Args {
     modes: Vec<String>,
     nodes: Vec<usize>,
     procs: usize,
+    /// Processes of the `desired` mode.
+    desired_procs: usize,
     writes: usize,
     entries: Vec<usize>,
     heartbeat_secs: u64,
@@ -121,22 +145,25 @@ struct Args {
     quiet: bool,
     /// `catchup` into a memory store instead of sled.
     memory_store: bool,
+    /// In-process `desired` with the broadcast tree off (every node pushes
+    /// to `fanout` random peers, the reference's rule).
+    no_tree: bool,
     seed: u64,
     json_only: bool,
 }
 
 fn parse(raw: &[&str]) -> anyhow::Result<Option<Args>> {
     let mut a = Args {
-        modes: ["latency", "heal", "catchup", "heartbeat", "rss", "procs"]
-            .map(str::to_owned)
-            .to_vec(),
+        modes: MODES.map(str::to_owned).to_vec(),
         nodes: vec![10, 50, 100],
         procs: 50,
+        desired_procs: 10,
         writes: 100,
         entries: vec![100_000],
         heartbeat_secs: 30,
         quiet: false,
         memory_store: false,
+        no_tree: false,
         seed: 1,
         json_only: false,
     };
@@ -162,6 +189,7 @@ fn parse(raw: &[&str]) -> anyhow::Result<Option<Args>> {
             "--mode" => a.modes = value()?.split(',').map(str::to_owned).collect(),
             "--nodes" => a.nodes = list(&value()?)?,
             "--procs" => a.procs = value()?.parse()?,
+            "--desired-procs" => a.desired_procs = value()?.parse()?,
             "--writes" => a.writes = value()?.parse()?,
             "--entries" => a.entries = list(&value()?)?,
             "--heartbeat-secs" => a.heartbeat_secs = value()?.parse()?,
@@ -169,11 +197,12 @@ fn parse(raw: &[&str]) -> anyhow::Result<Option<Args>> {
             "--json-only" => a.json_only = true,
             "--quiet" => a.quiet = true,
             "--memory-store" => a.memory_store = true,
+            "--no-tree" => a.no_tree = true,
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
     for m in &a.modes {
-        if !["latency", "heal", "catchup", "heartbeat", "rss", "procs"].contains(&m.as_str()) {
+        if !MODES.contains(&m.as_str()) {
             bail!("unknown mode {m}\n{USAGE}");
         }
     }
@@ -239,7 +268,13 @@ pub(crate) fn run(root: &Path, raw: &[&str]) -> anyhow::Result<()> {
                 runtime.block_on(heartbeat(&args, n))?;
             }
             "rss" => rss(&args)?,
-            "procs" => procs(root, &args)?,
+            "procs" => procs::procs(root, &args)?,
+            "desired" => {
+                for &n in &args.nodes {
+                    runtime.block_on(desired::memory(&args, n))?;
+                }
+                desired::procs(root, &args)?;
+            }
             _ => unreachable!("checked by parse"),
         }
     }
@@ -266,10 +301,21 @@ async fn spawn_node(
     store: Box<dyn StateStore>,
     config: StateConfig,
 ) -> anyhow::Result<Node> {
+    spawn_node_with(mesh, identity, i, store, config, GossipConfig::default()).await
+}
+
+async fn spawn_node_with(
+    mesh: &MemoryMesh,
+    identity: Identity,
+    i: usize,
+    store: Box<dyn StateStore>,
+    config: StateConfig,
+    gossip: GossipConfig,
+) -> anyhow::Result<Node> {
     let seed = (i % 250) as u8 + 1;
     let mut t = transport(seed);
     t.listen = Some(crate::mesh::memory::addr(i));
-    let net = GossipNode::spawn_with(mesh, Arc::new(identity), t, GossipConfig::default())
+    let net = GossipNode::spawn_with(mesh, Arc::new(identity), t, gossip)
         .await
         .with_context(|| format!("starting node {i}"))?;
     let mut config = config;
@@ -972,263 +1018,6 @@ async fn heartbeat(args: &Args, n: usize) -> anyhow::Result<()> {
         before.0 / n as u64,
         after.0 / n as u64,
         after.1
-    );
-    emit(args, &row, &table);
-    Ok(())
-}
-
-// ---- real processes ----
-
-/// One log event of a process: (process, message, key, when).
-type Logged = (usize, String, String, std::time::SystemTime);
-
-/// A `state …` debug line of a JSON log: its message, key and timestamp.
-fn parse_state_line(line: &str) -> Option<(String, String, std::time::SystemTime)> {
-    if !line.contains("\"state ") {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let fields = v.get("fields")?;
-    let message = fields.get("message")?.as_str()?;
-    if message != "state write acknowledged" && message != "state entry accepted" {
-        return None;
-    }
-    let key = fields.get("key")?.as_str()?.to_owned();
-    let at = crate::mesh::parse_rfc3339(v.get("timestamp")?.as_str()?)?;
-    Some((message.to_owned(), key, at))
-}
-
-fn procs(root: &Path, args: &Args) -> anyhow::Result<()> {
-    use std::io::BufRead as _;
-    let n = args.procs.max(2);
-    progress(args, "procs: building the release micelio binary");
-    let bin = crate::mesh::build_binary(root, args.json_only)?;
-    let dir = tempfile::tempdir()?;
-    let key_file = dir.path().join("bench_key");
-    let st = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f"])
-        .arg(&key_file)
-        .status()
-        .context("ssh-keygen")?;
-    if !st.success() {
-        bail!("ssh-keygen failed");
-    }
-    let public = std::fs::read_to_string(key_file.with_extension("pub"))?;
-    let mut children = crate::mesh::Children(Vec::new());
-    let (tx, rx) = std::sync::mpsc::channel::<Logged>();
-    let mut peers: Vec<String> = Vec::new();
-    let mut sshs: Vec<String> = Vec::new();
-    let mut rng = SmallRng::seed_from_u64(args.seed);
-    for i in 0..n {
-        let data = dir.path().join(format!("node-{i}"));
-        std::fs::create_dir_all(&data)?;
-        std::fs::write(data.join("authorized_keys"), &public)?;
-        let mut cmd = micelio_testkit::micelio::command(&bin, dir.path(), &[]);
-        cmd.arg("--data-dir")
-            .arg(&data)
-            .args(["--name", &format!("bench-{i}")])
-            .args(["--listen", "127.0.0.1:0", "--ssh-listen", "127.0.0.1:0"])
-            .args([
-                "--log-format",
-                "json",
-                "--log-level",
-                "info,micelio_state=debug",
-            ])
-            .env("MICELIO_NETWORK__EXCHANGE_INTERVAL", "1s")
-            .env("MICELIO_NETWORK__DISCOVERY_INTERVAL", "1s")
-            .env("MICELIO_NETWORK__MAX_PEERS", "8")
-            // One runtime thread each, as `mesh --transport tcp --threads 1`
-            // measures chat: 50 processes share 2 cores.
-            .env("MICELIO_NODE__WORKER_THREADS", "1");
-        if i > 0 {
-            let mut boot: Vec<String> = (0..3.min(i))
-                .map(|_| peers[rng.random_range(0..i)].clone())
-                .collect();
-            boot.sort();
-            boot.dedup();
-            cmd.arg("--bootstrap").arg(boot.join(","));
-        }
-        let (stdout, stderr) = children.spawn_piped(cmd, &format!("process {i}"))?;
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let (mut peer, mut ssh) = (None, None);
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let mut words = line.split_whitespace();
-                match (words.next(), words.next()) {
-                    (Some("peers"), Some(a)) => peer = Some(a.to_owned()),
-                    (Some("ssh"), Some(a)) => ssh = Some(a.to_owned()),
-                    _ => {}
-                }
-                if let (Some(p), Some(s)) = (&peer, &ssh) {
-                    let _ = addr_tx.send((p.clone(), s.clone()));
-                    peer = None;
-                    ssh = None;
-                }
-            }
-        });
-        let tx = tx.clone();
-        let tail: Arc<Mutex<Vec<String>>> = Arc::default();
-        let last_words = tail.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                match parse_state_line(&line) {
-                    Some((message, key, at)) => {
-                        if tx.send((i, message, key, at)).is_err() {
-                            break;
-                        }
-                    }
-                    None => {
-                        if let Ok(mut t) = last_words.lock()
-                            && t.len() < 20
-                        {
-                            t.push(line);
-                        }
-                    }
-                }
-            }
-        });
-        let Ok((peer, ssh)) = addr_rx.recv_timeout(Duration::from_secs(30)) else {
-            std::thread::sleep(Duration::from_millis(300));
-            let said = tail.lock().map(|t| t.join("\n")).unwrap_or_default();
-            bail!("process {i} printed no addresses; its first log lines:\n{said}");
-        };
-        peers.push(peer);
-        sshs.push(ssh);
-    }
-    progress(
-        args,
-        &format!("procs: {n} processes started; waiting for the mesh"),
-    );
-    // key → (origin ack time, process → accepted time).
-    let mut seen: HashMap<
-        String,
-        (
-            Option<std::time::SystemTime>,
-            HashMap<usize, std::time::SystemTime>,
-        ),
-    > = HashMap::new();
-    let drain = |seen: &mut HashMap<_, _>| {
-        while let Ok((i, message, key, at)) = rx.try_recv() {
-            let slot: &mut (
-                Option<std::time::SystemTime>,
-                HashMap<usize, std::time::SystemTime>,
-            ) = seen.entry(key).or_default();
-            if message == "state write acknowledged" {
-                slot.0 = Some(at);
-            } else {
-                slot.1.entry(i).or_insert(at);
-            }
-        }
-    };
-    let set = |i: usize, key: &str, value: &str| -> anyhow::Result<()> {
-        let (host, port) = sshs[i].rsplit_once(':').context("ssh address")?;
-        let out = std::process::Command::new("ssh")
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-            ])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-            ])
-            .args(["-o", "LogLevel=ERROR", "-i"])
-            .arg(&key_file)
-            .args(["-p", port])
-            .arg(format!("bench@{host}"))
-            .arg(format!("/set {key} {value}"))
-            .stdin(std::process::Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "ssh /set on process {i}: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        Ok(())
-    };
-    // Wait until a first write reaches every process: the mesh is up.
-    let start = Instant::now();
-    let mut warm = 0;
-    loop {
-        let k = format!("warmup/{warm}");
-        set(0, &k, "x")?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut everyone = false;
-        while Instant::now() < deadline {
-            drain(&mut seen);
-            if seen
-                .iter()
-                .find(|(key, _)| key.ends_with(&k))
-                .is_some_and(|(_, (_, got))| got.len() >= n - 1)
-            {
-                everyone = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if everyone {
-            break;
-        }
-        warm += 1;
-        if start.elapsed() > Duration::from_secs(120) {
-            bail!("the {n} processes did not mesh within 120 s");
-        }
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    let writes = args.writes.min(50);
-    let mut lat = Vec::new();
-    let mut missing = 0;
-    for k in 0..writes {
-        let i = rng.random_range(0..n);
-        let sub = format!("bench/{k}");
-        let value = String::from_utf8_lossy(&value(k)).into_owned();
-        set(i, &sub, &value)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut done = None;
-        while Instant::now() < deadline {
-            drain(&mut seen);
-            if let Some((_, (Some(acked), got))) = seen
-                .iter()
-                .find(|(key, _)| key.ends_with(&format!("/{sub}")))
-                && got.len() >= n - 1
-            {
-                let last = got.values().max().copied().unwrap_or(*acked);
-                done = Some(last.duration_since(*acked).unwrap_or_default());
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        match done {
-            Some(d) => lat.push(ms(d)),
-            None => missing += 1,
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    drop(children);
-    let (p50, p90, p99) = pcts(lat.clone());
-    let row = json!({
-        "bench": "state_latency", "transport": "tcp", "processes": n, "writes": writes,
-        "visible_everywhere": lat.len(), "missing": missing,
-        "p50_ms": p50, "p90_ms": p90, "p99_ms": p99,
-    });
-    let table = format!(
-        "state write → visible on all {n} processes (TCP, Noise): p50 {} p90 {} p99 {} ms ({} of {writes} everywhere)\n",
-        cell(p50),
-        cell(p90),
-        cell(p99),
-        lat.len()
     );
     emit(args, &row, &table);
     Ok(())

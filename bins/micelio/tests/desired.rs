@@ -1,7 +1,8 @@
 //! End-to-end tests of tags and desired state with real `micelio`
 //! processes, command reconcilers (a shell script that writes files) and
-//! the real OpenSSH client: a value desired for a tag reaches exactly those
-//! nodes, byte for byte and never executed; a failing and a hanging
+//! the real OpenSSH client: in a 5-node mesh with mixed tags, a value
+//! desired for a tag reaches exactly those nodes, byte for byte and never
+//! executed; a failing and a hanging
 //! reconciler show in `/drift` everywhere and converge once fixed; retags
 //! move nodes in and out (and survive a restart); `/undesire` runs the
 //! removes; with `[desired] admins` a non-admin's entry is ignored.
@@ -151,10 +152,19 @@ fn a_desired_value_reaches_its_tag_fails_visibly_follows_retags_and_is_removed()
     let a = f.start("alpha", &["EU", "prod"], "", None);
     let b = f.start("beta", &["EU"], "", Some(&a.addr));
     let c = f.start("gamma", &["US"], "", Some(&a.addr));
-    for (n, name) in [(&a, "alpha"), (&b, "beta"), (&c, "gamma")] {
+    let d = f.start("delta", &["EU", "canary"], "", Some(&b.addr));
+    let e = f.start("epsilon", &["US"], "", Some(&c.addr));
+    let all = [
+        (&a, "alpha"),
+        (&b, "beta"),
+        (&c, "gamma"),
+        (&d, "delta"),
+        (&e, "epsilon"),
+    ];
+    for (n, name) in all {
         f.poll(n, name, "/nodes --json", |t| {
             serde_json::from_str::<Value>(t)
-                .is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 3))
+                .is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 5))
         });
     }
     // Members are listed from their first heartbeat; their tags may come a
@@ -168,9 +178,14 @@ fn a_desired_value_reaches_its_tag_fails_visibly_follows_retags_and_is_removed()
             .filter_map(|m| m["name"].as_str().map(str::to_owned))
             .collect()
     };
-    let eu = f.poll(&c, "gamma", "/nodes EU --json", |t| names_of(t).len() == 2);
-    let names = names_of(&eu);
-    assert!(names.contains(&"alpha".to_owned()) && names.contains(&"beta".to_owned()));
+    let eu = f.poll(&c, "gamma", "/nodes EU --json", |t| names_of(t).len() == 3);
+    let mut names = names_of(&eu);
+    names.sort();
+    assert_eq!(names, ["alpha", "beta", "delta"]);
+    let (canary, _) = f.exec(&e, "epsilon", "/nodes EU+!canary --json");
+    let mut names = names_of(&canary);
+    names.sort();
+    assert_eq!(names, ["alpha", "beta"]);
     let (bad, st) = f.exec(&c, "gamma", "/nodes EU+pr od");
     assert_eq!(st, 2, "{bad}");
 
@@ -182,10 +197,12 @@ fn a_desired_value_reaches_its_tag_fails_visibly_follows_retags_and_is_removed()
     );
     let (text, st) = f.exec(&c, "gamma", &format!("/desire EU files/motd {value}"));
     assert_eq!(st, 0, "{text}");
-    f.wait_file("alpha", "files_motd", Some(&value));
-    f.wait_file("beta", "files_motd", Some(&value));
-    f.converged(&[(&a, "alpha"), (&b, "beta"), (&c, "gamma")]);
+    for name in ["alpha", "beta", "delta"] {
+        f.wait_file(name, "files_motd", Some(&value));
+    }
+    f.converged(&all);
     assert!(!f.out("gamma").join("files_motd").exists());
+    assert!(!f.out("epsilon").join("files_motd").exists());
     assert!(!canary.exists(), "the value was executed");
     let (audit, _) = f.exec(&a, "alpha", "/desired --json");
     let audit: Value = serde_json::from_str(&audit).unwrap();
@@ -202,7 +219,7 @@ fn a_desired_value_reaches_its_tag_fails_visibly_follows_retags_and_is_removed()
     std::fs::write(f.out("beta").join("FAIL"), "").unwrap();
     std::fs::write(f.out("alpha").join("HANG"), "").unwrap();
     f.exec(&a, "alpha", "/desire EU files/motd v2");
-    for (n, name) in [(&a, "alpha"), (&b, "beta"), (&c, "gamma")] {
+    for (n, name) in all {
         f.poll(n, name, "/drift --json", |t| {
             drift_of(t, "beta", "files/motd").is_some_and(|(k, m)| {
                 k == "failed" && m.contains("exit status 3") && m.contains("broken on purpose")
@@ -215,9 +232,10 @@ fn a_desired_value_reaches_its_tag_fails_visibly_follows_retags_and_is_removed()
     // Fixed: the retries converge them.
     std::fs::remove_file(f.out("beta").join("FAIL")).unwrap();
     std::fs::remove_file(f.out("alpha").join("HANG")).unwrap();
-    f.wait_file("alpha", "files_motd", Some("v2"));
-    f.wait_file("beta", "files_motd", Some("v2"));
-    f.converged(&[(&a, "alpha"), (&b, "beta"), (&c, "gamma")]);
+    for name in ["alpha", "beta", "delta"] {
+        f.wait_file(name, "files_motd", Some("v2"));
+    }
+    f.converged(&all);
 
     // Retag: gamma joins EU, alpha leaves it (its reconciler's remove runs).
     let (text, st) = f.exec(&c, "gamma", "/tag add EU");
@@ -226,7 +244,8 @@ fn a_desired_value_reaches_its_tag_fails_visibly_follows_retags_and_is_removed()
     assert_eq!(st, 0, "{text}");
     f.wait_file("gamma", "files_motd", Some("v2"));
     f.wait_file("alpha", "files_motd", None);
-    f.converged(&[(&a, "alpha"), (&b, "beta"), (&c, "gamma")]);
+    f.converged(&all);
+    assert!(!f.out("epsilon").join("files_motd").exists());
     let (text, st) = f.exec(&c, "gamma", "/tag add e u");
     assert_ne!(st, 0, "{text}");
     // The runtime tag survives a restart.
@@ -239,9 +258,16 @@ fn a_desired_value_reaches_its_tag_fails_visibly_follows_retags_and_is_removed()
     // /undesire from a node that did not desire it.
     let (text, st) = f.exec(&b, "beta", "/undesire EU files/motd");
     assert_eq!(st, 0, "{text}");
-    f.wait_file("beta", "files_motd", None);
-    f.wait_file("gamma", "files_motd", None);
-    f.converged(&[(&a, "alpha"), (&b, "beta"), (&c, "gamma")]);
+    for name in ["beta", "gamma", "delta"] {
+        f.wait_file(name, "files_motd", None);
+    }
+    f.converged(&[
+        (&a, "alpha"),
+        (&b, "beta"),
+        (&c, "gamma"),
+        (&d, "delta"),
+        (&e, "epsilon"),
+    ]);
     let (text, st) = f.exec(&b, "beta", "/undesire EU files/motd");
     assert_ne!(st, 0, "{text}");
 }

@@ -6,7 +6,7 @@
 //! dropped). Everything from the mesh is printed with its control
 //! characters stripped.
 
-use micelio_state::desired::{Author, Desired, DesiredError, DesiredStats, NodeDrift, Rule};
+use micelio_state::desired::{Author, Desired, DesiredError, DesiredStats, NodeDrift};
 use micelio_state::selector::Selector;
 use serde_json::json;
 
@@ -148,33 +148,16 @@ async fn undesire(d: &Desired, c: &CommandCall) -> Reply {
     }
 }
 
-/// Whether each rule is the one in force for its selector and key.
-fn in_force(rules: &[Rule]) -> Vec<bool> {
-    rules
-        .iter()
-        .map(|r| {
-            r.trusted
-                && !rules.iter().any(|o| {
-                    o.trusted
-                        && o.selector == r.selector
-                        && o.key == r.key
-                        && (o.ts, o.author) > (r.ts, r.author)
-                })
-        })
-        .collect()
-}
-
 async fn list(d: &Desired, c: &CommandCall) -> Reply {
     let rules = match d.rules().await {
         Ok(r) => r,
         Err(e) => return failed(&e),
     };
-    let force = in_force(&rules);
     if c.json {
         let list: Vec<_> = rules
             .iter()
-            .zip(&force)
-            .map(|(r, f)| {
+            .map(|listed| {
+                let r = &listed.rule;
                 json!({
                     "selector": r.selector.to_string(),
                     "key": r.key,
@@ -187,7 +170,7 @@ async fn list(d: &Desired, c: &CommandCall) -> Reply {
                     "at": r.record.by.at,
                     "ts": r.ts,
                     "trusted": r.trusted,
-                    "in_force": f,
+                    "in_force": listed.in_force,
                 })
             })
             .collect();
@@ -201,7 +184,8 @@ async fn list(d: &Desired, c: &CommandCall) -> Reply {
         rules.len(),
         if rules.len() == 1 { "y" } else { "ies" }
     );
-    for (r, f) in rules.iter().zip(&force) {
+    for listed in &rules {
+        let (r, f) = (&listed.rule, listed.in_force);
         let what = match &r.record.value {
             Some(v) if !r.record.removed => format!("= {}", sanitize(v)),
             _ => "removed".to_owned(),

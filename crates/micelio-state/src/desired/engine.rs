@@ -18,7 +18,7 @@ use super::record::{
     ACTUAL_PREFIX, ActualRecord, ActualStatus, Author, DESIRED_PREFIX, DesiredRecord, RecordError,
     check_key, sha256_hex,
 };
-use super::resolve::{Effective, NodeDrift, Rule, Rules, drift};
+use super::resolve::{Effective, Listed, NodeDrift, Rules, drift};
 use super::{Applied, Outcome, Reconciler};
 use crate::members::Member;
 use crate::selector::{Selector, Target};
@@ -151,7 +151,7 @@ pub struct KeyState {
 }
 
 enum Command {
-    Rules(oneshot::Sender<Vec<Rule>>),
+    Rules(oneshot::Sender<Vec<Listed>>),
     Effective(oneshot::Sender<BTreeMap<String, Effective>>),
     Keys(oneshot::Sender<Vec<KeyState>>),
     Stats(oneshot::Sender<DesiredStats>),
@@ -353,7 +353,7 @@ impl Desired {
     ///
     /// # Errors
     /// [`DesiredError::Stopped`].
-    pub async fn rules(&self) -> Result<Vec<Rule>, DesiredError> {
+    pub async fn rules(&self) -> Result<Vec<Listed>, DesiredError> {
         self.ask(Command::Rules).await
     }
 

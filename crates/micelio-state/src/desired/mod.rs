@@ -45,7 +45,9 @@ pub use record::{
     ACTUAL_PREFIX, ActualRecord, ActualStatus, Author, DESIRED_PREFIX, DesiredRecord, MAX_KEY_LEN,
     MAX_MESSAGE_LEN, RecordError, check_key,
 };
-pub use resolve::{DriftItem, DriftKind, Effective, MAX_RULES, NodeDrift, Rule, Rules, drift};
+pub use resolve::{
+    DriftItem, DriftKind, Effective, Listed, MAX_RULES, NodeDrift, Rule, Rules, drift,
+};
 
 /// The default time limit of one apply or remove.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -40,6 +40,16 @@ impl Rule {
     }
 }
 
+/// A desired entry as the audit trail lists it ([`Rules::all`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The entry.
+    pub rule: Rule,
+    /// Whether it decides its selector and key: the trusted entry highest
+    /// in the LWW order (a removal, when the key was withdrawn).
+    pub in_force: bool,
+}
+
 /// The value one node should have for one key, and the rule it comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Effective {
@@ -220,13 +230,19 @@ impl Rules {
         removed
     }
 
-    /// Every indexed entry, by selector and key, newest author first.
-    pub fn all(&self) -> Vec<Rule> {
+    /// Every indexed entry, by selector and key, newest author first, each
+    /// marked if it is the one in force.
+    pub fn all(&self) -> Vec<Listed> {
         let mut out = Vec::new();
         for slot in self.by_rule.values() {
             let mut rules: Vec<_> = slot.values().cloned().collect();
             rules.sort_by_key(|r| std::cmp::Reverse(r.order()));
-            out.extend(rules);
+            let mut decided = false;
+            for rule in rules {
+                let in_force = rule.trusted && !decided;
+                decided |= in_force;
+                out.push(Listed { rule, in_force });
+            }
         }
         out
     }
@@ -513,6 +529,45 @@ mod tests {
         // A removal from a non-admin does not remove either.
         r.observe(&desired(3, 30, "*", "motd", None)).unwrap();
         assert_eq!(values(&r, "x", &[]), map(&[("motd", "admin")]));
+    }
+
+    #[test]
+    fn the_audit_trail_marks_the_entry_in_force() {
+        let mut r = Rules::new(Some([id(1), id(2)].into()));
+        r.observe(&desired(1, 10, "*", "motd", Some("old")))
+            .unwrap();
+        r.observe(&desired(2, 11, "*", "motd", Some("new")))
+            .unwrap();
+        // Newer, but not trusted: listed, never in force.
+        r.observe(&desired(3, 12, "*", "motd", Some("intruder")))
+            .unwrap();
+        r.observe(&desired(1, 5, "EU", "tz", Some("cet"))).unwrap();
+        r.observe(&desired(2, 6, "EU", "tz", None)).unwrap();
+        let listed: Vec<(String, u64, bool)> = r
+            .all()
+            .into_iter()
+            .map(|l| (l.rule.key.clone(), l.rule.ts, l.in_force))
+            .collect();
+        let mut by_key = listed.clone();
+        by_key.sort();
+        assert_eq!(
+            by_key,
+            [
+                ("motd".to_owned(), 10, false),
+                ("motd".to_owned(), 11, true),
+                ("motd".to_owned(), 12, false),
+                ("tz".to_owned(), 5, false),
+                // A removal that decides its key is the one in force.
+                ("tz".to_owned(), 6, true),
+            ]
+        );
+        // Newest first within each selector and key.
+        let motd: Vec<u64> = listed
+            .iter()
+            .filter(|l| l.0 == "motd")
+            .map(|l| l.1)
+            .collect();
+        assert_eq!(motd, [12, 11, 10]);
     }
 
     #[test]

@@ -233,8 +233,9 @@ async fn a_value_for_a_tag_reaches_exactly_its_nodes_follows_retags_and_is_remov
     // The audit trail names who desired it.
     let rules = nodes[4].desired.rules().await.unwrap();
     assert_eq!(rules.len(), 1);
-    assert_eq!(rules[0].record.by.user, "alice");
-    assert_eq!(rules[0].record.by.node_name, "n3");
+    assert_eq!(rules[0].rule.record.by.user, "alice");
+    assert_eq!(rules[0].rule.record.by.node_name, "n3");
+    assert!(rules[0].in_force);
     // A more specific rule wins on the nodes it matches.
     nodes[0]
         .desired
