@@ -20,10 +20,12 @@
 //! holds it: the state write propagation time of the same mesh. Desired
 //! state costs at least that (the desired entry out), then the
 //! reconciler's run, then the matching nodes' answers, which are one
-//! entry from each of them at about the same moment: so in process each
-//! round also times that shape alone (every matching node writes one entry
-//! at once, until node 0 holds them all), and with real processes the
-//! command's run (from the task's `reconciling` log line to its `applied`).
+//! entry from each of them at about the same moment: so in process, after
+//! the rounds, as many rounds time that shape alone (every matching node
+//! writes one entry at once, until node 0 holds them all), and with real
+//! processes the command's run is timed (from the task's `reconciling` log
+//! line to its `applied`). In process, the `TreeGraft`s of the whole mesh
+//! are counted, during the rounds and during the bursts.
 //! After each converged round, one `drift` call is timed (in process).
 
 use std::collections::HashMap;
@@ -283,8 +285,16 @@ pub(super) async fn memory(args: &Args, n: usize) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         tokio::time::sleep(GAP).await;
-        // The shape of the answer to a desire: every matching node writes
-        // one entry at the same moment; until node 0 holds them all.
+        if (k + 1) % 20 == 0 {
+            progress(args, &format!("desired: {n} nodes, {} rounds done", k + 1));
+        }
+    }
+    let grafts = grafts(&nodes).await? - grafts_before;
+    // Apart, after the rounds (so that it does not disturb them): the
+    // shape of the answers to a desire alone.
+    for k in 0..rounds {
+        // Every matching node writes one entry at the same moment; until
+        // node 0 holds them all.
         let bsub = format!("write/burst-{k}");
         let start = Instant::now();
         let mut writers = tokio::task::JoinSet::new();
@@ -311,11 +321,8 @@ pub(super) async fn memory(args: &Args, n: usize) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         tokio::time::sleep(GAP).await;
-        if (k + 1) % 20 == 0 {
-            progress(args, &format!("desired: {n} nodes, {} rounds done", k + 1));
-        }
     }
-    let grafts = grafts(&nodes).await? - grafts_before;
+    let burst_grafts = self::grafts(&nodes).await? - grafts_before - grafts;
     for d in &desired {
         d.shutdown().await;
     }
@@ -329,6 +336,7 @@ pub(super) async fn memory(args: &Args, n: usize) -> anyhow::Result<()> {
                 "memory"
             },
             grafts: Some(grafts),
+            burst_grafts: Some(burst_grafts),
             nodes: n,
             matching: targets.len(),
             rounds,
@@ -362,6 +370,8 @@ struct Figures {
     rounds: usize,
     /// `TreeGraft`s the whole mesh sent during the rounds (in process).
     grafts: Option<u64>,
+    /// The same during the bursts (in process).
+    burst_grafts: Option<u64>,
     lost: usize,
     applied: Vec<f64>,
     /// Until node 0 held every matching node's actual entry.
@@ -394,7 +404,7 @@ fn report(args: &Args, f: &Figures) {
     let (w50, w90, w99) = pcts(f.writes.clone());
     let row = json!({
         "bench": "state_desired", "transport": f.transport, "nodes": f.nodes,
-        "matching": f.matching, "rounds": f.rounds, "grafts": f.grafts, "converged": f.drift.len(), "lost": f.lost,
+        "matching": f.matching, "rounds": f.rounds, "grafts": f.grafts, "burst_grafts": f.burst_grafts, "converged": f.drift.len(), "lost": f.lost,
         "applied_p50_ms": a50, "applied_p90_ms": a90, "applied_p99_ms": a99,
         "drift_call_p50_ms": c50, "drift_call_p99_ms": c99,
         "burst_to_node0_p50_ms": b50, "burst_to_node0_p99_ms": b99,
@@ -437,7 +447,11 @@ fn report(args: &Args, f: &Figures) {
         cell(r50),
         cell(r99),
         f.grafts
-            .map(|g| format!("; {g} grafts in {} rounds", f.rounds))
+            .zip(f.burst_grafts)
+            .map(|(g, b)| format!(
+                "; grafts: {g} in the {} rounds, {b} in the bursts",
+                f.rounds
+            ))
             .unwrap_or_default(),
     );
     emit(args, &row, &table);
@@ -550,6 +564,7 @@ pub(super) fn procs(root: &Path, args: &Args) -> anyhow::Result<()> {
         &Figures {
             transport: "tcp",
             grafts: None,
+            burst_grafts: None,
             nodes: n,
             matching: targets.len(),
             rounds,
