@@ -210,6 +210,9 @@ pub(crate) struct Hub {
     presence_sent_at: Option<Instant>,
     stats: PartylineStats,
     refuse_logged: bool,
+    /// Every public chat line (this node's and the mesh's), for
+    /// [`crate::Partyline::subscribe_chat`].
+    chat_tap: Option<tokio::sync::broadcast::Sender<ChatView>>,
 }
 
 impl Hub {
@@ -249,7 +252,14 @@ impl Hub {
             presence_sent_at: None,
             stats: PartylineStats::default(),
             refuse_logged: false,
+            chat_tap: None,
         }
+    }
+
+    /// Sends every public chat line to `tap` as well.
+    pub(crate) fn with_chat_tap(mut self, tap: tokio::sync::broadcast::Sender<ChatView>) -> Self {
+        self.chat_tap = Some(tap);
+        self
     }
 
     fn next_presence(&self) -> Instant {
@@ -488,6 +498,10 @@ impl Hub {
     }
 
     fn remember(&mut self, line: ChatView) {
+        if let Some(tap) = &self.chat_tap {
+            // No receiver is not an error.
+            let _ = tap.send(line.clone());
+        }
         if self.history.len() == self.history_len {
             self.history.pop_front();
         }

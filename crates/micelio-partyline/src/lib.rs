@@ -84,6 +84,9 @@ use crate::text::{MAX_LINE_LEN, NickError, sanitize};
 
 /// Requests queued to the hub.
 const HUB_QUEUE: usize = 1024;
+/// Chat lines a [`Partyline::subscribe_chat`] receiver may fall behind by
+/// before it loses the oldest.
+pub const CHAT_TAP_QUEUE: usize = 1024;
 
 /// Configuration of the partyline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +157,8 @@ struct Inner {
     state: std::sync::OnceLock<micelio_state::State>,
     /// The desired-state task, once attached.
     desired: std::sync::OnceLock<micelio_state::desired::Desired>,
+    /// Every public chat line, for [`Partyline::subscribe_chat`].
+    chat_tap: tokio::sync::broadcast::Sender<ChatView>,
 }
 
 /// Handle to the partyline hub. Clones share it.
@@ -215,6 +220,8 @@ impl Partyline {
                 debounce: config.presence_debounce,
             },
         );
+        let (chat_tap, _) = tokio::sync::broadcast::channel(CHAT_TAP_QUEUE);
+        let hub = hub.with_chat_tap(chat_tap.clone());
         let span = tracing::info_span!("partyline", node = %node_id.short(12));
         let tasks = TaskGroup::new(cancel.clone());
         let task = tasks.spawn(
@@ -239,8 +246,17 @@ impl Partyline {
                 task: Mutex::new(Some(task)),
                 state: std::sync::OnceLock::new(),
                 desired: std::sync::OnceLock::new(),
+                chat_tap,
             }),
         })
+    }
+
+    /// A stream of every public chat line from now on: this node's users'
+    /// and the mesh's (not private lines, not notices), as shown. A
+    /// receiver that falls [`CHAT_TAP_QUEUE`] lines behind loses the oldest
+    /// (its next `recv` says how many).
+    pub fn subscribe_chat(&self) -> tokio::sync::broadcast::Receiver<ChatView> {
+        self.inner.chat_tap.subscribe()
     }
 
     /// This node's name.
