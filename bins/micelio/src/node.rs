@@ -4,8 +4,10 @@
 //! [`run`] is the one place that knows every layer. It opens storage (the
 //! known peers), starts the transport (TCP + Noise, peer manager,
 //! discovery), gossip over it, the state service over gossip (its sled
-//! database opened off the runtime), the partyline hub over gossip with the
-//! state commands attached, and the SSH server over the partyline, and logs
+//! database opened off the runtime), the desired-state task over the state,
+//! the partyline hub over gossip with the state commands attached, the
+//! plugin host over the partyline (`/plugins`, the plugins' commands and
+//! reconcilers), and the SSH server over the partyline, and logs
 //! every chat line it receives. A
 //! [`Node`] owns every started component; whatever happens (a signal, a
 //! component that dies, an error half-way through start-up) the same
@@ -15,13 +17,15 @@
 //! 2. stop the partyline hub (`Partyline`);
 //! 3. stop the desired-state task (`Desired`): running reconcilers are
 //!    dropped, a command's process group killed;
-//! 4. stop the state service (`State`): it writes and flushes `node/left`
+//! 4. stop the plugins (`Plugins`): their event feeds end, then each one's
+//!    `stop` runs (at most 5 s);
+//! 5. stop the state service (`State`): it writes and flushes `node/left`
 //!    and hands it to gossip, which is still running, then flushes its
 //!    database;
-//! 5. stop gossip (`Gossip`);
-//! 6. close the peer connections (`PeerManager`), each writing what its
+//! 6. stop gossip (`Gossip`);
+//! 7. close the peer connections (`PeerManager`), each writing what its
 //!    queue held first (at most 1 s);
-//! 7. flush the known-peers storage.
+//! 8. flush the known-peers storage.
 //!
 //! While it runs, the node watches every component, none is polled: each
 //! one's `closed()` future (`SshServer::closed` for the accept loop,
@@ -384,6 +388,7 @@ struct Node {
     ssh: Option<SshServer>,
     party: Option<Partyline>,
     desired: Option<micelio_state::desired::Desired>,
+    plugins: Option<micelio_plugins::Plugins>,
     state: Option<State>,
     gossip: Option<Gossip>,
     peers: Option<PeerManager>,
@@ -422,6 +427,10 @@ impl Node {
         if let Some(desired) = &self.desired {
             let closed = desired.closed();
             self.watch("desired", async move { Err(exit_reason(closed.await)) });
+        }
+        if let Some(plugins) = &self.plugins {
+            let closed = plugins.closed();
+            self.watch("plugins", async move { Err(exit_reason(closed.await)) });
         }
         if let Some(state) = &self.state {
             let closed = state.closed();
@@ -487,10 +496,15 @@ impl Node {
         .await
         .context("cannot start the state service")?;
         let state = self.state.insert(state).clone();
+        // The binary registers no in-process plugins of its own; programs
+        // that embed the crates add theirs to a host like this one.
+        let host = micelio_plugins::PluginHost::new();
+        let mut all_reconcilers = reconcilers(config, identity.node_id());
+        all_reconcilers.extend(host.reconcilers());
         let desired = micelio_state::desired::Desired::spawn(
             state.clone(),
             micelio_state::desired::DesiredConfig::with_admins(config.desired.admins()),
-            reconcilers(config, identity.node_id()),
+            all_reconcilers,
         )
         .await
         .context("cannot start the desired-state task")?;
@@ -501,11 +515,16 @@ impl Node {
             .context("cannot start the partyline")?;
         let party = &*self.party.insert(party);
         party
-            .attach_state(state)
+            .attach_state(state.clone())
             .context("cannot attach the state commands")?;
         party
             .attach_desired(desired)
             .context("cannot attach the desired-state commands")?;
+        let plugins = host
+            .start(party, state)
+            .await
+            .context("cannot start the plugins")?;
+        self.plugins = Some(plugins);
 
         let scfg = ssh_config(config);
         let keys_path = scfg.authorized_keys.clone();
@@ -619,25 +638,29 @@ impl Node {
             desired.shutdown().await;
             info!(step = 3, "stopped the reconcilers");
         }
+        if let Some(plugins) = &self.plugins {
+            plugins.shutdown().await;
+            info!(step = 4, "stopped the plugins");
+        }
         if let Some(state) = &self.state {
             state.shutdown().await;
             info!(
-                step = 4,
+                step = 5,
                 "stopped the state service and flushed its database"
             );
         }
         if let Some(gossip) = &self.gossip {
             gossip.shutdown().await;
-            info!(step = 5, "stopped gossip");
+            info!(step = 6, "stopped gossip");
         }
-        // Steps 6 and 7: the peer manager closes its connections, then its
+        // Steps 7 and 8: the peer manager closes its connections, then its
         // storage task writes what is pending and flushes.
         let flushed = match &self.peers {
             Some(peers) => {
                 let flushed = peers.shutdown_and_flush().await.context("flushing storage");
-                info!(step = 6, "closed the peer connections");
+                info!(step = 7, "closed the peer connections");
                 if flushed.is_ok() {
-                    info!(step = 7, "flushed storage");
+                    info!(step = 8, "flushed storage");
                 }
                 flushed
             }

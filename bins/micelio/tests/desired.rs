@@ -182,12 +182,18 @@ fn a_desired_value_reaches_its_tag_fails_visibly_follows_retags_and_is_removed()
     let mut names = names_of(&eu);
     names.sort();
     assert_eq!(names, ["alpha", "beta", "delta"]);
-    let (canary, _) = f.exec(&e, "epsilon", "/nodes EU+!canary --json");
+    // Each node learns the others' tags on its own: poll epsilon too.
+    let canary = f.poll(&e, "epsilon", "/nodes EU+!canary --json", |t| {
+        names_of(t).len() == 2
+    });
     let mut names = names_of(&canary);
     names.sort();
     assert_eq!(names, ["alpha", "beta"]);
     let (bad, st) = f.exec(&c, "gamma", "/nodes EU+pr od");
     assert_eq!(st, 2, "{bad}");
+    // The binary starts a plugin host with no plugins of its own.
+    let (plugins, st) = f.exec(&c, "gamma", "/plugins");
+    assert_eq!((plugins.trim(), st), ("no plugins", 0));
 
     // Quotes, a newline, shell metacharacters: written as is, never run.
     let canary = f.home.path().join("pwned");

@@ -210,10 +210,11 @@ fn a_single_threaded_node_meshes_and_logs_its_stats_on_sigusr1() {
 }
 
 /// The lines of the ordered stop, in the order they must appear.
-const STOP_STEPS: [&str; 7] = [
+const STOP_STEPS: [&str; 8] = [
     "stopped the SSH server and its sessions",
     "stopped the partyline",
     "stopped the reconcilers",
+    "stopped the plugins",
     "stopped the state service",
     "stopped gossip",
     "closed the peer connections",
