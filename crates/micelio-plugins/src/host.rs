@@ -78,7 +78,7 @@ impl PluginStatus {
 pub struct PluginInfo {
     /// Its name.
     pub name: String,
-    /// `"in-process"`.
+    /// `"in-process"` or `"external"`.
     pub kind: &'static str,
     /// Where it is in its life.
     pub status: PluginStatus,
@@ -94,6 +94,8 @@ pub struct PluginInfo {
     pub sent: u64,
     /// Messages of its types it received.
     pub received: u64,
+    /// An external plugin's process health.
+    pub health: Option<crate::Health>,
 }
 
 /// One plugin on the node.
@@ -145,16 +147,32 @@ impl Slot {
 
     fn info(&self) -> PluginInfo {
         let c = &self.counters;
+        let health = self.plugin.health();
+        let mut status = self.status();
+        if let (PluginStatus::Running, Some(h)) = (&status, &health) {
+            match h.state {
+                "failed" => {
+                    status = PluginStatus::Failed(h.error.clone().unwrap_or_default());
+                }
+                "stopped" => status = PluginStatus::Stopped,
+                _ => {}
+            }
+        }
         PluginInfo {
             name: self.name.clone(),
-            kind: "in-process",
-            status: self.status(),
+            kind: if health.is_some() {
+                "external"
+            } else {
+                "in-process"
+            },
+            status,
             manifest: self.manifest.clone(),
             events: c.events.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             commands: c.commands.load(Ordering::Relaxed),
             sent: c.sent.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
+            health,
         }
     }
 }
@@ -665,6 +683,22 @@ fn plugins_command(slots: Arc<Vec<Arc<Slot>>>) -> CommandSpec {
                         p.sent,
                         p.received
                     ));
+                    if let Some(h) = &p.health {
+                        out.push_str(&format!(
+                            "\n  process: {}{}, {} restarts, {} bad lines, {} throttled, {} lines it did not read",
+                            h.state,
+                            h.pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                            h.restarts,
+                            h.bad_lines,
+                            h.throttled,
+                            h.out_dropped
+                        ));
+                        if let (Some(why), false) =
+                            (&h.error, matches!(p.status, PluginStatus::Failed(_)))
+                        {
+                            out.push_str(&format!(" (last: {why})"));
+                        }
+                    }
                     let m = &p.manifest;
                     let mut claims = Vec::new();
                     if !m.commands.is_empty() {
@@ -699,8 +733,12 @@ fn info_json(p: &PluginInfo) -> serde_json::Value {
         "kind": p.kind,
         "status": p.status.as_str(),
         "error": match &p.status { PluginStatus::Failed(why) => Some(why), _ => None },
-        "pid": null,
-        "restarts": 0,
+        "pid": p.health.as_ref().and_then(|h| h.pid),
+        "restarts": p.health.as_ref().map_or(0, |h| h.restarts),
+        "process_state": p.health.as_ref().map(|h| h.state),
+        "bad_lines": p.health.as_ref().map_or(0, |h| h.bad_lines),
+        "throttled": p.health.as_ref().map_or(0, |h| h.throttled),
+        "unread_lines": p.health.as_ref().map_or(0, |h| h.out_dropped),
         "events": p.events,
         "dropped": p.dropped,
         "commands": p.commands,

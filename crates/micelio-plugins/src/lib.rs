@@ -42,6 +42,7 @@
 
 mod context;
 mod event;
+pub mod external;
 mod host;
 pub mod manifest;
 
@@ -55,7 +56,7 @@ pub use host::{
 };
 pub use manifest::{CommandDecl, EventKind, Manifest};
 pub use micelio_partyline::{BoxFuture, Login, Reply};
-pub use micelio_state::desired::{Applied, ReconcileFuture};
+pub use micelio_state::desired::{Applied, Outcome, ReconcileFuture};
 
 /// One call of a plugin's command.
 #[derive(Debug, Clone)]
@@ -132,6 +133,31 @@ pub trait Plugin: Send + Sync + 'static {
     fn stop(&self) -> BoxFuture<()> {
         Box::pin(async {})
     }
+
+    /// For a plugin that runs outside the node (a program): its health,
+    /// shown by `/plugins`. `None` (the default) for in-process plugins.
+    fn health(&self) -> Option<Health> {
+        None
+    }
+}
+
+/// The health of a plugin that runs outside the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// `starting`, `running`, `restarting`, `failed` or `stopped`.
+    pub state: &'static str,
+    /// Why it is restarting or failed.
+    pub error: Option<String>,
+    /// Its process id, while it runs.
+    pub pid: Option<u32>,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Lines from it that were not valid (skipped).
+    pub bad_lines: u64,
+    /// Requests from it refused for its rate.
+    pub throttled: u64,
+    /// Lines for it dropped because it did not read them.
+    pub out_dropped: u64,
 }
 
 /// Why a plugin operation failed.
