@@ -45,6 +45,8 @@ pub(crate) struct Config {
     pub(crate) desired: DesiredConfig,
     /// `[[reconcile]]`: command reconcilers, one per key prefix.
     pub(crate) reconcile: Vec<ReconcileConfig>,
+    /// `[[plugins]]`: external plugins, started and supervised.
+    pub(crate) plugins: Vec<PluginConfig>,
 }
 
 impl Config {
@@ -60,6 +62,7 @@ impl Config {
             logging: LoggingConfig::default(),
             desired: DesiredConfig::default(),
             reconcile: Vec::new(),
+            plugins: Vec::new(),
         }
     }
 
@@ -87,6 +90,7 @@ impl Config {
         let logging = LoggingConfig::check(&mut checker.section("logging"));
         let desired = DesiredConfig::check(&mut checker.section("desired"));
         let reconcile = ReconcileConfig::check_all(checker);
+        let plugins = PluginConfig::check_all(checker);
 
         // Rules that span sections.
         if let (Some(ssh), Some(Some(listen))) = (&ssh, network.as_ref().map(|n| n.listen))
@@ -112,6 +116,7 @@ impl Config {
             logging: logging?,
             desired: desired?,
             reconcile: reconcile?,
+            plugins: plugins?,
         })
     }
 
@@ -1105,6 +1110,203 @@ impl ReconcileConfig {
             prefix,
             command: command?,
             timeout: timeout?,
+        })
+    }
+}
+
+/// Most `[[plugins]]` tables.
+const MAX_PLUGINS: usize = 64;
+/// Most `[[plugins]] max_restarts`.
+const MAX_PLUGIN_RESTARTS: u32 = 1000;
+
+/// One `[[plugins]]` table: an external plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct PluginConfig {
+    /// Its name (1–32 of a-z, 0-9, - and _, starting with a letter).
+    pub(crate) name: String,
+    /// The program (looked up in `PATH` when it has no slash).
+    pub(crate) command: String,
+    /// Its arguments.
+    pub(crate) args: Vec<String>,
+    /// Variables added to its environment.
+    pub(crate) env: std::collections::BTreeMap<String, String>,
+    /// Its working directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cwd: Option<PathBuf>,
+    /// Exits in a row before the node gives up on it.
+    pub(crate) max_restarts: u32,
+    /// What it may claim.
+    pub(crate) allow: PluginAllow,
+}
+
+/// `[plugins.allow]`: each list, when given, bounds what the plugin may
+/// claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct PluginAllow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) commands: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) msg_types: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) desired_prefixes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) events: Option<Vec<String>>,
+}
+
+impl PluginConfig {
+    fn check_all(checker: &mut Checker<'_>) -> Option<Vec<Self>> {
+        let n = checker.table_count("plugins");
+        if n > MAX_PLUGINS {
+            checker.error_at("plugins", format!("at most {MAX_PLUGINS} plugins, got {n}"));
+            return None;
+        }
+        let mut out: Vec<Self> = Vec::with_capacity(n);
+        let mut ok = true;
+        for i in 0..n {
+            let Some(mut s) = checker.table("plugins", i) else {
+                ok = false;
+                continue;
+            };
+            match Self::check(&mut s) {
+                Some(p) if out.iter().any(|o| o.name == p.name) => {
+                    s.error(
+                        "name",
+                        format!("{:?} is the name of another plugin", p.name),
+                    );
+                    ok = false;
+                }
+                Some(p) => out.push(p),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn check(s: &mut Section<'_, '_>) -> Option<Self> {
+        s.unknown_keys(&[
+            "name",
+            "command",
+            "args",
+            "env",
+            "cwd",
+            "max_restarts",
+            "allow",
+        ]);
+        let name = s.parsed("name", |n| {
+            micelio_plugins::manifest::check_name(n).map(|()| n.to_owned())
+        });
+        let command = s.parsed("command", |c| {
+            if c.trim().is_empty() {
+                Err("must name a program".to_owned())
+            } else {
+                Ok(c.to_owned())
+            }
+        });
+        let args = if s.has("args") {
+            s.strings("args")
+        } else {
+            Some(Vec::new())
+        };
+        let env = if s.has("env") {
+            s.string_map("env")
+        } else {
+            Some(std::collections::BTreeMap::new())
+        };
+        let cwd = s.optional_string("cwd").map(PathBuf::from);
+        let max_restarts = if s.has("max_restarts") {
+            s.number("max_restarts", 0, u64::from(MAX_PLUGIN_RESTARTS))
+        } else {
+            Some(micelio_plugins::external::DEFAULT_MAX_RESTARTS)
+        };
+        let allow = if s.has("allow") {
+            s.table("allow")
+                .and_then(|mut a| PluginAllow::check(&mut a))
+        } else {
+            Some(PluginAllow::default())
+        };
+        Some(Self {
+            name: name?,
+            command: command?,
+            args: args?,
+            env: env?,
+            cwd,
+            max_restarts: max_restarts?,
+            allow: allow?,
+        })
+    }
+
+    /// How the plugin host runs it.
+    pub(crate) fn external(&self) -> micelio_plugins::external::ExternalConfig {
+        let mut c = micelio_plugins::external::ExternalConfig::new(&self.name, &self.command);
+        c.args.clone_from(&self.args);
+        c.env.clone_from(&self.env);
+        c.cwd.clone_from(&self.cwd);
+        c.max_restarts = self.max_restarts;
+        c.allow = micelio_plugins::external::Allow {
+            commands: self.allow.commands.clone(),
+            msg_types: self.allow.msg_types.clone(),
+            desired_prefixes: self.allow.desired_prefixes.clone(),
+            events: self.allow.events.as_ref().map(|e| {
+                e.iter()
+                    .filter_map(|k| micelio_plugins::EventKind::parse(k))
+                    .collect()
+            }),
+        };
+        c
+    }
+}
+
+impl PluginAllow {
+    fn check(s: &mut Section<'_, '_>) -> Option<Self> {
+        s.unknown_keys(&["commands", "msg_types", "desired_prefixes", "events"]);
+        let mut ok = true;
+        let commands = if s.has("commands") {
+            let v = s.strings("commands");
+            ok &= v.is_some();
+            v
+        } else {
+            None
+        };
+        let msg_types = if s.has("msg_types") {
+            let v = s.numbers("msg_types", 1000, u64::from(u32::MAX));
+            ok &= v.is_some();
+            v
+        } else {
+            None
+        };
+        let desired_prefixes = if s.has("desired_prefixes") {
+            let v = s.strings("desired_prefixes");
+            ok &= v.is_some();
+            v
+        } else {
+            None
+        };
+        let events = if s.has("events") {
+            let v = s.strings("events").and_then(|list| {
+                match list
+                    .iter()
+                    .find(|e| micelio_plugins::EventKind::parse(e).is_none())
+                {
+                    Some(bad) => {
+                        s.error(
+                            "events",
+                            format!("unknown event kind {bad:?} (chat, state, peers, members)"),
+                        );
+                        None
+                    }
+                    None => Some(list),
+                }
+            });
+            ok &= v.is_some();
+            v
+        } else {
+            None
+        };
+        ok.then_some(Self {
+            commands,
+            msg_types,
+            desired_prefixes,
+            events,
         })
     }
 }

@@ -188,6 +188,35 @@ fn reconcilers(
         .collect()
 }
 
+/// Launches every `[[plugins]]` program and runs its handshake. One that
+/// cannot be launched is logged and shown failed by `/plugins`; the node
+/// goes on without it. Claims that collide stop the start.
+async fn launch_plugins(
+    config: &Config,
+    me: &micelio_identity::NodeId,
+) -> anyhow::Result<micelio_plugins::PluginHost> {
+    let mut host = micelio_plugins::PluginHost::new();
+    for p in &config.plugins {
+        match micelio_plugins::external::ExternalPlugin::launch(
+            p.external(),
+            &me.to_hex(),
+            &config.node.name,
+        )
+        .await
+        {
+            Ok(plugin) => host
+                .add(plugin)
+                .with_context(|| format!("cannot add plugin {}", p.name))?,
+            Err(e) => {
+                error!(plugin = %p.name, "cannot launch the plugin: {e}; the node goes on without it");
+                host.add_failed(&p.name, &e.to_string())
+                    .with_context(|| format!("cannot add plugin {}", p.name))?;
+            }
+        }
+    }
+    Ok(host)
+}
+
 /// Opens the state database (`<data_dir>/micelio/state`, created by
 /// [`open_peer_store`]) off the runtime, with the configured sled cache.
 async fn open_state_store(config: &Config) -> anyhow::Result<micelio_state::store::SledStateStore> {
@@ -496,9 +525,10 @@ impl Node {
         .await
         .context("cannot start the state service")?;
         let state = self.state.insert(state).clone();
-        // The binary registers no in-process plugins of its own; programs
-        // that embed the crates add theirs to a host like this one.
-        let host = micelio_plugins::PluginHost::new();
+        // The binary's plugins are the external ones of its config;
+        // programs that embed the crates add in-process ones to a host
+        // like this one.
+        let host = launch_plugins(config, identity.node_id()).await?;
         let mut all_reconcilers = reconcilers(config, identity.node_id());
         all_reconcilers.extend(host.reconcilers());
         let desired = micelio_state::desired::Desired::spawn(

@@ -237,6 +237,18 @@ impl PluginHost {
         Ok(())
     }
 
+    /// Records an external plugin that could not be launched, so that
+    /// `/plugins` shows it failed with `why` (it claims nothing).
+    ///
+    /// # Errors
+    /// A bad or taken name.
+    pub fn add_failed(&mut self, name: &str, why: &str) -> Result<(), PluginError> {
+        self.add(Arc::new(NotLaunched {
+            name: name.to_owned(),
+            why: why.to_owned(),
+        }))
+    }
+
     /// How many plugins were added.
     pub fn len(&self) -> usize {
         self.plugins.len()
@@ -751,6 +763,36 @@ fn info_json(p: &PluginInfo) -> serde_json::Value {
             "events": p.manifest.events,
         },
     })
+}
+
+/// An external plugin whose program could not be launched.
+struct NotLaunched {
+    name: String,
+    why: String,
+}
+
+impl Plugin for NotLaunched {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn manifest(&self) -> Manifest {
+        Manifest::new()
+    }
+    fn start(&self, _ctx: PluginContext) -> crate::BoxFuture<Result<(), String>> {
+        let why = self.why.clone();
+        Box::pin(async move { Err(why) })
+    }
+    fn health(&self) -> Option<crate::Health> {
+        Some(crate::Health {
+            state: "failed",
+            error: Some(self.why.clone()),
+            pid: None,
+            restarts: 0,
+            bad_lines: 0,
+            throttled: 0,
+            out_dropped: 0,
+        })
+    }
 }
 
 /// A plugin's desired-state prefix, as a reconciler.

@@ -344,8 +344,90 @@ impl<'a> Section<'_, 'a> {
     }
 
     /// Whether the section has `key`.
-    fn has(&self, key: &str) -> bool {
+    pub(crate) fn has(&self, key: &str) -> bool {
         self.dict.is_some_and(|d| d.contains_key(key))
+    }
+
+    /// The table `key` of this section, read as the section `name.key`;
+    /// `None` (reported) when it is missing or not a table.
+    pub(crate) fn table(&mut self, key: &str) -> Option<Section<'_, 'a>> {
+        let name = format!("{}.{key}", self.name);
+        match self.value(key)? {
+            Value::Dict(_, dict) => Some(Section {
+                checker: &mut *self.checker,
+                name: name.into(),
+                dict: Some(dict),
+            }),
+            other => {
+                let message = format!("expected a table, got {}", describe(other));
+                self.error(key, message);
+                None
+            }
+        }
+    }
+
+    /// A table of strings (`{ NAME = "value", … }`).
+    pub(crate) fn string_map(
+        &mut self,
+        key: &str,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        let Value::Dict(_, dict) = self.value(key)? else {
+            self.error(key, "expected a table of strings");
+            return None;
+        };
+        let mut out = std::collections::BTreeMap::new();
+        let mut ok = true;
+        for (k, v) in dict {
+            match v {
+                Value::String(_, s) => {
+                    out.insert(k.clone(), s.clone());
+                }
+                other => {
+                    let message = format!("{k}: expected a string, got {}", describe(other));
+                    self.error(key, message);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A list of integers, each in `min..=max`.
+    pub(crate) fn numbers<T: TryFrom<u64>>(
+        &mut self,
+        key: &str,
+        min: u64,
+        max: u64,
+    ) -> Option<Vec<T>> {
+        let Value::Array(_, values) = self.value(key)? else {
+            self.error(key, "expected a list of integers");
+            return None;
+        };
+        let mut out = Vec::with_capacity(values.len());
+        for (i, v) in values.iter().enumerate() {
+            let n = match integer(v) {
+                Ok(n) if n >= i128::from(min) && n <= i128::from(max) => n,
+                Ok(n) => {
+                    self.error(
+                        key,
+                        format!("item {}: must be between {min} and {max}, got {n}", i + 1),
+                    );
+                    return None;
+                }
+                Err(message) => {
+                    self.error(key, format!("item {}: {message}", i + 1));
+                    return None;
+                }
+            };
+            match u64::try_from(n).ok().and_then(|n| T::try_from(n).ok()) {
+                Some(n) => out.push(n),
+                None => {
+                    self.error(key, format!("item {}: {n} is too large", i + 1));
+                    return None;
+                }
+            }
+        }
+        Some(out)
     }
 
     /// A string that may be absent (`None`, no error).

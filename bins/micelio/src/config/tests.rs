@@ -817,3 +817,49 @@ fn reconcilers_are_checked_one_table_at_a_time() {
         .fails("reconcile[2].prefix", "already claimed");
     toml("reconcile = 3").fails("reconcile", "array of tables");
 }
+
+#[test]
+fn plugins_are_checked_one_table_at_a_time() {
+    let config = toml(
+        "[[plugins]]\nname = \"files\"\ncommand = \"python3\"\nargs = [\"files.py\", \"--root\", \"/srv\"]\n\
+         env = { LEVEL = \"info\" }\ncwd = \"/tmp\"\nmax_restarts = 2\n\
+         [plugins.allow]\ndesired_prefixes = [\"files/\"]\nmsg_types = [1200]\nevents = [\"chat\"]\n\
+         [[plugins]]\nname = \"up\"\ncommand = \"/usr/local/bin/uptime-plugin\"",
+    )
+    .ok();
+    assert_eq!(config.plugins.len(), 2);
+    let p = &config.plugins[0];
+    assert_eq!(p.args, ["files.py", "--root", "/srv"]);
+    assert_eq!(p.env["LEVEL"], "info");
+    assert_eq!(p.max_restarts, 2);
+    assert_eq!(p.allow.msg_types.as_deref(), Some(&[1200][..]));
+    let ext = p.external();
+    assert_eq!(
+        ext.allow.events,
+        Some(vec![micelio_plugins::EventKind::Chat])
+    );
+    assert_eq!(ext.cwd.as_deref(), Some(std::path::Path::new("/tmp")));
+    let q = &config.plugins[1];
+    assert!(q.args.is_empty() && q.allow == PluginAllow::default());
+    assert_eq!(
+        q.max_restarts,
+        micelio_plugins::external::DEFAULT_MAX_RESTARTS
+    );
+    // What it renders loads back the same.
+    assert_eq!(toml(&config.to_toml()).ok(), config);
+
+    toml("[[plugins]]\nname = \"Files\"\ncommand = \"x\"").fails("plugins[1].name", "a-z");
+    toml("[[plugins]]\nname = \"f\"").fails("plugins[1].command", "missing");
+    toml("[[plugins]]\nname = \"f\"\ncommand = \"x\"\nargs = \"a b\"\nmax_restarts = 5000")
+        .fails("plugins[1].max_restarts", "between");
+    toml("[[plugins]]\nname = \"f\"\ncommand = \"x\"\nenv = { A = 1 }")
+        .fails("plugins[1].env", "expected a string");
+    toml("[[plugins]]\nname = \"f\"\ncommand = \"x\"\n[plugins.allow]\nmsg_types = [7]")
+        .fails("plugins[1].allow.msg_types", "between 1000");
+    toml("[[plugins]]\nname = \"f\"\ncommand = \"x\"\n[plugins.allow]\nevents = [\"gossip\"]")
+        .fails("plugins[1].allow.events", "unknown event kind");
+    toml("[[plugins]]\nname = \"f\"\ncommand = \"x\"\n[plugins.allow]\nverbs = []")
+        .fails("plugins[1].allow.verbs", "unknown key");
+    toml("[[plugins]]\nname = \"f\"\ncommand = \"x\"\n[[plugins]]\nname = \"f\"\ncommand = \"y\"")
+        .fails("plugins[2].name", "another plugin");
+}

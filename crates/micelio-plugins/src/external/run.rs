@@ -181,6 +181,14 @@ impl std::fmt::Debug for ExternalPlugin {
     }
 }
 
+impl Drop for ExternalPlugin {
+    /// A plugin dropped without `stop` (a node whose start failed half
+    /// way) still stops its program: asked, then killed.
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
 /// What the program is told of its node.
 #[derive(Debug, Clone)]
 struct NodeIdent {

@@ -19,6 +19,7 @@ use micelio_testkit::wait::until_async;
 use micelio_transport::memory::MemoryMesh;
 use micelio_wire::limits::FEATURE_STATE_V1;
 
+mod docs;
 mod external;
 
 const WITHIN: Duration = Duration::from_secs(20);
