@@ -69,9 +69,13 @@ fn metadata() -> Metadata {
     serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON")
 }
 
+/// Example programs (`examples/plugins/…`): like the binary, on top of
+/// the stack, and nothing may depend on them.
+const EXAMPLE_PREFIX: &str = "micelio-example-";
+
 /// The layer of a workspace crate, or `None` for a crate outside the stack.
 fn rank(name: &str) -> Option<usize> {
-    if name == BINARY {
+    if name == BINARY || name.starts_with(EXAMPLE_PREFIX) {
         return Some(STACK.len());
     }
     STACK.iter().position(|c| *c == name)
