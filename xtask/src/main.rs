@@ -7,7 +7,11 @@
 //!   in process (memory transport) or as real processes over TCP (see
 //!   [`mesh`]);
 //! - `cargo xtask latency […]` measures the partyline latency between two
-//!   real `micelio` processes with the real OpenSSH client (see [`latency`]).
+//!   real `micelio` processes with the real OpenSSH client (see [`latency`]);
+//! - `cargo xtask state […]` benchmarks the replicated state and desired
+//!   state (see [`state`]);
+//! - `cargo xtask plugins […]` benchmarks an external plugin beside an
+//!   in-process one (see [`plugins`]).
 //!
 //! The tidy checks (layering, `//!` docs, fresh generated code) run as tests of
 //! this crate, so `cargo test --workspace` enforces them.
@@ -15,6 +19,7 @@
 mod codegen;
 mod latency;
 mod mesh;
+mod plugins;
 mod state;
 #[cfg(test)]
 mod tidy;
@@ -45,6 +50,7 @@ fn run() -> anyhow::Result<()> {
         ["mesh", rest @ ..] => mesh::run(&project_root(), rest),
         ["latency", rest @ ..] => latency::run(&project_root(), rest),
         ["state", rest @ ..] => state::run(&project_root(), rest),
+        ["plugins", rest @ ..] => plugins::run(&project_root(), rest),
         ["proto", "--check"] => {
             if codegen::is_fresh(&project_root())? {
                 Ok(())
@@ -53,7 +59,7 @@ fn run() -> anyhow::Result<()> {
             }
         }
         _ => bail!(
-            "usage: cargo xtask <command>\n\ncommands:\n  proto [--check]  regenerate (or check) the protobuf code of micelio-wire\n  mesh [--help]    benchmark gossip over meshes (memory or tcp)\n  latency [--help] benchmark partyline latency between two nodes over ssh\n  state [--help]   benchmark the replicated state (latency, heal, catch-up, heartbeats, memory)"
+            "usage: cargo xtask <command>\n\ncommands:\n  proto [--check]  regenerate (or check) the protobuf code of micelio-wire\n  mesh [--help]    benchmark gossip over meshes (memory or tcp)\n  latency [--help] benchmark partyline latency between two nodes over ssh\n  state [--help]   benchmark the replicated state (latency, heal, catch-up, heartbeats, memory, desired state)\n  plugins [--help] benchmark plugins (command round trip, event rate; external beside in-process)"
         ),
     }
     .context("xtask failed")

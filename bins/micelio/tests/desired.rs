@@ -10,12 +10,10 @@
 mod support;
 
 use std::path::PathBuf;
-use std::thread;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::ssh::Client;
-use support::{FAST, Node, WAIT};
+use support::{FAST, Node};
 
 const FAST_STATE: &str = "[state]\nheartbeat_interval = \"200ms\"\nsuspect_after = \"1s\"\n\
 dead_after = \"3s\"\nsync_interval = \"1s\"\n";
@@ -90,39 +88,15 @@ impl Fleet {
     /// Polls `command` until `done` accepts its output.
     #[track_caller]
     fn poll(&self, node: &Node, name: &str, command: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (text, _) = self.exec(node, name, command);
-            if done(&text) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{command} on {name} never gave the expected answer; last: {text}"
-            );
-            thread::sleep(Duration::from_millis(150));
-        }
+        self.client
+            .poll(node, &self.data(name), "op", command, done)
     }
 
     /// Waits until `file` under `name`'s output holds `want` (`None`:
     /// absent).
     #[track_caller]
     fn wait_file(&self, name: &str, file: &str, want: Option<&str>) {
-        let path = self.out(name).join(file);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let got = std::fs::read(&path).ok();
-            if got.as_deref() == want.map(str::as_bytes) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} holds {:?}, want {want:?}",
-                path.display(),
-                got.map(|g| String::from_utf8_lossy(&g).into_owned())
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+        support::wait_file(&self.out(name).join(file), want);
     }
 
     #[track_caller]

@@ -7,12 +7,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::thread;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::ssh::Client;
-use support::{FAST, Node, WAIT};
+use support::{FAST, Node};
 
 const FAST_STATE: &str = "[state]\nheartbeat_interval = \"200ms\"\nsuspect_after = \"1s\"\n\
 dead_after = \"3s\"\nsync_interval = \"1s\"\n";
@@ -86,36 +84,13 @@ impl Fleet {
 
     #[track_caller]
     fn poll(&self, node: &Node, name: &str, command: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (text, _) = self.exec(node, name, command);
-            if done(&text) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{command} on {name} never gave the expected answer; last: {text}"
-            );
-            thread::sleep(Duration::from_millis(150));
-        }
+        self.client
+            .poll(node, &self.data(name), "op", command, done)
     }
 
     #[track_caller]
     fn wait_file(&self, name: &str, file: &str, want: Option<&str>) {
-        let path = self.root(name).join(file);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let got = std::fs::read_to_string(&path).ok();
-            if got.as_deref() == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} holds {got:?}, want {want:?}",
-                path.display()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+        support::wait_file(&self.root(name).join(file), want);
     }
 }
 

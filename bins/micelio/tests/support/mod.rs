@@ -159,3 +159,24 @@ impl Node {
         lines
     }
 }
+
+/// Waits until the file at `path` holds `want` (`None`: absent), for at
+/// most [`WAIT`].
+#[track_caller]
+#[allow(dead_code)] // not every test binary reads files
+pub fn wait_file(path: &Path, want: Option<&str>) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let got = std::fs::read(path).ok();
+        if got.as_deref() == want.map(str::as_bytes) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} holds {:?}, want {want:?}",
+            path.display(),
+            got.map(|g| String::from_utf8_lossy(&g).into_owned())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -110,6 +110,33 @@ impl Client {
         run_bounded(cmd)
     }
 
+    /// Runs `command` until `done` accepts what it printed (polling every
+    /// 150 ms, for at most [`WAIT`]); returns that output.
+    #[track_caller]
+    #[allow(dead_code)] // not every test binary polls
+    pub fn poll(
+        &self,
+        node: &Node,
+        data_dir: &Path,
+        user: &str,
+        command: &str,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = self.exec(node, data_dir, user, command);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if done(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{command} never gave the expected answer; last: {text}"
+            );
+            thread::sleep(Duration::from_millis(150));
+        }
+    }
+
     /// As [`Client::exec`], by address (from another thread than the one
     /// holding the node).
     pub fn exec_at(

@@ -656,22 +656,8 @@ async fn handshake(
 }
 
 async fn kill(mut child: Child) {
-    kill_group(child.id());
+    micelio_state::desired::kill_group(child.id());
     let _ = child.kill().await;
-}
-
-/// Kills the process group the program leads, so that what it started
-/// dies with it.
-fn kill_group(pid: Option<u32>) {
-    #[cfg(unix)]
-    if let Some(pid) = pid
-        .and_then(|p| i32::try_from(p).ok())
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
-    #[cfg(not(unix))]
-    let _ = pid;
 }
 
 /// Fails every request waiting on `conn`.

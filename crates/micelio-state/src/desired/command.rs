@@ -157,9 +157,11 @@ fn join(head: &str, tail: &str) -> String {
     }
 }
 
-/// Kills the process group the program leads (it was started in its own),
-/// so that what it started dies with it.
-fn kill_group(pid: Option<u32>) {
+/// Kills (SIGKILL) the process group led by `pid`, a program started in a
+/// group of its own (`process_group(0)`), so that what it started dies
+/// with it. Nothing on platforms without process groups. Also used by
+/// the plugin layer for its programs.
+pub fn kill_group(pid: Option<u32>) {
     #[cfg(unix)]
     if let Some(pid) = pid
         .and_then(|p| i32::try_from(p).ok())

@@ -37,7 +37,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-pub use command::{CommandReconciler, OUTPUT_TAIL};
+pub use command::{CommandReconciler, OUTPUT_TAIL, kill_group};
 pub use engine::{
     Desired, DesiredConfig, DesiredError, DesiredStats, KeyState, MAX_RUNNING, RETRY_MAX, RETRY_MIN,
 };
