@@ -81,6 +81,16 @@ async fn an_external_plugin_answers_commands_uses_the_state_gets_events_and_reco
         a.exec(&format!("/probe get {key}")).await.text,
         "hello there"
     );
+    let prefix = format!("{}/plugin/probe/", a.state.node_id().to_hex());
+    assert_eq!(a.exec(&format!("/probe scan {prefix}")).await.text, key);
+    assert_eq!(a.exec("/probe del note").await.text, key);
+    assert_eq!(a.exec(&format!("/probe get {key}")).await.text, "none");
+    assert_eq!(
+        a.exec("/probe log a line for the node").await.text,
+        "logged"
+    );
+    // A log notification is taken, not counted as a bad line.
+    assert_eq!(health(&a).bad_lines, 0);
     let r = a.exec("/probe no.such.method").await;
     assert!(r.text.contains("-32601"), "{}", r.text);
     // /plugins shows the process.
@@ -102,7 +112,12 @@ async fn an_external_plugin_answers_commands_uses_the_state_gets_events_and_reco
         })
     })
     .await;
-    // Chat and members.
+    // The members, through the node.
+    until_async(WITHIN, "the program lists both members", || async {
+        a.exec("/probe members").await.text == "n1,n2"
+    })
+    .await;
+    // Chat, members and peers.
     let mut ann = b.party.join("ann").await.unwrap();
     ann.input("hi all").await;
     until_async(
@@ -115,6 +130,9 @@ async fn an_external_plugin_answers_commands_uses_the_state_gets_events_and_reco
                 && ev
                     .iter()
                     .any(|e| e["seen"] == "member_up" && e["node_id"] == b.state.node_id().to_hex())
+                && ev
+                    .iter()
+                    .any(|e| e["seen"] == "peer_up" && e["node_id"] == b.state.node_id().to_hex())
         },
     )
     .await;

@@ -2,8 +2,8 @@
 
 Environment: PROBE_DIR (where it writes what it saw and applied),
 PROBE_IGNORE_SHUTDOWN (set: it ignores shutdown and keeps running).
-Commands: /probe [fail|set K V|get K|broadcast TEXT|crash|crash-forever|
-garbage|flood|deaf|members].
+Commands: /probe [fail|set K V|get K|scan PREFIX|del K|log TEXT|
+broadcast TEXT|members|crash|crash-forever|garbage|flood|deaf].
 """
 
 import json
@@ -24,7 +24,7 @@ p = Plugin(
     commands=[("probe", "/probe [what]", "the test plugin")],
     msg_types=[1100],
     desired_prefixes=["files/"],
-    events=["chat", "members", "state"],
+    events=["chat", "members", "state", "peers"],
 )
 
 
@@ -56,6 +56,13 @@ def probe(call):
     if what == "get":
         e = p.state_get(args[1])
         return e["value"] if e else "none"
+    if what == "scan":
+        return ",".join(e["key"] for e in p.state_scan(args[1], 10))
+    if what == "del":
+        return p.state_delete(args[1])
+    if what == "log":
+        p.log(call["args"][len("log "):], "warn")
+        return "logged"
     if what == "members":
         return ",".join(sorted(m["name"] for m in p.members()))
     if what == "broadcast":
