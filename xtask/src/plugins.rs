@@ -19,9 +19,15 @@
 //!   2,000, 5,000, … a second, each for E writes, default 10,000), every
 //!   write an event for both plugins; for each R, how many events each
 //!   plugin received and how many were dropped (the host's queue and, for
-//!   the program, the lines it did not read). The figure is the highest R
-//!   at which the program lost nothing, beside the fastest rate the node
-//!   produced writes at (the in-process plugin's, the raw limit).
+//!   the program, the lines it did not read). The figure is the highest
+//!   rate the node actually produced at which the program lost nothing,
+//!   beside the fastest rate the node produced writes at (the in-process
+//!   plugin's, the raw limit). Rates stop when the node falls behind.
+//! - *Events handed straight to the program*: the node's own sources are
+//!   slower than the program, so its limit is found by calling the
+//!   external plugin's `event` directly, 50,000 events at 20,000, 50,000,
+//!   100,000 … a second (paced per batch of 500), until lines it did not
+//!   read are dropped.
 //!
 //! Like `mesh`, it re-runs itself from a release build of xtask (set
 //! `XTASK_PLUGINS_DEV=1` to skip). Output: a table on stderr and one JSON
@@ -160,16 +166,20 @@ impl Plugin for Inproc {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 fn pcts(mut v: Vec<f64>) -> (Option<f64>, Option<f64>) {
     v.sort_by(f64::total_cmp);
     (
-        percentile(&v, 50.0).map(|x| round(x, 3)),
-        percentile(&v, 99.0).map(|x| round(x, 3)),
+        percentile(&v, 50.0).map(|x| round(x, 1)),
+        percentile(&v, 99.0).map(|x| round(x, 1)),
     )
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |x| x.to_string())
 }
 
 /// Drops so far: (in-process, external), the host's and the program's.
@@ -219,11 +229,11 @@ async fn bench(root: &Path, args: &Args) -> anyhow::Result<()> {
         "HELPER_DIR".into(),
         root.join("examples/plugins/python").display().to_string(),
     );
-    host.add(
+    let external: Arc<dyn Plugin> =
         ExternalPlugin::launch(ext, &net.identity.node_id().to_hex(), "bench")
             .await
-            .context("starting the Python plugin (is python3 installed?)")?,
-    )?;
+            .context("starting the Python plugin (is python3 installed?)")?;
+    host.add(external.clone())?;
     let plugins = host.start(&party, state.clone()).await?;
     let mut session = party.join_quiet("bench").await?;
     // Wait for both to run.
@@ -248,7 +258,7 @@ async fn bench(root: &Path, args: &Args) -> anyhow::Result<()> {
         for _ in 0..args.calls {
             let t = Instant::now();
             let r = session.input(cmd).await;
-            lat.push(ms(t.elapsed()));
+            lat.push(us(t.elapsed()));
             if r.status != 0 {
                 bail!("{cmd} failed: {}", r.text);
             }
@@ -262,12 +272,16 @@ async fn bench(root: &Path, args: &Args) -> anyhow::Result<()> {
     emit(
         args,
         &json!({"bench": "plugins_command", "calls": args.calls,
-                "inproc_p50_ms": i50, "inproc_p99_ms": i99,
-                "external_p50_ms": e50, "external_p99_ms": e99,
+                "inproc_p50_us": i50, "inproc_p99_us": i99,
+                "external_p50_us": e50, "external_p99_us": e99,
                 "external_p50_vs_inproc": ratio}),
         &format!(
-            "command round trip: in-process p50 {:?} p99 {:?} ms; external (Python) p50 {:?} p99 {:?} ms; {:?}× \n",
-            i50, i99, e50, e99, ratio
+            "command round trip: in-process p50 {} p99 {} µs; external (Python) p50 {} p99 {} µs; external ÷ in-process p50 {}×\n",
+            cell(i50),
+            cell(i99),
+            cell(e50),
+            cell(e99),
+            cell(ratio)
         ),
     );
 
@@ -323,7 +337,7 @@ async fn bench(root: &Path, args: &Args) -> anyhow::Result<()> {
             "",
         );
         if lost_ext == 0 && got_ext >= args.events {
-            best_clean = Some(rate);
+            best_clean = Some(made.round());
         }
         if made < rate as f64 * 0.8 {
             // The node cannot make writes faster: higher rates mean nothing.
@@ -335,14 +349,93 @@ async fn bench(root: &Path, args: &Args) -> anyhow::Result<()> {
         &json!({"bench": "plugins_event_rate", "external_clean_rate_per_s": best_clean,
                 "node_fastest_writes_per_s": round(fastest_made, 0)}),
         &format!(
-            "events: the Python plugin lost nothing up to {} events/s; the node made at most {:.0} state writes/s (every one an event for both plugins)\n",
-            best_clean.map_or_else(|| "no tried rate".to_owned(), |r| r.to_string()),
+            "events: the Python plugin lost nothing up to {} events/s produced by the node, which made at most {:.0} state writes/s (every one an event for both plugins)\n",
+            best_clean.map_or_else(|| "no tried rate".to_owned(), |r| format!("{r:.0}")),
             fastest_made
         ),
     );
+    direct(args, &external, &mut session).await?;
     plugins.shutdown().await;
     party.shutdown().await;
     state.shutdown().await;
     net.shutdown().await;
+    Ok(())
+}
+
+/// Rates tried when events are handed to the program directly.
+const DIRECT_RATES: [u64; 6] = [20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000];
+/// Events per batch of the direct phase (paced per batch).
+const BATCH: u64 = 500;
+
+/// Events handed straight to the external plugin (the node's own event
+/// sources cannot go this fast): at each rate, 50,000 events, then how
+/// many the program counted and how many lines it did not read.
+async fn direct(
+    args: &Args,
+    external: &Arc<dyn Plugin>,
+    session: &mut micelio_partyline::Session,
+) -> anyhow::Result<()> {
+    let count = |text: String| text.parse::<u64>().unwrap_or(0);
+    let mut clean = None;
+    let total = 50_000u64;
+    for rate in DIRECT_RATES {
+        let before = count(session.input("/ext count").await.text);
+        let dropped0 = external.health().map_or(0, |h| h.out_dropped);
+        let event = Event::State {
+            key: "bench/direct".into(),
+            author: *micelio_transport::memory::MemoryMesh::identity(1).node_id(),
+            value: bytes::Bytes::from_static(b"v"),
+            deleted: false,
+        };
+        let t0 = tokio::time::Instant::now();
+        let per_batch = Duration::from_secs_f64(BATCH as f64 / rate as f64);
+        for b in 0..total / BATCH {
+            let due = t0 + per_batch.mul_f64(b as f64);
+            if due > tokio::time::Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
+            for _ in 0..BATCH {
+                external.event(event.clone()).await;
+            }
+        }
+        let offered = total as f64 / t0.elapsed().as_secs_f64();
+        // Until the program has read what it will.
+        let mut last = u64::MAX;
+        let settle = Instant::now();
+        let got = loop {
+            let now = count(session.input("/ext count").await.text) - before;
+            if now == last || settle.elapsed() > Duration::from_secs(20) {
+                break now;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let lost = external.health().map_or(0, |h| h.out_dropped) - dropped0;
+        say(
+            args,
+            &format!(
+                "direct at {rate}/s (offered {offered:.0}/s): the program got {got}, {lost} dropped"
+            ),
+        );
+        emit(
+            args,
+            &json!({"bench": "plugins_direct", "rate_per_s": rate, "offered_per_s": round(offered, 0),
+                    "events": total, "external_received": got, "external_dropped": lost}),
+            "",
+        );
+        if lost == 0 && got >= total {
+            clean = Some(rate);
+        } else {
+            break;
+        }
+    }
+    emit(
+        args,
+        &json!({"bench": "plugins_direct_rate", "external_clean_rate_per_s": clean}),
+        &format!(
+            "events handed straight to the Python plugin: none lost up to {} events/s\n",
+            clean.map_or_else(|| "no tried rate".to_owned(), |r| r.to_string())
+        ),
+    );
     Ok(())
 }
