@@ -55,6 +55,8 @@ pub enum PluginStatus {
     Starting,
     /// Started; it gets events and commands.
     Running,
+    /// An external plugin's program exited and is being restarted.
+    Restarting,
     /// Its `start` failed (the reason); its commands answer an error.
     Failed(String),
     /// The node stopped it.
@@ -67,6 +69,7 @@ impl PluginStatus {
         match self {
             Self::Starting => "starting",
             Self::Running => "running",
+            Self::Restarting => "restarting",
             Self::Failed(_) => "failed",
             Self::Stopped => "stopped",
         }
@@ -155,6 +158,7 @@ impl Slot {
                     status = PluginStatus::Failed(h.error.clone().unwrap_or_default());
                 }
                 "stopped" => status = PluginStatus::Stopped,
+                "restarting" => status = PluginStatus::Restarting,
                 _ => {}
             }
         }

@@ -172,6 +172,13 @@ async fn a_crashing_plugin_is_restarted_and_gets_events_again() {
     let pid = health(&a).pid;
     let r = a.exec("/probe crash").await;
     assert_ne!(r.status, 0, "{}", r.text);
+    // For a second at least (the first restart delay) it is restarting.
+    until_async(WITHIN, "shown restarting", || async {
+        let v: Value = serde_json::from_str(&a.exec("/plugins --json").await.text).unwrap();
+        v[0]["status"] == "restarting"
+    })
+    .await;
+    assert!(a.exec("/probe").await.text.contains("restarting"));
     until_async(WITHIN, "restarted", || async {
         let h = health(&a);
         h.state == "running" && h.restarts == 1 && h.pid.is_some() && h.pid != pid
