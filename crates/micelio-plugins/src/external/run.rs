@@ -253,7 +253,7 @@ impl ExternalPlugin {
             )));
         }
         *lock(&shared.conn) = Some(conn);
-        info!(plugin = %config.name, pid = ?child.id(), "external plugin started");
+        info!(plugin = %config.name, pid = child.id().unwrap_or_default(), "external plugin started");
         let cancel = CancellationToken::new();
         let supervisor = tokio::spawn(supervise(
             config,
@@ -743,7 +743,7 @@ async fn supervise(
         }
         *lock(&shared.conn) = Some(conn);
         shared.set_state("running", None);
-        info!(plugin = %shared.name, pid = ?c.id(), "external plugin restarted");
+        info!(plugin = %shared.name, pid = c.id().unwrap_or_default(), "external plugin restarted");
         child = Some(c);
     }
     // Stopping: ask, close its input, wait, kill.
