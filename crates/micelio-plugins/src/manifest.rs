@@ -200,39 +200,38 @@ impl Manifest {
     }
 }
 
+/// Whether `name` is 1–`max` of `a-z`, `0-9`, `-`, `_` (starting with a
+/// letter when `letter_first`).
+fn is_word(name: &str, max: usize, letter_first: bool) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && (!letter_first || name.starts_with(|c: char| c.is_ascii_lowercase()))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
 /// Checks a plugin name: 1–32 of `a-z`, `0-9`, `-`, `_`, starting with a
 /// letter.
 ///
 /// # Errors
 /// A message saying what is wrong.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = name.len() <= MAX_NAME_LEN
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "plugin name {name:?} must be 1–{MAX_NAME_LEN} of a-z, 0-9, - and _, starting with a letter"
-        ))
+    if is_word(name, MAX_NAME_LEN, true) {
+        return Ok(());
     }
+    Err(format!(
+        "plugin name {name:?} must be 1–{MAX_NAME_LEN} of a-z, 0-9, - and _, starting with a letter"
+    ))
 }
 
 fn check_command_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_COMMAND_LEN
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "command name {name:?} must be 1–{MAX_COMMAND_LEN} of a-z, 0-9, - and _"
-        ))
+    if is_word(name, MAX_COMMAND_LEN, false) {
+        return Ok(());
     }
+    Err(format!(
+        "command name {name:?} must be 1–{MAX_COMMAND_LEN} of a-z, 0-9, - and _"
+    ))
 }
 
 /// Who claims what, across the plugins of one node.

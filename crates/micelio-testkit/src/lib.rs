@@ -11,7 +11,8 @@
 //!   as they come, waited on with a bound, and killed by handle when the
 //!   guard drops, pass or fail ([`process::Process`]);
 //! - [`micelio`]: the `micelio` command line of a test node, isolated from
-//!   the caller's home and `MICELIO_…` environment.
+//!   the caller's home and `MICELIO_…` environment;
+//! - [`ssh`]: the OpenSSH client's exec request to a node on loopback.
 //!
 //! It depends on no micelio crate, so that every layer can use it as a
 //! dev-dependency without a cycle; builders of in-process nodes live with
@@ -29,4 +30,5 @@
 
 pub mod micelio;
 pub mod process;
+pub mod ssh;
 pub mod wait;

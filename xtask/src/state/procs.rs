@@ -237,29 +237,10 @@ impl Procs {
     /// Runs `command` on process `i`'s partyline (exec mode) and returns
     /// what it printed; an error if it exits non-zero.
     pub(super) fn ssh(&self, i: usize, command: &str) -> anyhow::Result<String> {
-        let (host, port) = self.sshs[i].rsplit_once(':').context("ssh address")?;
-        let out = std::process::Command::new("ssh")
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-            ])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-            ])
-            .args(["-o", "LogLevel=ERROR", "-i"])
-            .arg(&self.key_file)
-            .args(["-p", port])
-            .arg(format!("bench@{host}"))
-            .arg(command)
-            .stdin(std::process::Stdio::null())
-            .output()?;
+        let out =
+            micelio_testkit::ssh::exec_command(&self.key_file, &self.sshs[i], "bench", command)
+                .context("ssh address")?
+                .output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             bail!("ssh {command:?} on process {i}: {text}");

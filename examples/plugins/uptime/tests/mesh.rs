@@ -5,7 +5,7 @@
 //! (and exits 1 while c still counts as alive).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use micelio_testkit::process::{Process, run};
@@ -42,28 +42,7 @@ fn start(dir: &Path, name: &str, boot: Option<&str>, public_key: &str) -> Node {
 }
 
 fn ssh(key: &Path, node: &Node, command: &str) -> (String, i32) {
-    let (host, port) = node.ssh.rsplit_once(':').unwrap();
-    let mut cmd = Command::new("ssh");
-    cmd.args([
-        "-F",
-        "/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-    ])
-    .args([
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-    ])
-    .args(["-o", "LogLevel=ERROR", "-i"])
-    .arg(key)
-    .args(["-p", port])
-    .arg(format!("op@{host}"))
-    .arg(command)
-    .stdin(Stdio::null());
+    let cmd = micelio_testkit::ssh::exec_command(key, &node.ssh, "op", command).unwrap();
     let out = run(cmd, WAIT);
     (out.stdout, out.status.code().unwrap_or(-1))
 }
@@ -82,16 +61,21 @@ fn uptime_asks_every_node_of_the_mesh() {
     let a = start(dir.path(), "alpha", None, &public);
     let b = start(dir.path(), "beta", Some(&a.peers), &public);
     let c = start(dir.path(), "gamma", Some(&b.peers), &public);
-    // Until the membership has all three, /uptime waits for fewer.
-    let deadline = std::time::Instant::now() + WAIT;
-    let text = loop {
-        let (text, status) = ssh(&key, &a, "/uptime 5");
-        if status == 0 && text.contains("3 of 3 alive nodes answered") {
-            break text;
+    // Until a node's membership has all three, /uptime waits for fewer:
+    // each node learns the members on its own.
+    let all_three = |node: &Node| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let (text, status) = ssh(&key, node, "/uptime 5");
+            if status == 0 && text.contains("3 of 3 alive nodes answered") {
+                return text;
+            }
+            assert!(std::time::Instant::now() < deadline, "last: {text}");
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(std::time::Instant::now() < deadline, "last: {text}");
-        std::thread::sleep(Duration::from_millis(200));
     };
+    let text = all_three(&a);
+    all_three(&c);
     for name in ["alpha", "beta", "gamma"] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
