@@ -596,6 +596,7 @@ impl Node {
         &mut self,
         shutdown: &CancellationToken,
         fault: Option<Fault>,
+        mut usr1: Option<tokio::signal::unix::Signal>,
     ) -> anyhow::Result<()> {
         let peers = self.peers.clone();
         let stop_ssh = async {
@@ -606,14 +607,6 @@ impl Node {
         };
         tokio::pin!(stop_ssh);
         let mut injected = false;
-        let mut usr1 =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
-                Ok(usr1) => Some(usr1),
-                Err(e) => {
-                    warn!("cannot listen for SIGUSR1, no stats on demand: {e}");
-                    None
-                }
-            };
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -796,8 +789,17 @@ pub(crate) async fn run(
     let identity = Arc::new(identity);
     let mut node = Node::default();
     let fault = Fault::from_env();
+    // Listen for SIGUSR1 before anything starts: its default action ends
+    // the process, so one that came during start-up would kill the node.
+    let usr1 = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+        Ok(usr1) => Some(usr1),
+        Err(e) => {
+            warn!("cannot listen for SIGUSR1, no stats on demand: {e}");
+            None
+        }
+    };
     let result = match node.start(&config, &identity, fault).await {
-        Ok(()) => node.supervise(&shutdown, fault).await,
+        Ok(()) => node.supervise(&shutdown, fault, usr1).await,
         Err(e) => Err(e),
     };
     // After a signal, `shutdown::supervise` bounds the whole stop; after a
@@ -1006,7 +1008,7 @@ mod tests {
         node.watch("steady", std::future::pending());
         node.watch("flaky", async { panic!("boom") });
         let err = node
-            .supervise(&CancellationToken::new(), None)
+            .supervise(&CancellationToken::new(), None, None)
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "component flaky failed: panicked: boom");
@@ -1019,7 +1021,7 @@ mod tests {
         let mut node = Node::default();
         node.watch("gossip", async { Err("its stream ended".to_owned()) });
         let err = node
-            .supervise(&CancellationToken::new(), None)
+            .supervise(&CancellationToken::new(), None, None)
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "component gossip failed: its stream ended");
@@ -1052,7 +1054,7 @@ mod tests {
         };
         node.watch_components();
         let supervised = tokio::spawn(async move {
-            let result = node.supervise(&CancellationToken::new(), None).await;
+            let result = node.supervise(&CancellationToken::new(), None, None).await;
             (node, result)
         });
         tokio::task::yield_now().await;
@@ -1088,7 +1090,7 @@ mod tests {
         node.watch("steady", std::future::pending());
         let token = CancellationToken::new();
         token.cancel();
-        node.supervise(&token, None).await.unwrap();
+        node.supervise(&token, None, None).await.unwrap();
         node.stop().await.unwrap();
     }
 

@@ -209,6 +209,33 @@ fn a_single_threaded_node_meshes_and_logs_its_stats_on_sigusr1() {
     wide.terminate();
 }
 
+/// SIGUSR1 while the node is still starting (as soon as its transport
+/// listens) neither kills it (the signal's default action) nor is lost:
+/// the stats line comes once it runs.
+#[test]
+fn a_sigusr1_during_start_up_is_answered_once_the_node_runs() {
+    let home = Home::new();
+    let data = home.data("early");
+    let mut cmd = micelio_testkit::micelio::command(
+        std::path::Path::new(env!("CARGO_BIN_EXE_micelio")),
+        home.dir.path(),
+        &[],
+    );
+    cmd.arg("--config")
+        .arg(&home.config)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--ssh-listen", "127.0.0.1:0"]);
+    let mut p = micelio_testkit::process::Process::spawn(cmd, "early");
+    p.wait_for(WAIT, |l| l.contains("listening"));
+    p.signal("USR1");
+    p.wait_for(WAIT, |l| {
+        l.contains("gossip stats") && l.contains("why=SIGUSR1")
+    });
+    let (status, _) = p.terminate(WAIT);
+    assert!(status.success(), "{status}");
+}
+
 /// The lines of the ordered stop, in the order they must appear.
 const STOP_STEPS: [&str; 8] = [
     "stopped the SSH server and its sessions",
