@@ -35,6 +35,24 @@ pub(crate) enum Command {
     /// Work with the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Print the manual page (roff) on stdout, e.g. `micelio man | man -l -`.
+    Man,
+}
+
+/// The shells `micelio completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Shell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
 }
 
 /// `micelio config …`.
@@ -43,6 +61,9 @@ pub(crate) enum ConfigCommand {
     /// Load and validate the effective configuration, print it as TOML, or
     /// print every error and exit with status 2.
     Check,
+    /// Print the documented example configuration (every setting, its
+    /// default and what it does).
+    Example,
 }
 
 /// Flags shared by all subcommands; each overrides one configuration key.

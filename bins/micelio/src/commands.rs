@@ -120,6 +120,43 @@ pub(crate) fn config_check(args: &GlobalArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The documented example configuration, as shipped in `docs/`.
+pub(crate) const CONFIG_EXAMPLE: &str = include_str!("../../../docs/config.example.toml");
+
+/// `micelio config example`: prints [`CONFIG_EXAMPLE`] (the config tests
+/// check that it lists every key of the code, with its default).
+pub(crate) fn config_example() -> Result<(), Failure> {
+    write_stdout(CONFIG_EXAMPLE)?;
+    Ok(())
+}
+
+/// `micelio completions <shell>`: a completion script from the clap
+/// definition.
+pub(crate) fn completions(shell: crate::cli::Shell) -> Result<(), Failure> {
+    use clap::CommandFactory as _;
+    let mut cmd = crate::cli::Cli::command();
+    let mut out = Vec::new();
+    let shell = match shell {
+        crate::cli::Shell::Bash => clap_complete::Shell::Bash,
+        crate::cli::Shell::Zsh => clap_complete::Shell::Zsh,
+        crate::cli::Shell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut cmd, "micelio", &mut out);
+    write_stdout(&String::from_utf8_lossy(&out))?;
+    Ok(())
+}
+
+/// `micelio man`: the manual page (roff) from the clap definition.
+pub(crate) fn man() -> Result<(), Failure> {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_mangen::Man::new(crate::cli::Cli::command())
+        .render(&mut out)
+        .map_err(|e| Failure::from(anyhow::anyhow!("cannot render the manual page: {e}")))?;
+    write_stdout(&String::from_utf8_lossy(&out))?;
+    Ok(())
+}
+
 /// The lines `micelio run` prints on stdout when the node starts.
 pub(crate) fn print_banner(config: &Config, identity: &Identity) -> anyhow::Result<()> {
     write_stdout(&format!(

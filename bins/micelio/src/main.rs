@@ -36,6 +36,9 @@ fn main() -> ExitCode {
         Command::Run => run(&cli.global),
         Command::Id => commands::id(&cli.global),
         Command::Config(ConfigCommand::Check) => commands::config_check(&cli.global),
+        Command::Config(ConfigCommand::Example) => commands::config_example(),
+        Command::Completions { shell } => commands::completions(shell),
+        Command::Man => commands::man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -262,6 +262,97 @@ fn the_example_config_passes_config_check() {
     assert_eq!(get(&config, "network.max_peers").as_integer(), Some(15));
 }
 
+#[test]
+fn config_example_prints_the_documented_example_which_is_valid() {
+    let env = Env::new();
+    let out = success(env.micelio(&["config", "example"]));
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/config.example.toml"
+    ))
+    .unwrap();
+    assert_eq!(out.stdout, doc);
+    // What it prints is a configuration the node takes as it is.
+    let file = env.write("example.toml", &out.stdout);
+    let config = effective(env.micelio(&["--config", file.to_str().unwrap()]));
+    assert_eq!(get(&config, "network.max_peers").as_integer(), Some(15));
+}
+
+#[test]
+fn completions_load_in_their_shells_and_the_man_page_renders() {
+    let env = Env::new();
+    let bash = success(env.micelio(&["completions", "bash"])).stdout;
+    assert!(
+        bash.contains("micelio") && bash.contains("completions"),
+        "{bash}"
+    );
+    // Bash takes it: sourcing it registers the completion of `micelio`.
+    let script = env.write("micelio.bash", &bash);
+    let mut check = Command::new("bash");
+    check.args([
+        "--norc",
+        "-c",
+        &format!("source {} && complete -p micelio", script.display()),
+    ]);
+    let out = success(check);
+    assert!(out.stdout.contains("micelio"), "{}", out.stdout);
+    let zsh = success(env.micelio(&["completions", "zsh"])).stdout;
+    assert!(zsh.starts_with("#compdef micelio"), "{zsh}");
+    let fish = success(env.micelio(&["completions", "fish"])).stdout;
+    assert!(fish.contains("complete -c micelio"), "{fish}");
+    let bad = run(env.micelio(&["completions", "tcsh"]));
+    assert_eq!(bad.status.code(), Some(2));
+    let man = success(env.micelio(&["man"])).stdout;
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH micelio"),
+        "{man}"
+    );
+    // Roff escapes its hyphens.
+    for word in [r"\-\-data\-dir", r"\-\-bootstrap", "config", "completions"] {
+        assert!(man.contains(word), "{word} not in the man page");
+    }
+}
+
+#[test]
+fn the_systemd_unit_starts_the_node_with_flags_it_takes() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/micelio.service"
+    ))
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/micelio"));
+    assert_eq!(words.next(), Some("run"));
+    let flags: Vec<&str> = words.collect();
+    assert_eq!(flags, ["--data-dir", "/var/lib/micelio"]);
+    for key in [
+        "User=micelio",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "StateDirectory=micelio",
+    ] {
+        assert!(unit.lines().any(|l| l == key), "{key} missing");
+    }
+    // The same flags, with the example config, check out (in a temp dir).
+    let env = Env::new();
+    let example = env.write("config.toml", micelio_example());
+    let data = env.path("data");
+    let mut cmd = env.micelio(&["config", "check", "--data-dir", data.to_str().unwrap()]);
+    cmd.env("MICELIO_CONFIG", &example);
+    success(cmd);
+}
+
+fn micelio_example() -> &'static str {
+    include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/config.example.toml"
+    ))
+}
+
 /// A running node, killed by handle if a test fails.
 struct Node(Process);
 
