@@ -150,6 +150,83 @@ fn crates_depend_only_on_layers_below() {
     );
 }
 
+/// Crates that link an Apple framework (or pull one in: chrono's `clock`
+/// feature brings `iana-time-zone`). The release cross-builds macOS without
+/// an SDK, so none may be in the macOS build.
+const APPLE_LINKERS: &[&str] = &[
+    "core-foundation",
+    "core-foundation-sys",
+    "security-framework",
+    "security-framework-sys",
+    "system-configuration",
+    "system-configuration-sys",
+    "native-tls",
+    "iana-time-zone",
+    "objc",
+    "objc-sys",
+    "objc2",
+    "cocoa",
+    "io-kit-sys",
+];
+
+/// The crates of `cargo tree --prefix none --format {p}` output that link
+/// an Apple framework.
+fn apple_linkers(tree: &str) -> Vec<String> {
+    let mut found: Vec<String> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| APPLE_LINKERS.contains(name))
+        .map(str::to_owned)
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+#[test]
+fn the_macos_build_links_no_apple_framework() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(cargo)
+        .args([
+            "tree",
+            "--workspace",
+            "--target",
+            "aarch64-apple-darwin",
+            "--edges",
+            "normal,build",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .current_dir(crate::project_root())
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(tree.contains("micelio-ssh"), "the tree has the workspace");
+    let found = apple_linkers(&tree);
+    assert!(
+        found.is_empty(),
+        "the macOS build would link Apple frameworks through {found:?} \
+         (see `cargo tree -i <crate> --target aarch64-apple-darwin`)"
+    );
+}
+
+#[test]
+fn the_apple_check_names_what_it_finds() {
+    let tree = "micelio v0.1.0\ntokio v1.0.0\ncore-foundation-sys v0.8.7\niana-time-zone v0.1.65\ncore-foundation-sys v0.8.7 (*)\n";
+    assert_eq!(
+        apple_linkers(tree),
+        ["core-foundation-sys", "iana-time-zone"]
+    );
+    assert!(apple_linkers("micelio v0.1.0\nchrono v0.4.0\n").is_empty());
+}
+
 #[test]
 fn the_layering_check_catches_an_upward_dependency() {
     let mut deps = BTreeMap::new();
