@@ -42,6 +42,13 @@ pub(crate) enum Command {
     },
     /// Print the manual page (roff) on stdout, e.g. `micelio man | man -l -`.
     Man,
+    /// Start a local mesh of N nodes on 127.0.0.1 under a temporary
+    /// directory and print how to ssh into each; Ctrl-C removes it all.
+    Demo {
+        /// How many nodes (1-20).
+        #[arg(long, default_value_t = 3)]
+        nodes: u8,
+    },
 }
 
 /// The shells `micelio completions` writes for.

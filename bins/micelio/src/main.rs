@@ -14,6 +14,7 @@
 mod cli;
 mod commands;
 mod config;
+mod demo;
 mod logging;
 mod node;
 mod shutdown;
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Example) => commands::config_example(),
         Command::Completions { shell } => commands::completions(shell),
         Command::Man => commands::man(),
+        Command::Demo { nodes } => demo::run(nodes).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -597,7 +597,9 @@ impl Node {
         shutdown: &CancellationToken,
         fault: Option<Fault>,
         mut usr1: Option<tokio::signal::unix::Signal>,
+        demo_parent: Option<u32>,
     ) -> anyhow::Result<()> {
+        let mut parent_check = tokio::time::interval(Duration::from_secs(1));
         let peers = self.peers.clone();
         let stop_ssh = async {
             match (fault, &peers) {
@@ -610,6 +612,12 @@ impl Node {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
+                _ = parent_check.tick(), if demo_parent.is_some() => {
+                    if parent_pid() != demo_parent {
+                        warn!("the demo that started this node is gone; stopping");
+                        return Ok(());
+                    }
+                }
                 Some(()) = async { usr1.as_mut()?.recv().await }, if usr1.is_some() => {
                     self.log_stats("SIGUSR1").await;
                 }
@@ -765,6 +773,19 @@ fn exit_reason(exit: TaskExit) -> String {
     }
 }
 
+/// The variable `micelio demo` sets to its pid in the nodes it starts: a
+/// node whose parent is no longer that process (the demo was killed)
+/// stops by itself.
+pub(crate) const DEMO_PARENT_ENV: &str = "MICELIO_DEMO_PARENT";
+
+fn demo_parent() -> Option<u32> {
+    std::env::var(DEMO_PARENT_ENV).ok()?.parse().ok()
+}
+
+fn parent_pid() -> Option<u32> {
+    rustix::process::getppid().and_then(|p| u32::try_from(p.as_raw_nonzero().get()).ok())
+}
+
 /// Runs the node until `shutdown` is cancelled or a component fails, then
 /// stops it in order.
 ///
@@ -799,7 +820,7 @@ pub(crate) async fn run(
         }
     };
     let result = match node.start(&config, &identity, fault).await {
-        Ok(()) => node.supervise(&shutdown, fault, usr1).await,
+        Ok(()) => node.supervise(&shutdown, fault, usr1, demo_parent()).await,
         Err(e) => Err(e),
     };
     // After a signal, `shutdown::supervise` bounds the whole stop; after a
@@ -1008,7 +1029,7 @@ mod tests {
         node.watch("steady", std::future::pending());
         node.watch("flaky", async { panic!("boom") });
         let err = node
-            .supervise(&CancellationToken::new(), None, None)
+            .supervise(&CancellationToken::new(), None, None, None)
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "component flaky failed: panicked: boom");
@@ -1021,7 +1042,7 @@ mod tests {
         let mut node = Node::default();
         node.watch("gossip", async { Err("its stream ended".to_owned()) });
         let err = node
-            .supervise(&CancellationToken::new(), None, None)
+            .supervise(&CancellationToken::new(), None, None, None)
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "component gossip failed: its stream ended");
@@ -1054,7 +1075,9 @@ mod tests {
         };
         node.watch_components();
         let supervised = tokio::spawn(async move {
-            let result = node.supervise(&CancellationToken::new(), None, None).await;
+            let result = node
+                .supervise(&CancellationToken::new(), None, None, None)
+                .await;
             (node, result)
         });
         tokio::task::yield_now().await;
@@ -1090,7 +1113,7 @@ mod tests {
         node.watch("steady", std::future::pending());
         let token = CancellationToken::new();
         token.cancel();
-        node.supervise(&token, None, None).await.unwrap();
+        node.supervise(&token, None, None, None).await.unwrap();
         node.stop().await.unwrap();
     }
 

@@ -353,6 +353,136 @@ fn micelio_example() -> &'static str {
     ))
 }
 
+/// The ssh command lines `micelio demo` printed, by node.
+fn demo_commands(p: &mut Process, nodes: usize) -> Vec<String> {
+    let last = format!("demo-{}: ssh -p", nodes - 1);
+    p.wait_for(COMMAND_TIMEOUT, |l| l.contains(&last));
+    p.seen()
+        .iter()
+        .filter_map(|l| {
+            l.trim()
+                .split_once(": ssh ")
+                .map(|(_, c)| format!("ssh {c}"))
+        })
+        .collect()
+}
+
+/// Runs a printed ssh command line with `command`, in batch mode and with
+/// `key` when given (ssh finds the user's keys from the password
+/// database, not from `HOME`).
+fn run_printed(line: &str, key: Option<&Path>, command: &str) -> Output {
+    let mut words = line.split_whitespace();
+    let mut cmd = Command::new(words.next().unwrap());
+    cmd.args([
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "LogLevel=ERROR",
+    ]);
+    if let Some(k) = key {
+        cmd.arg("-i").arg(k);
+    }
+    cmd.args(words).arg(command);
+    run(cmd)
+}
+
+#[test]
+fn demo_starts_a_mesh_prints_how_to_ssh_in_and_cleans_up_on_ctrl_c() {
+    let env = Env::new();
+    let ssh_dir = env.path(".ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    let key = ssh_dir.join("id_ed25519");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut p = Process::spawn(env.micelio(&["demo", "--nodes", "3"]), "demo");
+    let lines = demo_commands(&mut p, 3);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let dir_line = p.wait_for(COMMAND_TIMEOUT, |l| l.contains("data in "));
+    let dir = PathBuf::from(dir_line.rsplit("data in ").next().unwrap().trim());
+    assert!(dir.is_dir());
+    // Every printed command logs in (host keys pinned by the demo's
+    // known_hosts), and the mesh has all three.
+    for line in &lines {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            let out = run_printed(line, Some(&key), "/nodes --json");
+            let n = serde_json::from_str::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v.as_array().map(Vec::len));
+            if out.status.success() && n == Some(3) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{line}: {} {}",
+                out.stdout,
+                out.stderr
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    p.signal("INT");
+    let status = p.wait_exit(SHUTDOWN_TIMEOUT + Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    p.wait_for(COMMAND_TIMEOUT, |l| l.contains("micelio demo: stopped"));
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+#[test]
+fn demo_without_keys_makes_one_and_names_it() {
+    let env = Env::new();
+    let mut p = Process::spawn(env.micelio(&["demo", "--nodes", "1"]), "demo");
+    let lines = demo_commands(&mut p, 1);
+    let key = lines[0]
+        .split_whitespace()
+        .skip_while(|w| *w != "-i")
+        .nth(1)
+        .map(PathBuf::from)
+        .expect("the command names the generated key");
+    let out = run_printed(&lines[0], None, "/who");
+    assert!(out.status.success(), "{} {}", out.stdout, out.stderr);
+    p.signal("TERM");
+    assert!(
+        p.wait_exit(SHUTDOWN_TIMEOUT + Duration::from_secs(10))
+            .success()
+    );
+    assert!(!key.exists(), "the generated key is removed with the rest");
+    let bad = run(env.micelio(&["demo", "--nodes", "0"]));
+    assert_ne!(bad.status.code(), Some(0));
+}
+
+#[test]
+fn the_nodes_of_a_killed_demo_stop_by_themselves() {
+    let env = Env::new();
+    let mut p = Process::spawn(env.micelio(&["demo", "--nodes", "2"]), "demo");
+    demo_commands(&mut p, 2);
+    let dir_line = p.wait_for(COMMAND_TIMEOUT, |l| l.contains("data in "));
+    let dir = PathBuf::from(dir_line.rsplit("data in ").next().unwrap().trim());
+    // SIGKILL: the demo cannot stop its nodes; they notice and stop.
+    drop(p);
+    for i in 0..2 {
+        let log = dir.join(format!("demo-{i}.log"));
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("the demo that started this node is gone")
+                && text.contains("node stopped")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}:\n{text}", log.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A running node, killed by handle if a test fails.
 struct Node(Process);
 
