@@ -133,6 +133,10 @@ fn start_node(dir: &Path, i: usize, boot: Option<&str>, keys: &str) -> anyhow::R
             cmd.env_remove(k);
         }
     }
+    // A group of its own: a Ctrl-C at the terminal reaches the demo only,
+    // which then stops each node once, in order.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     // A node whose demo is killed (no Ctrl-C) stops by itself.
     cmd.env(crate::node::DEMO_PARENT_ENV, std::process::id().to_string());
     if let Some(b) = boot {
