@@ -459,6 +459,10 @@ fn run(
                 let _ = reply.send(store.disk_bytes());
             }
             Command::Close(reply) => {
+                // Refuse what comes after, before answering: a caller that
+                // sends once `close` returned must get `Stopped`, not queue
+                // into a thread that is going away.
+                rx.close();
                 let r = store.flush();
                 drop(store);
                 let _ = reply.send(r);
