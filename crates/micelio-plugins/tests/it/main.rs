@@ -316,6 +316,39 @@ async fn a_message_of_a_plugin_type_crosses_a_node_without_the_plugin() {
 }
 
 #[tokio::test]
+async fn a_plugin_message_crosses_a_reference_behaving_relay() {
+    let mesh = MemoryMesh::new();
+    let pa = Probe::new("ping", Manifest::new().msg_type(1000));
+    let pc = Probe::new("ping", Manifest::new().msg_type(1000));
+    let (seen_a, seen_c) = (pa.seen.clone(), pc.seen.clone());
+    let a = Node::start(&mesh, 1, vec![Arc::new(pa)]).await;
+    let c = Node::start(&mesh, 3, vec![Arc::new(pc)]).await;
+    // r behaves like a reference node: no extension in its hello, plain
+    // random fanout, no state, no plugins.
+    let mut t = MemoryMesh::config(2);
+    t.features.clear();
+    let mut g = micelio_gossip::GossipConfig::default();
+    g.broadcast_tree = false;
+    let r = GossipNode::spawn_with(&mesh, MemoryMesh::identity(2), t, g)
+        .await
+        .unwrap();
+    a.net.link(&r, WITHIN).await.unwrap();
+    r.link(&c.net, WITHIN).await.unwrap();
+    running(&a, "ping").await;
+    running(&c, "ping").await;
+    seen_a.ctx().broadcast(1000, &b"through r"[..]).unwrap();
+    until_async(WITHIN, "c gets a's message through r", || async {
+        seen_c.events().iter().any(|e| {
+            matches!(e, Event::Message { msg_type: 1000, payload, .. } if &payload[..] == b"through r")
+        })
+    })
+    .await;
+    a.stop().await;
+    c.stop().await;
+    r.shutdown().await;
+}
+
+#[tokio::test]
 async fn events_reach_the_plugins_that_subscribed() {
     let mesh = MemoryMesh::new();
     let all = Probe::new(
